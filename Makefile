@@ -1,0 +1,50 @@
+# One entry point: `make demo` runs mlmon, `make test` proves it. Both work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager
+
+.PHONY: demo test lint fmt bench venv system-deps clean
+
+# The virtualenv is refreshed whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,demo]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Prometheus and Alertmanager (with promtool and amtool) from Debian, installed when missing.
+system-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing; install them with: sudo apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+demo: venv
+	$(VENV)/bin/mlmon serve --config examples/config.yml
+
+test: venv system-deps
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check exporter tests bench
+	$(VENV)/bin/ruff format --check exporter tests bench
+
+fmt: venv
+	$(VENV)/bin/ruff format exporter tests bench
+	$(VENV)/bin/ruff check --fix exporter tests bench
+
+bench: venv
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

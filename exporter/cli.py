@@ -1,0 +1,143 @@
+"""The `mlmon` command: serve the exporter, or check a config file."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from exporter import __version__, logs
+from exporter.config import ConfigError, load_config
+
+DEFAULT_PORT = 8490
+log = logging.getLogger("mlmon")
+
+
+def _env(name: str, default=None):
+    return os.environ.get(f"MLMON_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlmon", description="Watch machine-learning models with Prometheus.")
+    parser.add_argument("--version", action="version", version=f"mlmon {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the exporter", description="Run the exporter (one process).")
+    serve.add_argument(
+        "--config",
+        "--config.file",
+        dest="config",
+        default=_env("CONFIG"),
+        metavar="FILE",
+        help="YAML config file (env MLMON_CONFIG)",
+    )
+    serve.add_argument(
+        "--host", default=_env("HOST", "127.0.0.1"), help="address to listen on (env MLMON_HOST; default %(default)s)"
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("PORT", DEFAULT_PORT)),
+        help="port to listen on (env MLMON_PORT; default %(default)s)",
+    )
+    serve.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        metavar="HOST:PORT",
+        help="address and port in one, Prometheus style; overrides --host and --port",
+    )
+    serve.add_argument(
+        "--threads", type=int, default=int(_env("THREADS", 8)), help="request threads (default %(default)s)"
+    )
+    serve.add_argument("--log.level", dest="log_level", choices=logs.LEVELS, default=_env("LOG_LEVEL", "info"))
+    serve.add_argument("--log.format", dest="log_format", choices=logs.FORMATS, default=_env("LOG_FORMAT", "logfmt"))
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file and exit",
+        description="Validate a config file; exit 0 if it is valid, 1 if not.",
+    )
+    check.add_argument("file", metavar="FILE")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.file)
+    return _serve(parser, args)
+
+
+def _check_config(path: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    models = ", ".join(f"{m.name} ({m.task})" for m in config.models)
+    print(f"{path}: OK: {len(config.models)} model(s): {models}; windows {', '.join(config.windows)}")
+    return 0
+
+
+def _serve(parser: argparse.ArgumentParser, args) -> int:
+    if not args.config:
+        parser.error("serve needs --config FILE (or MLMON_CONFIG)")
+    host, port = args.host, args.port
+    if args.listen:
+        host, _, port_text = args.listen.rpartition(":")
+        if not port_text.isdigit():
+            parser.error(f"--web.listen-address {args.listen!r} is not HOST:PORT")
+        host, port = host.strip("[]") or "0.0.0.0", int(port_text)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        parser.exit(2, f"mlmon serve: invalid config\n{exc}\n")
+    logs.setup(args.log_level, args.log_format)
+
+    import waitress
+
+    from exporter.app import create_app
+
+    app = create_app(config)
+    mlmon = app.extensions["mlmon"]
+    limit = config.limits.max_body_bytes
+    # Waitress's own body limit sits above the app's, so the app answers 413 in its JSON shape.
+    server = waitress.create_server(
+        app,
+        host=host,
+        port=port,
+        threads=args.threads,
+        ident="mlmon",
+        max_request_body_size=2 * limit + 65536,
+        channel_timeout=60,
+        clear_untrusted_proxy_headers=True,
+    )
+    stop_maintenance = mlmon.start_maintenance()
+
+    def _terminate(signum, _frame):
+        mlmon.ready = False
+        log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    log.info(
+        "listening",
+        extra={
+            "fields": {
+                "address": f"http://{host}:{server.effective_port}",
+                "models": len(config.models),
+                "config": args.config,
+                "version": __version__,
+            }
+        },
+    )
+    try:
+        server.run()  # returns after SystemExit, once in-flight requests are done (waitress drains its queue)
+    finally:
+        stop_maintenance.set()
+    log.info("stopped")
+    return 0

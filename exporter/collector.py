@@ -1,0 +1,298 @@
+"""Turn state snapshots into Prometheus metric families, one consistent snapshot per model per scrape.
+
+Names and labels here are a contract documented in docs/metrics.md. A quality gauge of an empty window is
+absent (never 0 or NaN); ``mlmon_window_samples`` always says how many samples a window holds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__, quality
+from exporter.state import Histogram, ModelSnapshot, ModelState, ServerReports
+from exporter.validation import REASONS
+
+MV = ["model", "version"]
+MVW = ["model", "version", "window"]
+
+# (name, help) of the per-window quality gauges, by task.
+CLASSIFICATION_GAUGES = {
+    "accuracy": "Share of labelled predictions in the window that were correct.",
+    "balanced_accuracy": "Mean recall over the classes present in the window.",
+    "roc_auc": "ROC AUC in the window (binary; one-vs-rest macro average for multiclass), from score "
+    "histograms; see docs/metrics.md for the error bound.",
+    "log_loss": "Mean log loss of the labelled, scored predictions in the window.",
+    "brier_score": "Mean Brier score of the labelled, scored predictions in the window.",
+    "expected_calibration_error": "Top-label expected calibration error over 10 equal-width confidence bins.",
+}
+PER_CLASS_GAUGES = {
+    "precision": "Precision of each class in the window (absent for a class never predicted).",
+    "recall": "Recall of each class in the window (absent for a class never seen).",
+    "f1": "F1 score of each class in the window.",
+}
+REGRESSION_GAUGES = {
+    "mae": "Mean absolute error in the window.",
+    "rmse": "Root mean squared error in the window.",
+    "r2": "Coefficient of determination (R^2) in the window; absent when labels have no variance.",
+    "mean_error": "Mean of prediction minus label in the window (bias).",
+}
+
+
+class IngestErrors:
+    """Counts of rejected input by model and reason; every known label set starts at 0."""
+
+    def __init__(self, models: list[str]):
+        self._lock = threading.Lock()
+        self.counts = {(m, r): 0 for m in models for r in REASONS}
+        self.counts.update({("", r): 0 for r in REASONS})
+
+    def inc(self, model: str, reason: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[(model, reason)] = self.counts.get((model, reason), 0) + n
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return dict(self.counts)
+
+
+class MlmonCollector(Collector):
+    def __init__(
+        self,
+        models: list[ModelState],
+        errors: IngestErrors,
+        servers: ServerReports,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.models = models
+        self.errors = errors
+        self.servers = servers
+        self.clock = clock
+
+    def describe(self) -> list:
+        return []  # families depend on state; avoid a costly collect() at registration
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.perf_counter()
+        now = self.clock()
+        snaps = [m.snapshot(now) for m in self.models]
+        yield from _families(snaps, self.errors.snapshot(), self.servers.snapshot(now))
+        duration = GaugeMetricFamily(
+            "mlmon_collect_duration_seconds", "Time taken to build the mlmon metric families of this scrape."
+        )
+        duration.add_metric([], time.perf_counter() - started)
+        yield duration
+
+
+def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterator[Metric]:
+    build = GaugeMetricFamily("mlmon_build_info", "mlmon build information; always 1.", labels=["version"])
+    build.add_metric([__version__], 1)
+    yield build
+
+    info = GaugeMetricFamily(
+        "mlmon_model_info", "Model versions seen, with their task; always 1.", labels=["model", "version", "task"]
+    )
+    predictions = CounterMetricFamily("mlmon_predictions", "Predictions received.", labels=MV)
+    labels = CounterMetricFamily("mlmon_labels", "Labels joined to their prediction.", labels=MV)
+    outcomes = CounterMetricFamily(
+        "mlmon_outcomes", "Labelled predictions by actual and predicted class.", labels=MV + ["actual", "predicted"]
+    )
+    predicted = CounterMetricFamily("mlmon_predicted_class", "Predictions by predicted class.", labels=MV + ["class"])
+    abs_err = CounterMetricFamily(
+        "mlmon_absolute_error", "Sum of |prediction - label| of regression models.", labels=MV
+    )
+    sq_err = CounterMetricFamily(
+        "mlmon_squared_error", "Sum of (prediction - label)^2 of regression models.", labels=MV
+    )
+    last_pred = GaugeMetricFamily(
+        "mlmon_last_prediction_timestamp_seconds", "Time of the newest prediction received (unix seconds).", labels=MV
+    )
+    last_label = GaugeMetricFamily(
+        "mlmon_last_label_timestamp_seconds", "Time the newest label was joined (unix seconds).", labels=MV
+    )
+    confidence = _histogram(
+        "mlmon_prediction_confidence", "Top-label confidence (highest class probability) of scored predictions."
+    )
+    value = _histogram("mlmon_prediction_value", "Predicted values of regression models.")
+    latency = _histogram("mlmon_prediction_latency_seconds", "Prediction latency reported by the model server.")
+    delay = _histogram("mlmon_label_delay_seconds", "Time from a prediction to the arrival of its label.")
+    samples = GaugeMetricFamily(
+        "mlmon_window_samples",
+        "Events in the window: kind=predictions by prediction time, kind=labeled by label arrival time.",
+        labels=MVW + ["kind"],
+    )
+    gauges = {
+        name: GaugeMetricFamily(f"mlmon_{name}", text, labels=MVW)
+        for name, text in {**CLASSIFICATION_GAUGES, **REGRESSION_GAUGES}.items()
+    }
+    per_class = {
+        name: GaugeMetricFamily(f"mlmon_{name}", text, labels=MVW + ["class"])
+        for name, text in PER_CLASS_GAUGES.items()
+    }
+    confusion = GaugeMetricFamily(
+        "mlmon_confusion_matrix",
+        "Labelled predictions in the window by actual and predicted class.",
+        labels=MVW + ["actual", "predicted"],
+    )
+    pending = GaugeMetricFamily(
+        "mlmon_pending_labels", "Predictions with an id waiting for their label.", labels=["model"]
+    )
+    early = GaugeMetricFamily("mlmon_early_labels", "Labels waiting for their prediction to arrive.", labels=["model"])
+    dropped = CounterMetricFamily(
+        "mlmon_pending_dropped",
+        "Waiting predictions and labels dropped unjoined, "
+        "by reason (expired: older than limits.pending_ttl; evicted: over "
+        "limits.max_pending_per_model).",
+        labels=["model", "kind", "reason"],
+    )
+    dups = CounterMetricFamily(
+        "mlmon_duplicates",
+        "Predictions and labels ignored because their id was seen already.",
+        labels=["model", "kind"],
+    )
+    retired = CounterMetricFamily(
+        "mlmon_retired_versions", "Versions dropped over limits.max_versions_per_model.", labels=["model"]
+    )
+
+    for snap in snaps:
+        model = snap.config
+        m = model.name
+        pending.add_metric([m], snap.pending_predictions)
+        early.add_metric([m], snap.pending_labels)
+        for (kind, reason), n in snap.dropped.items():
+            dropped.add_metric([m, kind, reason], n)
+        for kind, n in snap.duplicates.items():
+            dups.add_metric([m, kind], n)
+        retired.add_metric([m], snap.retired_versions)
+        for v in snap.versions:
+            mv = [m, v.version]
+            info.add_metric([m, v.version, model.task], 1)
+            predictions.add_metric(mv, v.predictions)
+            labels.add_metric(mv, v.labels)
+            if v.last_prediction:
+                last_pred.add_metric(mv, v.last_prediction)
+            if v.last_label:
+                last_label.add_metric(mv, v.last_label)
+            _observe(latency, mv, v.latency)
+            _observe(delay, mv, v.label_delay)
+            if model.is_classification:
+                for a, actual in enumerate(model.classes):
+                    predicted.add_metric(mv + [actual], int(v.predicted_class[a]))
+                    for p, pred in enumerate(model.classes):
+                        outcomes.add_metric(mv + [actual, pred], int(v.outcomes[a, p]))
+                _observe(confidence, mv, v.confidence)
+            else:
+                _observe(value, mv, v.value)
+                abs_err.add_metric(mv, v.abs_error)
+                sq_err.add_metric(mv, v.sq_error)
+            for window, totals in v.windows.items():
+                mvw = mv + [window]
+                samples.add_metric(mvw + ["predictions"], float(totals["predictions"]))
+                samples.add_metric(mvw + ["labeled"], float(totals["labeled"]))
+                if model.is_classification:
+                    _classification_window(model.classes, mvw, totals, gauges, per_class, confusion)
+                else:
+                    _regression_window(mvw, totals, gauges)
+
+    yield from (
+        info,
+        predictions,
+        labels,
+        outcomes,
+        predicted,
+        abs_err,
+        sq_err,
+        last_pred,
+        last_label,
+        confidence,
+        value,
+        latency,
+        delay,
+        samples,
+        *gauges.values(),
+        *per_class.values(),
+        confusion,
+        pending,
+        early,
+        dropped,
+        dups,
+        retired,
+    )
+
+    errs = CounterMetricFamily(
+        "mlmon_ingest_errors",
+        "Rejected ingest input by model and reason (model is empty when the input names no configured model).",
+        labels=["model", "reason"],
+    )
+    for (m, reason), n in sorted(errors.items()):
+        errs.add_metric([m, reason], n)
+    yield errs
+
+    cpu = CounterMetricFamily(
+        "mlmon_model_server_cpu_seconds",
+        "CPU time of a model server process, as reported by the mlmon client.",
+        labels=["model", "server"],
+    )
+    rss = GaugeMetricFamily(
+        "mlmon_model_server_resident_memory_bytes",
+        "Resident memory of a model server process, as reported by the mlmon client.",
+        labels=["model", "server"],
+    )
+    for server, (models, cpu_s, rss_b, _) in sorted(servers.items()):
+        for m in models:
+            cpu.add_metric([m, server], cpu_s)
+            rss.add_metric([m, server], rss_b)
+    yield cpu
+    yield rss
+
+
+def _histogram(name: str, text: str) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, text, labels=MV)
+
+
+def _observe(family: HistogramMetricFamily, labels: list[str], hist: Histogram) -> None:
+    family.add_metric(labels, hist.buckets(), hist.sum)
+
+
+def _classification_window(classes, mvw, totals, gauges, per_class, confusion) -> None:
+    conf = totals["confusion"]
+    for a, actual in enumerate(classes):
+        for p, pred in enumerate(classes):
+            confusion.add_metric(mvw + [actual, pred], float(conf[a, p]))
+    if totals["labeled"] == 0:
+        return
+    figures = quality.classification(conf)
+    for name in ("accuracy", "balanced_accuracy"):
+        if figures[name] is not None:
+            gauges[name].add_metric(mvw, figures[name])
+    for name in ("precision", "recall", "f1"):
+        for index, value in figures[name].items():
+            per_class[name].add_metric(mvw + [classes[index]], value)
+    scored = float(totals["scored"])
+    if scored == 0:
+        return
+    auc = quality.roc_auc(totals["hist_pos"], totals["hist_all"])
+    if auc is not None:
+        gauges["roc_auc"].add_metric(mvw, auc[0])
+    gauges["log_loss"].add_metric(mvw, float(totals["log_loss"]) / scored)
+    gauges["brier_score"].add_metric(mvw, float(totals["brier"]) / scored)
+    ece = quality.expected_calibration_error(totals["ece_count"], totals["ece_correct"], totals["ece_confidence"])
+    if ece is not None:
+        gauges["expected_calibration_error"].add_metric(mvw, ece)
+
+
+def _regression_window(mvw, totals, gauges) -> None:
+    figures = quality.regression(
+        float(totals["labeled"]),
+        float(totals["err"]),
+        float(totals["abs_err"]),
+        float(totals["sq_err"]),
+        float(totals["y"]),
+        float(totals["y_sq"]),
+    )
+    for name, value in figures.items():
+        gauges[name].add_metric(mvw, value)

@@ -1,0 +1,381 @@
+"""Load and validate the YAML configuration into frozen value objects before anything starts.
+
+Every error names the key (as a path such as ``models[0].features[1].type``), its line in the file and
+what is wrong; unknown keys are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+TASKS = ("binary", "multiclass", "regression")
+FEATURE_TYPES = ("numeric", "categorical")
+DEFAULT_WINDOWS = ("5m", "1h", "1d")
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
+_DURATION_RE = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_DURATION_UNITS = (604800, 86400, 3600, 60, 1)
+
+# Latency of one prediction as measured by the model server: 1 ms .. 10 s.
+DEFAULT_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Time from a prediction to its label: seconds (interactive feedback) to a week (chargebacks, churn).
+DEFAULT_LABEL_DELAY_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400, 7 * 86400)
+# Regression predictions when the model names no buckets of its own: a signed log-spaced grid.
+DEFAULT_VALUE_BUCKETS = (-1e4, -1e3, -100, -10, -1, -0.1, 0, 0.1, 1, 10, 100, 1e3, 1e4)
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``str()`` lists every problem found, one per line."""
+
+    def __init__(self, problems: list[str], source: str = "<config>"):
+        self.problems = problems
+        self.source = source
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+def parse_duration(text: str) -> int:
+    """Parse a Prometheus-style duration (``30s``, ``5m``, ``1h30m``, ``7d``, ``1w``) into seconds."""
+    m = _DURATION_RE.match(text) if isinstance(text, str) and text else None
+    if not m or not any(m.groups()):
+        raise ValueError(f"{text!r} is not a duration such as 30s, 5m, 1h, 1d or 1h30m")
+    return sum(int(g) * unit for g, unit in zip(m.groups(), _DURATION_UNITS) if g)
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    type: str  # numeric | categorical
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    task: str
+    classes: tuple[str, ...] = ()
+    positive_class: str | None = None
+    features: tuple[Feature, ...] = ()
+    prediction_buckets: tuple[float, ...] = DEFAULT_VALUE_BUCKETS
+
+    @property
+    def is_classification(self) -> bool:
+        return self.task != "regression"
+
+    @property
+    def score_classes(self) -> tuple[str, ...]:
+        """Classes whose score is histogrammed: the positive class for binary, every class for multiclass."""
+        if self.task == "binary":
+            return (self.positive_class,)  # type: ignore[return-value]
+        return self.classes
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_batch_size: int = 10_000
+    pending_ttl_seconds: int = 7 * 86400
+    max_pending_per_model: int = 100_000
+    max_versions_per_model: int = 10
+    max_servers: int = 100
+    server_stale_seconds: int = 600
+
+
+@dataclass(frozen=True)
+class Config:
+    models: tuple[ModelConfig, ...]
+    windows: tuple[str, ...] = DEFAULT_WINDOWS
+    window_seconds: tuple[int, ...] = (300, 3600, 86400)
+    buckets_per_window: int = 60
+    limits: Limits = field(default_factory=Limits)
+    latency_buckets: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS
+    label_delay_buckets: tuple[float, ...] = DEFAULT_LABEL_DELAY_BUCKETS
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML with positions: compose the node tree so that every value keeps the line it came from.
+
+
+class _Node:
+    """A YAML value together with where it stood in the file."""
+
+    __slots__ = ("value", "line", "col")
+
+    def __init__(self, value: Any, line: int, col: int):
+        self.value, self.line, self.col = value, line, col
+
+
+def _to_nodes(node: yaml.Node) -> _Node:
+    line, col = node.start_mark.line + 1, node.start_mark.column + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, _Node] = {}
+        keys: dict[str, int] = {}
+        for k, v in node.value:
+            key = yaml.SafeLoader.construct_scalar(_LOADER, k) if isinstance(k, yaml.ScalarNode) else str(k)
+            if key in keys:
+                raise ConfigError([f"line {k.start_mark.line + 1}: duplicate key {key!r} (first at line {keys[key]})"])
+            keys[key] = k.start_mark.line + 1
+            out[str(key)] = _to_nodes(v)
+        return _Node(out, line, col)
+    if isinstance(node, yaml.SequenceNode):
+        return _Node([_to_nodes(v) for v in node.value], line, col)
+    return _Node(_LOADER.construct_object(node, deep=True), line, col)
+
+
+_LOADER = yaml.SafeLoader("")
+
+
+class _Checker:
+    """Walks the node tree, collecting every problem instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, path: str, node: _Node | None, message: str) -> None:
+        where = f"line {node.line}: " if node is not None else ""
+        self.problems.append(f"{where}{path}: {message}")
+
+    def mapping(self, path: str, node: _Node, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
+        if not isinstance(node.value, dict):
+            self.fail(path, node, f"must be a mapping, got {_kind(node.value)}")
+            return {}
+        for key, sub in node.value.items():
+            if key not in allowed:
+                close = ", ".join(sorted(allowed))
+                self.fail(f"{path}.{key}" if path else key, sub, f"unknown key (allowed here: {close})")
+        for key in required:
+            if key not in node.value:
+                self.fail(f"{path}.{key}" if path else key, node, "is required")
+        return {k: v for k, v in node.value.items() if k in allowed}
+
+    def positive_int(self, path: str, node: _Node, low: int = 1, high: int = 2**62) -> int | None:
+        v = node.value
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            self.fail(path, node, f"must be an integer from {low} to {high}, got {v!r}")
+            return None
+        return v
+
+    def duration(self, path: str, node: _Node) -> int | None:
+        try:
+            return parse_duration(node.value)
+        except ValueError as exc:
+            self.fail(path, node, str(exc))
+            return None
+
+    def buckets(self, path: str, node: _Node) -> tuple[float, ...] | None:
+        v = node.value
+        values = [n.value for n in v] if isinstance(v, list) else None
+        if (
+            not values
+            or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in values)
+            or any(b <= a for a, b in zip(values, values[1:]))
+        ):
+            self.fail(path, node, "must be a non-empty list of finite numbers in increasing order")
+            return None
+        return tuple(float(x) for x in values)
+
+
+def _kind(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(type(v), type(v).__name__)
+
+
+def _class_name(v: Any) -> str | None:
+    """Classes are label values: strings, or integers written as numbers (iris' 0, 1, 2)."""
+    if isinstance(v, str) and v:
+        return v
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    return None
+
+
+def _model(ck: _Checker, path: str, node: _Node) -> ModelConfig | None:
+    allowed = {"name", "task", "classes", "positive_class", "features", "prediction_buckets"}
+    m = ck.mapping(path, node, allowed, required=("name", "task"))
+    if not m:
+        return None
+    name, task = m.get("name"), m.get("task")
+    ok = True
+    if name is not None and not (isinstance(name.value, str) and NAME_RE.match(name.value)):
+        ck.fail(
+            f"{path}.name", name, "must be 1-64 characters of letters, digits, '_', '.', '-' starting with a letter"
+        )
+        ok = False
+    if task is not None and task.value not in TASKS:
+        ck.fail(f"{path}.task", task, f"must be one of {', '.join(TASKS)}, got {task.value!r}")
+        ok = False
+    if not ok or name is None or task is None:
+        return None
+    task_v = task.value
+
+    classes: tuple[str, ...] = ()
+    positive = None
+    if task_v == "regression":
+        for key in ("classes", "positive_class"):
+            if key in m:
+                ck.fail(f"{path}.{key}", m[key], "only applies to classification tasks (binary, multiclass)")
+    else:
+        cnode = m.get("classes")
+        if cnode is None:
+            ck.fail(f"{path}.classes", node, f"is required for task {task_v}")
+            return None
+        raw = cnode.value if isinstance(cnode.value, list) else None
+        names = [_class_name(c.value) for c in raw] if raw is not None else None
+        if names is None or None in names:
+            ck.fail(f"{path}.classes", cnode, "must be a list of class names (strings or integers)")
+            return None
+        if len(set(names)) != len(names):
+            ck.fail(f"{path}.classes", cnode, "has duplicate class names")
+            return None
+        want = "exactly 2" if task_v == "binary" else "at least 2"
+        if (task_v == "binary" and len(names) != 2) or len(names) < 2 or len(names) > 1000:
+            ck.fail(f"{path}.classes", cnode, f"a {task_v} model needs {want} classes (at most 1000), got {len(names)}")
+            return None
+        classes = tuple(names)  # type: ignore[arg-type]
+        pnode = m.get("positive_class")
+        if task_v == "binary":
+            positive = classes[1]
+            if pnode is not None:
+                positive = _class_name(pnode.value)
+                if positive not in classes:
+                    ck.fail(f"{path}.positive_class", pnode, f"must be one of the classes {list(classes)}")
+                    return None
+        elif pnode is not None:
+            ck.fail(f"{path}.positive_class", pnode, "only applies to binary models")
+
+    features: list[Feature] = []
+    fnode = m.get("features")
+    if fnode is not None:
+        if not isinstance(fnode.value, list):
+            ck.fail(f"{path}.features", fnode, "must be a list of {name, type} mappings")
+        else:
+            seen: set[str] = set()
+            for i, f in enumerate(fnode.value):
+                fpath = f"{path}.features[{i}]"
+                fm = ck.mapping(fpath, f, {"name", "type"}, required=("name", "type"))
+                if "name" not in fm or "type" not in fm:
+                    continue
+                fname, ftype = fm["name"].value, fm["type"].value
+                if not isinstance(fname, str) or not NAME_RE.match(fname):
+                    ck.fail(f"{fpath}.name", fm["name"], "must be 1-64 characters of letters, digits, '_', '.', '-'")
+                elif fname in seen:
+                    ck.fail(f"{fpath}.name", fm["name"], f"duplicate feature name {fname!r}")
+                elif ftype not in FEATURE_TYPES:
+                    ck.fail(f"{fpath}.type", fm["type"], f"must be one of {', '.join(FEATURE_TYPES)}, got {ftype!r}")
+                else:
+                    seen.add(fname)
+                    features.append(Feature(fname, ftype))
+
+    buckets = DEFAULT_VALUE_BUCKETS
+    if "prediction_buckets" in m:
+        if task_v != "regression":
+            ck.fail(f"{path}.prediction_buckets", m["prediction_buckets"], "only applies to regression models")
+        else:
+            buckets = ck.buckets(f"{path}.prediction_buckets", m["prediction_buckets"]) or buckets
+    return ModelConfig(name.value, task_v, classes, positive, tuple(features), buckets)
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Validate YAML text into a :class:`Config`; raise :class:`ConfigError` listing every problem."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        tree = _to_nodes(root) if root is not None else _Node(None, 1, 1)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], source) from None
+
+    ck = _Checker()
+    top = ck.mapping(
+        "", tree, {"windows", "buckets_per_window", "limits", "histograms", "models"}, required=("models",)
+    )
+    if tree.value is None:
+        raise ConfigError(["the file is empty; it needs at least a 'models:' list"], source)
+
+    windows, window_seconds = DEFAULT_WINDOWS, (300, 3600, 86400)
+    if "windows" in top:
+        wn = top["windows"]
+        if not isinstance(wn.value, list) or not wn.value:
+            ck.fail("windows", wn, 'must be a non-empty list of durations such as ["5m", "1h", "1d"]')
+        else:
+            secs = [ck.duration(f"windows[{i}]", w) for i, w in enumerate(wn.value)]
+            if all(s is not None for s in secs):
+                if len(set(secs)) != len(secs):
+                    ck.fail("windows", wn, "has two windows of the same length")
+                elif any(s < 10 or s > 90 * 86400 for s in secs):  # type: ignore[operator]
+                    ck.fail("windows", wn, "each window must be from 10s to 90d long")
+                else:
+                    windows = tuple(w.value for w in wn.value)
+                    window_seconds = tuple(secs)  # type: ignore[arg-type]
+
+    bpw = 60
+    if "buckets_per_window" in top:
+        bpw = ck.positive_int("buckets_per_window", top["buckets_per_window"], 2, 1000) or bpw
+
+    limits = Limits()
+    if "limits" in top:
+        spec = {
+            "max_body_bytes": ("int", 1024, 1 << 30),
+            "max_batch_size": ("int", 1, 1_000_000),
+            "pending_ttl": ("duration", 0, 0),
+            "max_pending_per_model": ("int", 1, 100_000_000),
+            "max_versions_per_model": ("int", 1, 1000),
+            "max_servers": ("int", 1, 100_000),
+            "server_stale": ("duration", 0, 0),
+        }
+        lm = ck.mapping("limits", top["limits"], set(spec))
+        values: dict[str, int] = {}
+        for key, sub in lm.items():
+            kind, low, high = spec[key]
+            v = (
+                ck.duration(f"limits.{key}", sub)
+                if kind == "duration"
+                else ck.positive_int(f"limits.{key}", sub, low, high)
+            )
+            if v is not None:
+                values[
+                    key.replace("pending_ttl", "pending_ttl_seconds").replace("server_stale", "server_stale_seconds")
+                ] = v
+        limits = Limits(**values)
+
+    latency, delay = DEFAULT_LATENCY_BUCKETS, DEFAULT_LABEL_DELAY_BUCKETS
+    if "histograms" in top:
+        hm = ck.mapping("histograms", top["histograms"], {"latency_buckets", "label_delay_buckets"})
+        if "latency_buckets" in hm:
+            latency = ck.buckets("histograms.latency_buckets", hm["latency_buckets"]) or latency
+        if "label_delay_buckets" in hm:
+            delay = ck.buckets("histograms.label_delay_buckets", hm["label_delay_buckets"]) or delay
+
+    models: list[ModelConfig] = []
+    if "models" in top:
+        mn = top["models"]
+        if not isinstance(mn.value, list) or not mn.value:
+            ck.fail("models", mn, "must be a non-empty list of models")
+        else:
+            names: set[str] = set()
+            for i, node in enumerate(mn.value):
+                model = _model(ck, f"models[{i}]", node)
+                if model is None:
+                    continue
+                if model.name in names:
+                    ck.fail(f"models[{i}].name", node.value.get("name"), f"duplicate model name {model.name!r}")
+                names.add(model.name)
+                models.append(model)
+
+    if ck.problems:
+        raise ConfigError(ck.problems, source)
+    return Config(tuple(models), windows, window_seconds, bpw, limits, latency, delay)
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a config file; raise :class:`ConfigError` (also for a missing file)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError([f"cannot read the config file: {exc.strerror}"], path) from None
+    return parse_config(text, path)

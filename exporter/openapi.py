@@ -1,0 +1,208 @@
+"""The OpenAPI 3.0 document of the HTTP API, served at /api/v1/openapi.json (prose in docs/api.md)."""
+
+from __future__ import annotations
+
+from exporter import __version__
+from exporter.validation import REASONS
+
+_CLASS = {"oneOf": [{"type": "string"}, {"type": "integer"}], "description": "A class named in the model's config."}
+_OUTCOME = {
+    "oneOf": [{"type": "string"}, {"type": "integer"}, {"type": "number"}],
+    "description": "A class for classification models, a number for regression models.",
+}
+_ID = {"oneOf": [{"type": "string", "minLength": 1, "maxLength": 256}, {"type": "integer"}]}
+
+PREDICTION = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["model", "prediction"],
+    "properties": {
+        "model": {"type": "string", "description": "A model named in the config."},
+        "version": {"type": "string", "pattern": "^[A-Za-z0-9_.+:@-]{1,64}$", "default": "default"},
+        "id": {**_ID, "description": "Needed to join a label sent later."},
+        "timestamp": {
+            "oneOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "format": "date-time"}],
+            "description": "Unix seconds or RFC 3339 with a time zone; default: arrival time. At most 300 s "
+            "in the future.",
+        },
+        "features": {
+            "type": "object",
+            "additionalProperties": {
+                "oneOf": [{"type": "number"}, {"type": "string", "maxLength": 1024}, {"type": "boolean"}],
+                "nullable": True,
+            },
+            "description": "Feature name to value; names must be in the model's config; null means missing.",
+        },
+        "prediction": _OUTCOME,
+        "scores": {
+            "type": "object",
+            "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
+            "description": "Class to probability. Multiclass: every class, summing to 1 (within 0.01). Binary: "
+            "at least the positive class.",
+        },
+        "score": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "description": "Binary models only: probability of the positive class.",
+        },
+        "latency_seconds": {"type": "number", "minimum": 0},
+        "label": {**_OUTCOME, "description": "The true outcome, when it is known at once."},
+    },
+}
+LABEL = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["model", "id", "label"],
+    "properties": {"model": {"type": "string"}, "id": _ID, "label": _OUTCOME},
+}
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "name", "message"],
+            "properties": {
+                "code": {"type": "integer"},
+                "name": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["index", "field", "reason", "message"],
+                        "properties": {
+                            "index": {
+                                "type": "integer",
+                                "description": "Index of the item in the batch (0 for a single object).",
+                            },
+                            "field": {"type": "string"},
+                            "reason": {"type": "string", "enum": list(REASONS)},
+                            "message": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        }
+    },
+}
+ACCEPTED = {
+    "type": "object",
+    "required": ["accepted"],
+    "properties": {"accepted": {"type": "integer"}, "duplicates": {"type": "integer"}},
+}
+
+
+def _error_responses(*codes: int) -> dict:
+    text = {
+        400: "Invalid input; nothing was accepted.",
+        404: "Unknown model.",
+        413: "Body or batch too large.",
+        429: "Too many reporters.",
+        503: "Not ready.",
+    }
+    return {
+        str(c): {
+            "description": text[c],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for c in codes
+    }
+
+
+def _ingest(item: str, key: str, summary: str) -> dict:
+    ref = {"$ref": f"#/components/schemas/{item}"}
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                ref,
+                                {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": [key],
+                                    "properties": {key: {"type": "array", "minItems": 1, "items": ref}},
+                                },
+                            ]
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "202": {
+                    "description": "Accepted.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}},
+                },
+                **_error_responses(400, 404, 413),
+            },
+        }
+    }
+
+
+def openapi_document() -> dict:
+    json_ok = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "mlmon exporter API",
+            "version": __version__,
+            "description": "Send predictions and their delayed labels; Prometheus scrapes /metrics. See docs/api.md.",
+        },
+        "paths": {
+            "/api/v1/predictions": _ingest("Prediction", "predictions", "Send one prediction or a batch."),
+            "/api/v1/labels": _ingest("Label", "labels", "Send one label or a batch; joined to predictions by id."),
+            "/api/v1/resources": {
+                "post": {
+                    "summary": "Report a model server's resource usage (sent by the Python client).",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["server", "models", "cpu_seconds_total", "resident_memory_bytes"],
+                                    "properties": {
+                                        "server": {"type": "string", "minLength": 1, "maxLength": 128},
+                                        "models": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                                        "cpu_seconds_total": {"type": "number", "minimum": 0},
+                                        "resident_memory_bytes": {"type": "number", "minimum": 0},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {"202": {"description": "Accepted."}, **_error_responses(400, 413, 429)},
+                }
+            },
+            "/api/v1/models": {
+                "get": {
+                    "summary": "Configured models with their versions, counts, pending labels and window sample sizes.",
+                    "responses": {"200": json_ok},
+                }
+            },
+            "/api/v1/models/{name}": {
+                "get": {
+                    "summary": "One model.",
+                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": json_ok, **_error_responses(404)},
+                }
+            },
+            "/api/v1/openapi.json": {"get": {"summary": "This document.", "responses": {"200": json_ok}}},
+            "/healthz": {"get": {"summary": "Liveness.", "responses": {"200": json_ok, **_error_responses(503)}}},
+            "/readyz": {"get": {"summary": "Readiness.", "responses": {"200": json_ok, **_error_responses(503)}}},
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (text or OpenMetrics).",
+                    "responses": {"200": {"description": "Metrics."}},
+                }
+            },
+        },
+        "components": {"schemas": {"Prediction": PREDICTION, "Label": LABEL, "Error": ERROR, "Accepted": ACCEPTED}},
+    }

@@ -1,0 +1,420 @@
+"""Per-model state: counters, window rings and the join store, updated by ingest and read by scrapes.
+
+Ingest turns a validated batch into a few vectorised updates of additive statistics; a scrape copies a
+consistent snapshot under the model's lock and does all the math outside it. Quality statistics enter
+the windows when the label arrives (its arrival time), prediction statistics at the prediction's time.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from exporter import quality
+from exporter.config import Config, ModelConfig
+from exporter.joins import DUPLICATE, JOINED, JoinStore, Pending
+from exporter.validation import Label, Prediction
+from exporter.window import Ring, Schema
+
+# Top-label confidence buckets (upper bounds) of mlmon_prediction_confidence.
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+class Histogram:
+    """A cumulative Prometheus-style histogram (counter semantics) fed with arrays."""
+
+    def __init__(self, edges):
+        self.edges = np.asarray(edges, dtype=np.float64)
+        self.counts = np.zeros(len(self.edges) + 1, dtype=np.int64)  # last bucket is +Inf only
+        self.sum = 0.0
+
+    def observe(self, values: np.ndarray) -> None:
+        if len(values):
+            # side="left": a value equal to an edge belongs to that edge's bucket (le is inclusive).
+            idx = np.searchsorted(self.edges, values, side="left")
+            self.counts += np.bincount(idx, minlength=len(self.counts))
+            self.sum += float(np.sum(values))
+
+    def copy(self) -> Histogram:
+        h = Histogram.__new__(Histogram)
+        h.edges, h.counts, h.sum = self.edges, self.counts.copy(), self.sum
+        return h
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """Cumulative (le, count) pairs ending with +Inf, as HistogramMetricFamily wants them."""
+        cum = np.cumsum(self.counts)
+        out = [(_le(e), int(c)) for e, c in zip(self.edges, cum)]
+        out.append(("+Inf", int(cum[-1])))
+        return out
+
+
+def _le(edge: float) -> str:
+    return repr(float(edge))
+
+
+def ring_schema(model: ModelConfig) -> Schema:
+    if not model.is_classification:
+        return {name: ((), np.float64) for name in ("predictions", "labeled", "err", "abs_err", "sq_err", "y", "y_sq")}
+    c, s = len(model.classes), len(model.score_classes)
+    return {
+        "predictions": ((), np.int64),
+        "labeled": ((), np.int64),
+        "confusion": ((c, c), np.int64),
+        "scored": ((), np.int64),
+        "hist_pos": ((s, quality.SCORE_BINS), np.int32),
+        "hist_all": ((s, quality.SCORE_BINS), np.int32),
+        "log_loss": ((), np.float64),
+        "brier": ((), np.float64),
+        "ece_count": ((quality.ECE_BINS,), np.int64),
+        "ece_correct": ((quality.ECE_BINS,), np.int64),
+        "ece_confidence": ((quality.ECE_BINS,), np.float64),
+    }
+
+
+@dataclass
+class VersionSnapshot:
+    """A consistent copy of one version's counters and window totals, for the collector."""
+
+    version: str
+    predictions: int
+    labels: int
+    last_prediction: float
+    last_label: float
+    latency: Histogram
+    label_delay: Histogram
+    outcomes: np.ndarray | None = None
+    predicted_class: np.ndarray | None = None
+    confidence: Histogram | None = None
+    value: Histogram | None = None
+    abs_error: float = 0.0
+    sq_error: float = 0.0
+    windows: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+@dataclass
+class ModelSnapshot:
+    config: ModelConfig
+    versions: list[VersionSnapshot]
+    pending_predictions: int
+    pending_labels: int
+    dropped: dict[tuple[str, str], int]
+    duplicates: dict[str, int]
+    retired_versions: int
+
+
+class VersionState:
+    def __init__(self, model: ModelConfig, config: Config, version: str):
+        self.model = model
+        self.version = version
+        schema = ring_schema(model)
+        self.rings = [Ring(sec, config.buckets_per_window, schema) for sec in config.window_seconds]
+        self.window_names = config.windows
+        self.predictions = 0
+        self.labels = 0
+        self.last_prediction = 0.0
+        self.last_label = 0.0
+        self.last_seen = 0.0
+        self.latency = Histogram(config.latency_buckets)
+        self.label_delay = Histogram(config.label_delay_buckets)
+        if model.is_classification:
+            c = len(model.classes)
+            self.outcomes = np.zeros((c, c), dtype=np.int64)
+            self.predicted_class = np.zeros(c, dtype=np.int64)
+            self.confidence = Histogram(CONFIDENCE_BUCKETS)
+            self.positive = model.classes.index(model.positive_class) if model.task == "binary" else None
+            # Class index of each score column (binary: the positive class only).
+            self.score_class = np.array([model.classes.index(x) for x in model.score_classes], dtype=np.int64)
+        else:
+            self.value = Histogram(model.prediction_buckets)
+            self.abs_error = 0.0
+            self.sq_error = 0.0
+            self.y_shift: float | None = None  # labels are summed relative to the first one, for precision
+
+    # -- predictions --------------------------------------------------------------------------------
+
+    def add_predictions(self, events: list[Prediction], now: float) -> None:
+        n = len(events)
+        ts = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=n)
+        self.predictions += n
+        self.last_prediction = max(self.last_prediction, float(ts.max()))
+        self.last_seen = now
+        latencies = [e.latency for e in events if e.latency is not None]
+        self.latency.observe(np.asarray(latencies, dtype=np.float64))
+        for ring in self.rings:
+            slots = ring.slots(ts, now)
+            slots = slots[slots >= 0]
+            if slots.size:
+                ring.arrays["predictions"] += np.bincount(slots, minlength=ring.k)
+        if self.model.is_classification:
+            preds = np.fromiter((e.prediction for e in events), dtype=np.int64, count=n)
+            self.predicted_class += np.bincount(preds, minlength=len(self.predicted_class))
+            scored = [e.scores for e in events if e.scores is not None]
+            if scored:
+                self.confidence.observe(self._probabilities(np.asarray(scored)).max(axis=1))
+        else:
+            self.value.observe(np.fromiter((e.prediction for e in events), dtype=np.float64, count=n))
+
+    def _probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Full class-probability rows from the score columns (binary: [1 - p, p] in class order)."""
+        if self.positive is None:
+            return scores
+        probs = np.empty((len(scores), 2))
+        probs[:, self.positive] = scores[:, 0]
+        probs[:, 1 - self.positive] = 1.0 - scores[:, 0]
+        return probs
+
+    # -- labelled outcomes --------------------------------------------------------------------------
+
+    def add_outcomes(self, predicted: list, actual: list, scores: list, timestamps: list, now: float) -> None:
+        """Labels joined to predictions: counters, label delay, and the window buckets holding ``now``."""
+        n = len(actual)
+        self.labels += n
+        self.last_label = now
+        self.last_seen = now
+        delay = now - np.asarray(timestamps, dtype=np.float64)
+        self.label_delay.observe(np.maximum(delay, 0.0))
+        if self.model.is_classification:
+            self._add_classification(
+                np.asarray(predicted, dtype=np.int64), np.asarray(actual, dtype=np.int64), scores, now
+            )
+        else:
+            self._add_regression(np.asarray(predicted, dtype=np.float64), np.asarray(actual, dtype=np.float64), now)
+
+    def _add_classification(self, pred: np.ndarray, actual: np.ndarray, scores: list, now: float) -> None:
+        c = len(self.model.classes)
+        confusion = np.bincount(actual * c + pred, minlength=c * c).reshape(c, c)
+        self.outcomes += confusion
+        have = [i for i, s in enumerate(scores) if s is not None]
+        stats = {}
+        if have:
+            sc = np.asarray([scores[i] for i in have], dtype=np.float64)
+            act = actual[have]
+            probs = self._probabilities(sc)
+            rows = np.arange(len(have))
+            p_true = np.clip(probs[rows, act], quality.EPS, 1 - quality.EPS)
+            onehot = np.zeros_like(probs)
+            onehot[rows, act] = 1.0
+            sq = (probs - onehot) ** 2
+            # scikit-learn's brier_score_loss: (p - y)^2 for binary, the sum over classes for multiclass.
+            brier = sq[:, self.positive].sum() if self.positive is not None else sq.sum()
+            conf = probs.max(axis=1)
+            correct = probs.argmax(axis=1) == act
+            eb = quality.ece_bin(conf)
+            s, b = sc.shape[1], quality.SCORE_BINS
+            bins = quality.score_bin(sc) + np.arange(s) * b  # flat (column, bin) index
+            is_pos = act[:, None] == self.score_class[None, :]
+            stats = {
+                "scored": len(have),
+                "log_loss": float(-np.log(p_true).sum()),
+                "brier": float(brier),
+                "ece_count": np.bincount(eb, minlength=quality.ECE_BINS),
+                "ece_correct": np.bincount(eb, weights=correct, minlength=quality.ECE_BINS).astype(np.int64),
+                "ece_confidence": np.bincount(eb, weights=conf, minlength=quality.ECE_BINS),
+                "hist_all": np.bincount(bins.ravel(), minlength=s * b).reshape(s, b).astype(np.int32),
+                "hist_pos": np.bincount(bins[is_pos], minlength=s * b).reshape(s, b).astype(np.int32),
+            }
+        stats["labeled"] = len(actual)
+        stats["confusion"] = confusion
+        self._add_now(stats, now)
+
+    def _add_regression(self, pred: np.ndarray, actual: np.ndarray, now: float) -> None:
+        err = pred - actual
+        self.abs_error += float(np.abs(err).sum())
+        self.sq_error += float((err**2).sum())
+        if self.y_shift is None:
+            self.y_shift = float(actual[0])
+        y = actual - self.y_shift
+        self._add_now(
+            {
+                "labeled": float(len(actual)),
+                "err": float(err.sum()),
+                "abs_err": float(np.abs(err).sum()),
+                "sq_err": float((err**2).sum()),
+                "y": float(y.sum()),
+                "y_sq": float((y**2).sum()),
+            },
+            now,
+        )
+
+    def _add_now(self, stats: dict, now: float) -> None:
+        for ring in self.rings:
+            slot = ring.slot_now(now)
+            if slot < 0:
+                continue
+            for name, value in stats.items():
+                ring.arrays[name][slot] += value
+
+    def snapshot(self, now: float) -> VersionSnapshot:
+        snap = VersionSnapshot(
+            self.version,
+            self.predictions,
+            self.labels,
+            self.last_prediction,
+            self.last_label,
+            self.latency.copy(),
+            self.label_delay.copy(),
+        )
+        if self.model.is_classification:
+            snap.outcomes = self.outcomes.copy()
+            snap.predicted_class = self.predicted_class.copy()
+            snap.confidence = self.confidence.copy()
+        else:
+            snap.value = self.value.copy()
+            snap.abs_error, snap.sq_error = self.abs_error, self.sq_error
+        snap.windows = {name: ring.totals(now) for name, ring in zip(self.window_names, self.rings)}
+        return snap
+
+
+class ModelState:
+    """Everything mlmon knows about one configured model; every method takes the model's lock."""
+
+    def __init__(self, model: ModelConfig, config: Config):
+        self.model = model
+        self.config = config
+        self.lock = threading.Lock()
+        self.versions: dict[str, VersionState] = {}
+        self.joins = JoinStore(config.limits.pending_ttl_seconds, config.limits.max_pending_per_model)
+        self.duplicates = {"prediction": 0, "label": 0}
+        self.retired_versions = 0
+
+    def _version(self, name: str, now: float) -> VersionState:
+        state = self.versions.get(name)
+        if state is None:
+            if len(self.versions) >= self.config.limits.max_versions_per_model:
+                oldest = min(self.versions.values(), key=lambda v: v.last_seen)
+                del self.versions[oldest.version]
+                self.retired_versions += 1
+            state = self.versions[name] = VersionState(self.model, self.config, name)
+            state.last_seen = now
+        return state
+
+    def add_predictions(self, events: list[Prediction], now: float) -> tuple[int, int]:
+        """Ingest validated predictions of this model; return (accepted, duplicates)."""
+        with self.lock:
+            fresh: dict[str, list[Prediction]] = {}
+            joined: dict[str, tuple[list, list, list, list]] = {}
+            dups = 0
+            for e in events:
+                label = e.label
+                if e.id is not None:
+                    if label is not None:
+                        if not self.joins.add_joined(e.id, now):
+                            dups += 1
+                            continue
+                    else:
+                        status, label = self.joins.add_prediction(
+                            e.id, Pending(now, e.version, e.timestamp, e.prediction, e.scores)
+                        )
+                        if status == DUPLICATE:
+                            dups += 1
+                            continue
+                fresh.setdefault(e.version, []).append(e)
+                if label is not None:
+                    j = joined.setdefault(e.version, ([], [], [], []))
+                    j[0].append(e.prediction)
+                    j[1].append(label)
+                    j[2].append(e.scores)
+                    j[3].append(e.timestamp)
+            for version, batch in fresh.items():
+                self._version(version, now).add_predictions(batch, now)
+            for version, (pred, actual, scores, ts) in joined.items():
+                self._version(version, now).add_outcomes(pred, actual, scores, ts, now)
+            self.duplicates["prediction"] += dups
+            return len(events) - dups, dups
+
+    def add_labels(self, labels: list[Label], now: float) -> tuple[int, int]:
+        """Ingest validated labels of this model; return (accepted, duplicates)."""
+        with self.lock:
+            joined: dict[str, tuple[list, list, list, list]] = {}
+            dups = 0
+            for item in labels:
+                status, pending = self.joins.add_label(item.id, item.label, now)
+                if status == DUPLICATE:
+                    dups += 1
+                elif status == JOINED:
+                    j = joined.setdefault(pending.version, ([], [], [], []))
+                    j[0].append(pending.prediction)
+                    j[1].append(item.label)
+                    j[2].append(pending.scores)
+                    j[3].append(pending.timestamp)
+            for version, (pred, actual, scores, ts) in joined.items():
+                # A version retired since its prediction came back to life: its label is still a fact.
+                self._version(version, now).add_outcomes(pred, actual, scores, ts, now)
+            self.duplicates["label"] += dups
+            return len(labels) - dups, dups
+
+    def expire(self, now: float) -> None:
+        with self.lock:
+            self.joins.expire(now)
+
+    def snapshot(self, now: float) -> ModelSnapshot:
+        with self.lock:
+            return ModelSnapshot(
+                self.model,
+                [v.snapshot(now) for v in self.versions.values()],
+                self.joins.waiting_predictions,
+                self.joins.waiting_labels,
+                dict(self.joins.dropped),
+                dict(self.duplicates),
+                self.retired_versions,
+            )
+
+    def summary(self, now: float) -> dict:
+        """The JSON shape of one model in GET /api/v1/models."""
+        with self.lock:
+            return {
+                "name": self.model.name,
+                "task": self.model.task,
+                "classes": list(self.model.classes),
+                "features": [{"name": f.name, "type": f.type} for f in self.model.features],
+                "pending_labels": self.joins.waiting_predictions,
+                "waiting_labels": self.joins.waiting_labels,
+                "versions": [
+                    {
+                        "version": v.version,
+                        "predictions": v.predictions,
+                        "labels": v.labels,
+                        "last_prediction_timestamp": v.last_prediction or None,
+                        "last_label_timestamp": v.last_label or None,
+                        "windows": {
+                            name: {"predictions": int(t["predictions"]), "labeled": int(t["labeled"])}
+                            for name, t in ((n, r.totals(now)) for n, r in zip(v.window_names, v.rings))
+                        },
+                    }
+                    for v in self.versions.values()
+                ],
+            }
+
+
+class ServerReports:
+    """Resource usage reported by model servers through the client, bounded in count and age."""
+
+    def __init__(self, cap: int, stale_seconds: float):
+        self.cap = cap
+        self.stale = stale_seconds
+        self.lock = threading.Lock()
+        self.reports: dict[str, tuple[tuple[str, ...], float, float, float]] = {}
+
+    def report(self, server: str, models: tuple[str, ...], cpu: float, rss: float, now: float) -> bool:
+        with self.lock:
+            if server not in self.reports and len(self.reports) >= self.cap:
+                self._expire(now)
+                if len(self.reports) >= self.cap:
+                    return False
+            self.reports[server] = (models, cpu, rss, now)
+            return True
+
+    def _expire(self, now: float) -> None:
+        for server in [s for s, r in self.reports.items() if r[3] < now - self.stale]:
+            del self.reports[server]
+
+    def expire(self, now: float) -> None:
+        with self.lock:
+            self._expire(now)
+
+    def snapshot(self, now: float) -> dict:
+        """Reports heard from within the staleness limit (a scrape reads, never deletes)."""
+        with self.lock:
+            return {s: r for s, r in self.reports.items() if r[3] >= now - self.stale}

@@ -1,0 +1,370 @@
+"""Validate ingest payloads as a whole batch and turn them into normalised events.
+
+A batch is accepted only if every item is valid; otherwise every problem is reported with the item's
+index, the field and a reason code (the ``reason`` label of ``mlmon_ingest_errors_total``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from exporter.config import Config, ModelConfig
+
+# Reason codes: a fixed set, so the metric's cardinality is bounded. Documented in docs/api.md.
+REASONS = (
+    "malformed_json",
+    "invalid_body",
+    "body_too_large",
+    "batch_too_large",
+    "unknown_model",
+    "unknown_field",
+    "missing_field",
+    "invalid_value",
+    "unknown_class",
+    "unknown_feature",
+)
+
+MAX_ID_LENGTH = 256
+MAX_STRING_LENGTH = 1024
+FUTURE_SKEW_SECONDS = 300.0
+SCORE_SUM_TOLERANCE = 0.01
+_VERSION_RE = re.compile(r"^[A-Za-z0-9_.+:@\-]{1,64}$")
+
+PREDICTION_FIELDS = frozenset(
+    {"model", "version", "id", "timestamp", "features", "prediction", "scores", "score", "latency_seconds", "label"}
+)
+LABEL_FIELDS = frozenset({"model", "id", "label"})
+
+
+@dataclass(frozen=True)
+class Problem:
+    index: int
+    field: str
+    reason: str
+    message: str
+    model: str = ""
+
+    def as_json(self) -> dict:
+        return {"index": self.index, "field": self.field, "reason": self.reason, "message": self.message}
+
+
+class Invalid(Exception):
+    """The whole payload is rejected; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str, problems: list[Problem]):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.problems = problems
+
+
+@dataclass(slots=True)
+class Prediction:
+    model: str
+    version: str
+    id: str | None
+    timestamp: float
+    prediction: Any  # class index (classification) or float (regression)
+    scores: tuple[float, ...] | None  # per ModelConfig.score_classes; None when not given
+    latency: float | None
+    label: Any  # class index or float, or None
+
+
+@dataclass(slots=True)
+class Label:
+    model: str
+    id: str
+    label: Any
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _class_key(v: Any) -> str | None:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    return None
+
+
+class _Item:
+    """Collects the problems of one item."""
+
+    __slots__ = ("index", "model", "problems")
+
+    def __init__(self, index: int, problems: list[Problem]):
+        self.index, self.model, self.problems = index, "", problems
+
+    def fail(self, field: str, reason: str, message: str) -> None:
+        self.problems.append(Problem(self.index, field, reason, message, self.model))
+
+
+class Validator:
+    """Validates payloads against the configured models; one instance per app, no mutable state."""
+
+    def __init__(self, config: Config, clock):
+        self.config = config
+        self.clock = clock
+        self.models = {m.name: m for m in config.models}
+        self.class_index = {m.name: {c: i for i, c in enumerate(m.classes)} for m in config.models}
+        self.features = {m.name: {f.name: f.type for f in m.features} for m in config.models}
+
+    # -- shared pieces ------------------------------------------------------------------------------
+
+    def _items(self, body: Any, key: str) -> list:
+        if isinstance(body, dict) and key in body and len(body) == 1:
+            items = body[key]
+            if not isinstance(items, list):
+                raise Invalid(400, f"'{key}' must be a list", [Problem(0, key, "invalid_body", "must be a list")])
+        elif isinstance(body, dict):
+            items = [body]
+        else:
+            raise Invalid(
+                400,
+                f'the body must be a JSON object, or {{"{key}": [...]}}',
+                [Problem(0, "", "invalid_body", "the body must be a JSON object")],
+            )
+        if not items:
+            raise Invalid(400, f"'{key}' is empty", [Problem(0, key, "invalid_body", "must hold at least one item")])
+        limit = self.config.limits.max_batch_size
+        if len(items) > limit:
+            raise Invalid(
+                413,
+                f"the batch holds {len(items)} items; the limit is {limit} (limits.max_batch_size)",
+                [Problem(0, key, "batch_too_large", f"at most {limit} items per request")],
+            )
+        return items
+
+    def _model(self, it: _Item, item: Any, allowed: frozenset) -> ModelConfig | None:
+        if not isinstance(item, dict):
+            it.fail("", "invalid_body", "each item must be a JSON object")
+            return None
+        name = item.get("model")
+        if name is None:
+            it.fail("model", "missing_field", "is required")
+            return None
+        model = self.models.get(name) if isinstance(name, str) else None
+        if model is None:
+            known = ", ".join(sorted(self.models))
+            it.fail("model", "unknown_model", f"unknown model {str(name)[:100]!r}; known models: {known}")
+            return None
+        it.model = model.name
+        for key in item:
+            if key not in allowed:
+                it.fail(str(key)[:100], "unknown_field", f"unknown field; allowed: {', '.join(sorted(allowed))}")
+        return model
+
+    def _id(self, it: _Item, value: Any, required: bool) -> str | None:
+        if value is None:
+            if required:
+                it.fail("id", "missing_field", "is required to join a label to its prediction")
+            return None
+        key = _class_key(value)
+        if key is None or not 0 < len(key) <= MAX_ID_LENGTH:
+            it.fail("id", "invalid_value", f"must be a string or integer of 1 to {MAX_ID_LENGTH} characters")
+            return None
+        return key
+
+    def _outcome(self, it: _Item, model: ModelConfig, field: str, value: Any) -> Any:
+        """A class index for classification, a float for regression."""
+        if model.task == "regression":
+            if not _finite(value):
+                it.fail(field, "invalid_value", f"must be a finite number for a regression model, got {_show(value)}")
+                return None
+            return float(value)
+        key = _class_key(value)
+        index = self.class_index[model.name].get(key) if key is not None else None
+        if index is None:
+            it.fail(field, "unknown_class", f"{_show(value)} is not one of the classes {list(model.classes)}")
+        return index
+
+    # -- predictions ------------------------------------------------------------------------------
+
+    def predictions(self, body: Any) -> list[Prediction]:
+        """Validate a prediction payload; raise :class:`Invalid` listing every problem."""
+        items = self._items(body, "predictions")
+        problems: list[Problem] = []
+        out: list[Prediction] = []
+        now = self.clock()
+        for index, item in enumerate(items):
+            it = _Item(index, problems)
+            before = len(problems)
+            model = self._model(it, item, PREDICTION_FIELDS)
+            if model is None:
+                continue
+            version = item.get("version", "default")
+            if not isinstance(version, str) or not _VERSION_RE.match(version):
+                it.fail("version", "invalid_value", "must be 1-64 characters of letters, digits and _.+:@-")
+            pid = self._id(it, item.get("id"), required=False)
+            ts = self._timestamp(it, item.get("timestamp"), now)
+            self._features(it, model, item.get("features"))
+            if "prediction" not in item:
+                it.fail("prediction", "missing_field", "is required")
+                pred = None
+            else:
+                pred = self._outcome(it, model, "prediction", item["prediction"])
+            scores = self._scores(it, model, item.get("scores"), item.get("score"))
+            latency = item.get("latency_seconds")
+            if latency is not None and not (_finite(latency) and latency >= 0):
+                it.fail("latency_seconds", "invalid_value", f"must be a finite number >= 0, got {_show(latency)}")
+            label = self._outcome(it, model, "label", item["label"]) if item.get("label") is not None else None
+            if len(problems) == before:
+                out.append(
+                    Prediction(
+                        model.name,
+                        version,
+                        pid,
+                        ts,
+                        pred,
+                        scores,
+                        float(latency) if latency is not None else None,
+                        label,
+                    )
+                )
+        if problems:
+            raise _rejection(problems, len(items))
+        return out
+
+    def _timestamp(self, it: _Item, value: Any, now: float) -> float:
+        if value is None:
+            return now
+        if _finite(value):
+            ts = float(value)
+        elif isinstance(value, str) and len(value) <= 64:
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+            except ValueError:
+                parsed = None
+            if parsed is None or parsed.tzinfo is None:
+                it.fail("timestamp", "invalid_value", "must be unix seconds or RFC 3339 with a time zone")
+                return now
+            ts = parsed.timestamp()
+        else:
+            it.fail("timestamp", "invalid_value", "must be unix seconds or an RFC 3339 string")
+            return now
+        if ts <= 0:
+            it.fail("timestamp", "invalid_value", "must be after 1970")
+        elif ts > now + FUTURE_SKEW_SECONDS:
+            it.fail(
+                "timestamp",
+                "invalid_value",
+                f"is {ts - now:.0f}s in the future (clock skew up to {FUTURE_SKEW_SECONDS:.0f}s is tolerated)",
+            )
+        return min(ts, now)
+
+    def _features(self, it: _Item, model: ModelConfig, features: Any) -> None:
+        if features is None:
+            return
+        if not isinstance(features, dict):
+            it.fail("features", "invalid_value", "must be an object of feature name to value")
+            return
+        types = self.features[model.name]
+        for name, value in features.items():
+            kind = types.get(name)
+            if kind is None:
+                it.fail(f"features.{str(name)[:100]}", "unknown_feature", f"is not a feature of model {model.name!r}")
+            elif value is None:
+                continue
+            elif kind == "numeric":
+                if not _finite(value):
+                    it.fail(f"features.{name}", "invalid_value", f"must be a finite number or null, got {_show(value)}")
+            elif not (isinstance(value, (str, bool)) or _finite(value)) or (
+                isinstance(value, str) and len(value) > MAX_STRING_LENGTH
+            ):
+                it.fail(
+                    f"features.{name}",
+                    "invalid_value",
+                    f"must be a string, number, boolean or null of at most {MAX_STRING_LENGTH} characters",
+                )
+
+    def _scores(self, it: _Item, model: ModelConfig, scores: Any, score: Any) -> tuple[float, ...] | None:
+        if score is not None:
+            if model.task != "binary":
+                it.fail("score", "invalid_value", "a single score applies to binary models; send 'scores' instead")
+                return None
+            if scores is not None:
+                it.fail("score", "invalid_value", "send either 'score' or 'scores', not both")
+                return None
+            if not (_finite(score) and 0 <= score <= 1):
+                it.fail("score", "invalid_value", f"must be a probability from 0 to 1, got {_show(score)}")
+                return None
+            return (float(score),)
+        if scores is None or model.task == "regression":
+            if scores is not None:
+                it.fail("scores", "invalid_value", "scores apply to classification models only")
+            return None
+        if not isinstance(scores, dict) or not scores:
+            it.fail("scores", "invalid_value", "must be an object of class to probability")
+            return None
+        index = self.class_index[model.name]
+        probs: dict[int, float] = {}
+        for key, p in scores.items():
+            if key not in index:
+                it.fail(f"scores.{str(key)[:100]}", "unknown_class", f"is not one of the classes {list(model.classes)}")
+            elif not (_finite(p) and 0 <= p <= 1):
+                it.fail(f"scores.{key}", "invalid_value", f"must be a probability from 0 to 1, got {_show(p)}")
+            else:
+                probs[index[key]] = float(p)
+        if len(probs) != len(scores):
+            return None
+        total = sum(probs.values())
+        if model.task == "binary":
+            positive = index[model.positive_class]
+            if positive not in probs:
+                it.fail(f"scores.{model.positive_class}", "missing_field", "the positive class's score is required")
+                return None
+            if len(probs) == 2 and abs(total - 1) > SCORE_SUM_TOLERANCE:
+                it.fail("scores", "invalid_value", f"must sum to 1, got {total:.4g}")
+                return None
+            return (probs[positive],)
+        if len(probs) != len(model.classes):
+            missing = [c for c in model.classes if index[c] not in probs]
+            it.fail("scores", "missing_field", f"needs a score for every class; missing {missing[:10]}")
+            return None
+        if abs(total - 1) > SCORE_SUM_TOLERANCE:
+            it.fail("scores", "invalid_value", f"must sum to 1, got {total:.4g}")
+            return None
+        return tuple(probs[i] for i in range(len(model.classes)))
+
+    # -- labels -------------------------------------------------------------------------------------
+
+    def labels(self, body: Any) -> list[Label]:
+        """Validate a label payload; raise :class:`Invalid` listing every problem."""
+        items = self._items(body, "labels")
+        problems: list[Problem] = []
+        out: list[Label] = []
+        for index, item in enumerate(items):
+            it = _Item(index, problems)
+            before = len(problems)
+            model = self._model(it, item, LABEL_FIELDS)
+            if model is None:
+                continue
+            lid = self._id(it, item.get("id"), required=True)
+            if item.get("label") is None:
+                it.fail("label", "missing_field", "is required")
+                value = None
+            else:
+                value = self._outcome(it, model, "label", item["label"])
+            if len(problems) == before:
+                out.append(Label(model.name, lid, value))  # type: ignore[arg-type]
+        if problems:
+            raise _rejection(problems, len(items))
+        return out
+
+
+def _rejection(problems: list[Problem], n_items: int) -> Invalid:
+    bad = len({p.index for p in problems})
+    status = 404 if all(p.reason == "unknown_model" for p in problems) else 400
+    noun = "item is" if bad == 1 else "items are"
+    return Invalid(status, f"{bad} of {n_items} {noun} invalid; nothing was accepted", problems)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

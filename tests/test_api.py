@@ -1,0 +1,323 @@
+"""The HTTP contract: what is accepted, how every kind of bad input is answered, and that it changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import make_app, scrape
+
+VOLATILE = ("mlmon_ingest_errors", "mlmon_http_", "mlmon_collect_duration")
+
+
+def state(client) -> dict:
+    """Every mlmon series except the ones that count requests and errors."""
+    return {k: v for k, v in scrape(client).series().items() if not k[0].startswith(VOLATILE)}
+
+
+def churn(**extra):
+    return {
+        "model": "churn",
+        "id": "p1",
+        "prediction": "churn",
+        "score": 0.7,
+        "features": {"tenure": 3, "plan": "pro"},
+        **extra,
+    }
+
+
+def test_single_prediction_is_accepted(client):
+    r = client.post("/api/v1/predictions", json=churn())
+    assert r.status_code == 202
+    assert r.get_json() == {"accepted": 1, "duplicates": 0}
+    m = scrape(client)
+    assert m.get("mlmon_predictions_total", model="churn", version="default") == 1
+    assert m.get("mlmon_pending_labels", model="churn") == 1
+    assert m.get("mlmon_predicted_class_total", model="churn", version="default", **{"class": "churn"}) == 1
+
+
+def test_batch_and_label_join(client):
+    preds = [churn(id=f"p{i}", prediction="stay", score=0.2) for i in range(5)]
+    assert client.post("/api/v1/predictions", json={"predictions": preds}).status_code == 202
+    r = client.post(
+        "/api/v1/labels", json={"labels": [{"model": "churn", "id": f"p{i}", "label": "stay"} for i in range(3)]}
+    )
+    assert r.status_code == 202 and r.get_json()["accepted"] == 3
+    m = scrape(client)
+    assert m.get("mlmon_labels_total", model="churn", version="default") == 3
+    assert m.get("mlmon_pending_labels", model="churn") == 2
+    assert m.get("mlmon_accuracy", model="churn", version="default", window="5m") == 1.0
+
+
+def test_duplicate_prediction_is_ignored_and_counted(client):
+    client.post("/api/v1/predictions", json=churn())
+    r = client.post("/api/v1/predictions", json={"predictions": [churn(), churn(id="p2")]})
+    assert r.get_json() == {"accepted": 1, "duplicates": 1}
+    m = scrape(client)
+    assert m.get("mlmon_predictions_total", model="churn", version="default") == 2
+    assert m.get("mlmon_duplicates_total", model="churn", kind="prediction") == 1
+
+
+def test_duplicate_label_is_ignored_and_counted(client):
+    client.post("/api/v1/predictions", json=churn())
+    client.post("/api/v1/labels", json={"model": "churn", "id": "p1", "label": "stay"})
+    r = client.post("/api/v1/labels", json={"model": "churn", "id": "p1", "label": "churn"})
+    assert r.get_json() == {"accepted": 0, "duplicates": 1}
+    m = scrape(client)
+    assert m.get("mlmon_labels_total", model="churn", version="default") == 1
+    assert m.get("mlmon_duplicates_total", model="churn", kind="label") == 1
+
+
+def test_label_before_prediction_waits_then_joins(client):
+    client.post("/api/v1/labels", json={"model": "churn", "id": "p1", "label": "churn"})
+    assert scrape(client).get("mlmon_early_labels", model="churn") == 1
+    client.post("/api/v1/predictions", json=churn())
+    m = scrape(client)
+    assert m.get("mlmon_early_labels", model="churn") == 0
+    assert m.get("mlmon_labels_total", model="churn", version="default") == 1
+
+
+def test_empty_window_publishes_no_quality_figures(client, clock):
+    client.post("/api/v1/predictions", json=churn(label="churn"))
+    assert scrape(client).get("mlmon_accuracy", model="churn", version="default", window="5m") == 1.0
+    clock.advance(400)
+    m = scrape(client)
+    assert m.get("mlmon_accuracy", model="churn", version="default", window="5m") is None
+    assert m.get("mlmon_roc_auc", model="churn", version="default", window="5m") is None
+    assert m.get("mlmon_window_samples", model="churn", version="default", window="5m", kind="labeled") == 0
+    assert m.get("mlmon_accuracy", model="churn", version="default", window="1h") == 1.0
+
+
+def test_pending_predictions_expire_after_the_ttl():
+    app, clock = make_app("limits: {pending_ttl: 1h}\nmodels:\n  - {name: m, task: regression}\n")
+    client = app.test_client()
+    client.post("/api/v1/predictions", json={"model": "m", "id": "a", "prediction": 1.0})
+    clock.advance(3601)
+    app.extensions["mlmon"].maintain()
+    m = scrape(client)
+    assert m.get("mlmon_pending_labels", model="m") == 0
+    assert m.get("mlmon_pending_dropped_total", model="m", kind="prediction", reason="expired") == 1
+
+
+def test_versions_are_capped_oldest_retired():
+    app, clock = make_app("limits: {max_versions_per_model: 2}\nmodels:\n  - {name: m, task: regression}\n")
+    client = app.test_client()
+    for v in ("a", "b", "c"):
+        client.post("/api/v1/predictions", json={"model": "m", "version": v, "prediction": 1.0})
+        clock.advance(1)
+    m = scrape(client)
+    assert {s.labels["version"] for s in m.all("mlmon_model_info")} == {"b", "c"}
+    assert m.get("mlmon_retired_versions_total", model="m") == 1
+
+
+def test_known_label_sets_start_at_zero(client):
+    m = scrape(client)
+    assert m.get("mlmon_ingest_errors_total", model="churn", reason="invalid_value") == 0
+    assert m.get("mlmon_pending_labels", model="iris") == 0
+    assert m.get("mlmon_duplicates_total", model="price", kind="label") == 0
+
+
+BAD_PREDICTIONS = [
+    # (payload, status, field, reason)
+    ([churn()], 400, "", "invalid_body"),
+    ({"predictions": "x"}, 400, "predictions", "invalid_body"),
+    ({"predictions": []}, 400, "predictions", "invalid_body"),
+    ({"predictions": [3]}, 400, "", "invalid_body"),
+    (churn(model="nope"), 404, "model", "unknown_model"),
+    ({"prediction": "churn"}, 400, "model", "missing_field"),
+    ({"model": "churn"}, 400, "prediction", "missing_field"),
+    (churn(prediction="maybe"), 400, "prediction", "unknown_class"),
+    (churn(prediction=True), 400, "prediction", "unknown_class"),
+    (churn(colour="red"), 400, "colour", "unknown_field"),
+    (churn(version="a b"), 400, "version", "invalid_value"),
+    (churn(id="x" * 300), 400, "id", "invalid_value"),
+    (churn(id=True), 400, "id", "invalid_value"),
+    (churn(timestamp="yesterday"), 400, "timestamp", "invalid_value"),
+    (churn(timestamp="2026-01-01T00:00:00"), 400, "timestamp", "invalid_value"),
+    (churn(timestamp=1e12), 400, "timestamp", "invalid_value"),
+    (churn(timestamp=-5), 400, "timestamp", "invalid_value"),
+    (churn(latency_seconds=-1), 400, "latency_seconds", "invalid_value"),
+    (churn(latency_seconds="fast"), 400, "latency_seconds", "invalid_value"),
+    (churn(score=1.5), 400, "score", "invalid_value"),
+    (churn(score=None, scores={"churn": 0.7, "stay": 0.7}), 400, "scores", "invalid_value"),
+    (churn(score=None, scores={"stay": 0.3}), 400, "scores.churn", "missing_field"),
+    (churn(score=None, scores={"churn": 0.7, "other": 0.3}), 400, "scores.other", "unknown_class"),
+    (churn(scores={"churn": 0.7}), 400, "score", "invalid_value"),
+    (churn(features={"age": 3}), 400, "features.age", "unknown_feature"),
+    (churn(features={"tenure": "long"}), 400, "features.tenure", "invalid_value"),
+    (churn(features={"plan": {"a": 1}}), 400, "features.plan", "invalid_value"),
+    (churn(features=[1, 2]), 400, "features", "invalid_value"),
+    (churn(label="maybe"), 400, "label", "unknown_class"),
+    ({"model": "iris", "prediction": "setosa", "score": 0.5}, 400, "score", "invalid_value"),
+    ({"model": "iris", "prediction": "setosa", "scores": {"setosa": 1.0}}, 400, "scores", "missing_field"),
+    (
+        {"model": "iris", "prediction": "setosa", "scores": {"setosa": 0.5, "versicolor": 0.2, "virginica": 0.1}},
+        400,
+        "scores",
+        "invalid_value",
+    ),
+    ({"model": "price", "prediction": "high"}, 400, "prediction", "invalid_value"),
+    ({"model": "price", "prediction": 3.0, "scores": {"a": 1}}, 400, "scores", "invalid_value"),
+]
+
+
+@pytest.mark.parametrize("payload, status, field, reason", BAD_PREDICTIONS)
+def test_bad_prediction_is_rejected_naming_the_field_and_changes_nothing(client, payload, status, field, reason):
+    client.post("/api/v1/predictions", json=churn(id="seed", label="stay"))
+    before = state(client)
+    errors_before = scrape(client).get("mlmon_ingest_errors_total", model=_model_of(payload), reason=reason)
+    r = client.post("/api/v1/predictions", json=payload)
+    assert r.status_code == status
+    body = r.get_json()["error"]
+    assert body["code"] == status
+    assert {"field": field, "reason": reason} in [{"field": d["field"], "reason": d["reason"]} for d in body["details"]]
+    assert state(client) == before
+    errors_after = scrape(client).get("mlmon_ingest_errors_total", model=_model_of(payload), reason=reason)
+    assert errors_after == errors_before + 1
+
+
+def _model_of(payload) -> str:
+    if isinstance(payload, dict) and payload.get("model") in ("churn", "iris", "price"):
+        return payload["model"]
+    return ""
+
+
+def test_unknown_model_answer_names_the_known_ones(client):
+    r = client.post("/api/v1/predictions", json=churn(model="nope"))
+    assert r.status_code == 404
+    assert "churn, iris, price" in r.get_json()["error"]["details"][0]["message"]
+
+
+def test_one_bad_item_rejects_the_whole_batch_and_lists_every_bad_item(client):
+    before = state(client)
+    items = [churn(id="a"), churn(id="b", prediction="x"), churn(id="c"), churn(id="d", score=3)]
+    r = client.post("/api/v1/predictions", json={"predictions": items})
+    assert r.status_code == 400
+    details = r.get_json()["error"]["details"]
+    assert [(d["index"], d["field"]) for d in details] == [(1, "prediction"), (3, "score")]
+    assert "2 of 4 items are invalid" in r.get_json()["error"]["message"]
+    assert state(client) == before
+    assert client.post("/api/v1/predictions", json={"predictions": [items[0], items[2]]}).status_code == 202
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (b"{bad", "malformed_json"),
+        (b'{"model": NaN}', "malformed_json"),
+        (b"[" * 100000, "malformed_json"),
+        (b"", "malformed_json"),
+    ],
+)
+def test_malformed_json_is_a_400(client, body, reason):
+    before = state(client)
+    r = client.post("/api/v1/predictions", data=body, content_type="application/json")
+    assert r.status_code == 400
+    assert r.get_json()["error"]["details"][0]["reason"] == reason
+    assert state(client) == before
+    assert scrape(client).get("mlmon_ingest_errors_total", model="", reason=reason) == 1
+
+
+def test_body_over_the_limit_is_a_413():
+    app, _ = make_app("limits: {max_body_bytes: 2048}\nmodels:\n  - {name: m, task: regression}\n")
+    client = app.test_client()
+    r = client.post("/api/v1/predictions", data=b" " * 4096, content_type="application/json")
+    assert r.status_code == 413
+    assert r.get_json()["error"]["details"][0]["reason"] == "body_too_large"
+    assert scrape(client).get("mlmon_ingest_errors_total", model="", reason="body_too_large") == 1
+
+
+def test_batch_over_the_limit_is_a_413():
+    app, _ = make_app("limits: {max_batch_size: 3}\nmodels:\n  - {name: m, task: regression}\n")
+    client = app.test_client()
+    r = client.post("/api/v1/predictions", json={"predictions": [{"model": "m", "prediction": 1}] * 4})
+    assert r.status_code == 413
+    assert "max_batch_size" in r.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "payload, field, reason",
+    [
+        ({"model": "churn", "label": "stay"}, "id", "missing_field"),
+        ({"model": "churn", "id": "a"}, "label", "missing_field"),
+        ({"model": "churn", "id": "a", "label": "maybe"}, "label", "unknown_class"),
+        ({"model": "price", "id": "a", "label": "high"}, "label", "invalid_value"),
+        ({"model": "churn", "id": "a", "label": "stay", "version": "v1"}, "version", "unknown_field"),
+    ],
+)
+def test_bad_label_is_rejected(client, payload, field, reason):
+    before = state(client)
+    r = client.post("/api/v1/labels", json=payload)
+    assert r.status_code == 400
+    assert r.get_json()["error"]["details"][0] == {
+        **r.get_json()["error"]["details"][0],
+        "field": field,
+        "reason": reason,
+    }
+    assert state(client) == before
+
+
+def test_rfc3339_and_unix_timestamps(client, clock):
+    from datetime import datetime, timezone
+
+    stamp = datetime.fromtimestamp(clock.now - 60, timezone.utc).isoformat().replace("+00:00", "Z")
+    assert client.post("/api/v1/predictions", json=churn(timestamp=stamp)).status_code == 202
+    assert client.post("/api/v1/predictions", json=churn(id="p2", timestamp=clock.now - 30)).status_code == 202
+    m = scrape(client)
+    assert m.get("mlmon_last_prediction_timestamp_seconds", model="churn", version="default") == clock.now - 30
+
+
+def test_resources_report_is_published(client):
+    r = client.post(
+        "/api/v1/resources",
+        json={"server": "web-1", "models": ["churn"], "cpu_seconds_total": 12.5, "resident_memory_bytes": 1e8},
+    )
+    assert r.status_code == 202
+    m = scrape(client)
+    assert m.get("mlmon_model_server_cpu_seconds_total", model="churn", server="web-1") == 12.5
+    assert m.get("mlmon_model_server_resident_memory_bytes", model="churn", server="web-1") == 1e8
+    bad = client.post(
+        "/api/v1/resources",
+        json={"server": "web-1", "models": ["nope"], "cpu_seconds_total": -1, "resident_memory_bytes": 1},
+    )
+    assert bad.status_code == 400
+    assert {d["field"] for d in bad.get_json()["error"]["details"]} == {"models", "cpu_seconds_total"}
+
+
+def test_models_endpoint(client):
+    client.post("/api/v1/predictions", json=churn(version="v2"))
+    body = client.get("/api/v1/models").get_json()
+    churn_model = next(m for m in body["models"] if m["name"] == "churn")
+    assert churn_model["task"] == "binary" and churn_model["pending_labels"] == 1
+    (version,) = churn_model["versions"]
+    assert version["version"] == "v2" and version["predictions"] == 1
+    assert version["windows"]["5m"] == {"predictions": 1, "labeled": 0}
+    assert client.get("/api/v1/models/churn").get_json()["name"] == "churn"
+    assert client.get("/api/v1/models/nope").status_code == 404
+
+
+def test_openapi_document_lists_every_route(app, client):
+    doc = client.get("/api/v1/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.")
+    routes = {r.rule.replace("<name>", "{name}") for r in app.url_map.iter_rules() if r.endpoint != "static"}
+    assert routes - {"/"} <= set(doc["paths"])
+
+
+def test_ops_endpoints(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    assert b"/metrics" in client.get("/").data or b"metrics" in client.get("/").data
+
+
+def test_errors_are_json_for_unknown_routes_and_methods(client):
+    r = client.get("/nope")
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == 404
+    r = client.get("/api/v1/predictions")
+    assert r.status_code == 405 and r.get_json()["error"]["code"] == 405
+
+
+def test_http_requests_are_counted_by_url_rule(client):
+    client.post("/api/v1/predictions", json=churn())
+    client.get("/api/v1/models/nope")
+    m = scrape(client)
+    assert m.get("mlmon_http_requests_total", handler="/api/v1/predictions", code="202") == 1
+    assert m.get("mlmon_http_requests_total", handler="/api/v1/models/<name>", code="404") == 1

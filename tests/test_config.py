@@ -1,0 +1,158 @@
+"""Config validation: the documented form is accepted; every problem names the key, its line and what is wrong."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from exporter.config import ConfigError, parse_config, parse_duration
+
+ISSUE_FORM = """
+windows: ["5m", "1h", "1d"]          # the default
+models:
+  - name: churn
+    task: binary                     # binary | multiclass | regression
+    classes: ["stay", "churn"]
+    positive_class: "churn"
+    features:
+      - {name: tenure, type: numeric}
+      - {name: plan, type: categorical}
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(textwrap.dedent(text), "c.yml")
+    return exc.value.problems
+
+
+def test_documented_form_is_accepted_with_defaults():
+    config = parse_config(ISSUE_FORM)
+    assert config.windows == ("5m", "1h", "1d")
+    assert config.window_seconds == (300, 3600, 86400)
+    (model,) = config.models
+    assert (model.name, model.task, model.classes, model.positive_class) == (
+        "churn",
+        "binary",
+        ("stay", "churn"),
+        "churn",
+    )
+    assert [(f.name, f.type) for f in model.features] == [("tenure", "numeric"), ("plan", "categorical")]
+    assert config.limits.pending_ttl_seconds == 7 * 86400
+    assert config.limits.max_body_bytes == 10 * 1024 * 1024
+
+
+def test_example_config_is_valid():
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "check-config", "examples/config.yml"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_unknown_key_is_an_error_naming_path_and_line():
+    (problem,) = problems("""
+        models:
+          - name: churn
+            task: binary
+            classes: [a, b]
+            feautres: []
+    """)
+    assert problem.startswith("line 6: models[0].feautres: unknown key")
+    assert "features" in problem  # the allowed keys are listed
+
+
+def test_every_problem_is_reported_at_once():
+    found = problems("""
+        windows: ["5 minutes"]
+        limits: {max_batch_size: 0, pending_ttl: 3x}
+        models:
+          - {name: a, task: ranking}
+          - {name: b, task: binary, classes: [x, y, z]}
+          - {name: c, task: binary, classes: [x, y], positive_class: q}
+          - {name: d, task: regression, features: [{name: f, type: text}]}
+    """)
+    text = "\n".join(found)
+    for expected in (
+        "windows[0]",
+        "limits.max_batch_size",
+        "limits.pending_ttl",
+        "models[0].task",
+        "models[1].classes",
+        "models[2].positive_class",
+        "models[3].features[0].type",
+    ):
+        assert expected in text, (expected, text)
+    assert len(found) == 7
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", "empty"),
+        ("models: []", "models: must be a non-empty list"),
+        ("models:\n  - {name: a, task: binary}", "models[0].classes: is required"),
+        ("models:\n  - {name: a, task: regression}\n  - {name: a, task: regression}", "duplicate model name"),
+        ("models:\n  - {task: regression}", "models[0].name: is required"),
+        ("models:\n  - {name: a, task: multiclass, classes: [x, x]}", "duplicate class names"),
+        ("models:\n  - {name: a, task: regression, classes: [x, y]}", "only applies to classification"),
+        ("models:\n  - {name: 'a b', task: regression}", "models[0].name"),
+        ("windows: [5m, 300s]\nmodels:\n  - {name: a, task: regression}", "same length"),
+        ("models:\n  - {name: a, task: regression, prediction_buckets: [3, 1]}", "increasing order"),
+        ("models: [\n", "not valid YAML"),
+        ("models:\n  - {name: a, task: regression}\nmodels: []", "duplicate key 'models'"),
+    ],
+)
+def test_invalid_configs_are_explained(text, expected):
+    assert expected in "\n".join(problems(text))
+
+
+def test_binary_positive_class_defaults_to_the_second_class():
+    config = parse_config("models:\n  - {name: a, task: binary, classes: [0, 1]}")
+    assert config.models[0].classes == ("0", "1")
+    assert config.models[0].positive_class == "1"
+
+
+@pytest.mark.parametrize("text, seconds", [("30s", 30), ("5m", 300), ("1h30m", 5400), ("7d", 604800), ("1w", 604800)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5", "m", "1.5h", "-5m", "5M"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_check_config_exits_1_and_names_the_problem(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("models:\n  - {name: a, task: regression, colour: red}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "check-config", str(bad)], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert f"{bad}: line 2: models[0].colour: unknown key" in result.stderr
+
+
+def test_serve_with_a_bad_config_is_a_usage_error(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("models: 3\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "serve", "--config", str(bad), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "models: must be a non-empty list" in result.stderr
+
+
+def test_missing_config_file_is_reported(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "check-config", str(tmp_path / "nope.yml")], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "cannot read the config file" in result.stderr

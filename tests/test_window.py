@@ -1,0 +1,69 @@
+"""The ring of time buckets: events enter the right bucket and leave as time passes; memory is fixed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from exporter.window import Ring
+
+T = 1_800_000_000.0  # a multiple of 60, so bucket edges fall on whole minutes
+
+
+def ring() -> Ring:
+    return Ring(300, 5, {"n": ((), np.int64), "v": ((2,), np.float64)})  # 5m in 1m buckets
+
+
+def add(r: Ring, times, now):
+    slots = r.slots(np.asarray(times, dtype=float), now)
+    ok = slots >= 0
+    r.arrays["n"] += np.bincount(slots[ok], minlength=r.k)
+    return slots
+
+
+def test_events_leave_the_window_as_time_passes():
+    r = ring()
+    add(r, [T, T + 1, T + 61], now=T + 61)
+    assert r.totals(T + 61)["n"] == 3
+    assert r.totals(T + 299)["n"] == 3  # bucket [T, T+60) is the oldest of five at T+299
+    assert r.totals(T + 300)["n"] == 1  # ... and gone once the sixth minute starts
+    assert r.totals(T + 360)["n"] == 0
+
+
+def test_events_older_than_the_window_are_not_counted():
+    r = ring()
+    slots = add(r, [T - 300, T - 240, T], now=T)
+    assert list(slots[:1]) == [-1]
+    assert r.totals(T)["n"] == 2
+
+
+def test_a_reused_slot_starts_from_zero():
+    r = ring()
+    add(r, [T] * 10, now=T)
+    add(r, [T + 300], now=T + 300)  # same slot, five buckets later
+    assert r.totals(T + 300)["n"] == 1
+
+
+def test_a_late_event_does_not_clobber_a_newer_bucket_in_its_slot():
+    r = ring()
+    add(r, [T + 300], now=T + 300)
+    slots = add(r, [T], now=T + 300)  # out of the window and its slot holds a newer bucket
+    assert slots[0] == -1
+    assert r.totals(T + 300)["n"] == 1
+
+
+def test_batches_spanning_buckets_are_split():
+    r = ring()
+    times = T + np.array([0, 10, 70, 130, 130, 250])
+    add(r, times, now=T + 250)
+    assert r.totals(T + 250)["n"] == 6
+    assert r.totals(T + 300)["n"] == 4  # minute 0 (two events) has left
+    assert r.totals(T + 420)["n"] == 1  # only the event at minute 4 is left
+
+
+def test_memory_does_not_depend_on_traffic():
+    r = ring()
+    before = r.nbytes()
+    for minute in range(100):
+        add(r, T + minute * 60 + np.arange(1000) * 0.05, now=T + minute * 60 + 59)
+    assert r.nbytes() == before
+    assert r.totals(T + 99 * 60 + 59)["n"] == 5000
