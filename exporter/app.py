@@ -6,7 +6,6 @@ that names the problem and is counted, never a 5xx.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -14,6 +13,7 @@ from collections.abc import Callable
 from html import escape
 from http import HTTPStatus
 
+import orjson
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from prometheus_client import (
     CollectorRegistry,
@@ -109,20 +109,18 @@ def _mlmon() -> Mlmon:
     return current_app.extensions["mlmon"]
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _json_body(endpoint_model: str = ""):
+def _json_body():
     """Parse the request body as JSON, counting and answering malformed input as 400."""
     raw = request.get_data(cache=False)
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        _mlmon().errors.inc(endpoint_model, "malformed_json")
-        reason = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        # orjson: several times faster than json on ingest bodies, and strict: NaN, Infinity, numbers that
+        # overflow to infinity, lone surrogates and nesting deeper than 1024 are all malformed JSON.
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        _mlmon().errors.inc("", "malformed_json")
+        reason = str(exc)[:200]
         raise APIError(
-            400, f"the body is not valid JSON: {reason[:200]}", [Problem(0, "", "malformed_json", reason[:200])]
+            400, f"the body is not valid JSON: {reason}", [Problem(0, "", "malformed_json", reason)]
         ) from None
 
 

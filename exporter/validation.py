@@ -265,23 +265,22 @@ class Validator:
             it.fail("features", "invalid_value", "must be an object of feature name to value")
             return
         types = self.features[model.name]
+        # The hot loop of ingest: exact type checks first, the general (and error) path after.
         for name, value in features.items():
             kind = types.get(name)
-            if kind is None:
-                it.fail(f"features.{str(name)[:100]}", "unknown_feature", f"is not a feature of model {model.name!r}")
-            elif value is None:
-                continue
-            elif kind == "numeric":
+            vtype = type(value)
+            if kind == "numeric":
+                if (vtype is float and value - value == 0.0) or vtype is int or value is None:
+                    continue
                 if not _finite(value):
                     it.fail(f"features.{name}", "invalid_value", f"must be a finite number or null, got {_show(value)}")
-            elif not (isinstance(value, (str, bool)) or _finite(value)) or (
-                isinstance(value, str) and len(value) > MAX_STRING_LENGTH
-            ):
-                it.fail(
-                    f"features.{name}",
-                    "invalid_value",
-                    f"must be a string, number, boolean or null of at most {MAX_STRING_LENGTH} characters",
-                )
+            elif kind is None:
+                it.fail(f"features.{str(name)[:100]}", "unknown_feature", f"is not a feature of model {model.name!r}")
+            elif vtype is str:
+                if len(value) > MAX_STRING_LENGTH:
+                    it.fail(f"features.{name}", "invalid_value", f"must be at most {MAX_STRING_LENGTH} characters")
+            elif not (value is None or vtype is bool or _finite(value)):
+                it.fail(f"features.{name}", "invalid_value", "must be a string, number, boolean or null")
 
     def _scores(self, it: _Item, model: ModelConfig, scores: Any, score: Any) -> tuple[float, ...] | None:
         if score is not None:

@@ -1,0 +1,65 @@
+"""/metrics time for 10 models x 30 features x 3 windows, with every model's windows full of data.
+
+Run: python bench/bench_scrape.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import requests  # noqa: E402
+
+from bench.common import Served, config_text, events  # noqa: E402
+
+
+def in_process(models: int = 10, events_per_model: int = 20_000, runs: int = 20) -> dict:
+    from prometheus_client import generate_latest
+
+    from exporter.app import create_app
+    from exporter.config import parse_config
+
+    clock = [1_800_000_000.0]
+    app = create_app(parse_config(config_text(models=models, features=30)), clock=lambda: clock[0])
+    client = app.test_client()
+    for m in range(models):
+        batch = events(1000, model=f"model{m}", seed=m)
+        for _ in range(events_per_model // 1000):
+            clock[0] += 60
+            assert client.post("/api/v1/predictions", json={"predictions": batch}).status_code == 202
+    registry = app.extensions["mlmon"].registry
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        text = generate_latest(registry)
+        times.append(time.perf_counter() - t)
+    series = sum(1 for line in text.decode().splitlines() if line and not line.startswith("#"))
+    return {"median_seconds": statistics.median(times), "series": series, "bytes": len(text)}
+
+
+def over_http(models: int = 10, runs: int = 20) -> dict:
+    with Served(config_text(models=models, features=30)) as server:
+        for m in range(models):
+            body = json.dumps({"predictions": events(2000, model=f"model{m}", seed=m)})
+            requests.post(server.url + "/api/v1/predictions", data=body,
+                          headers={"Content-Type": "application/json"}).raise_for_status()
+        s = requests.Session()
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            s.get(server.url + "/metrics").raise_for_status()
+            times.append(time.perf_counter() - t)
+        return {"median_seconds": statistics.median(times)}
+
+
+def run() -> dict:
+    return {"in_process": in_process(), "http": over_http()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))

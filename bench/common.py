@@ -1,0 +1,112 @@
+"""Shared pieces of the benchmarks: configs, generated events, a served exporter, timing helpers."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config_text(models: int = 1, features: int = 30, windows=("5m", "1h", "1d"), task: str = "binary") -> str:
+    lines = [f"windows: {list(windows)}", "limits: {max_batch_size: 10000, max_body_bytes: 67108864}", "models:"]
+    for m in range(models):
+        lines.append(f"  - name: model{m}")
+        lines.append(f"    task: {task}")
+        if task != "regression":
+            lines.append('    classes: ["no", "yes"]')
+        lines.append("    features:")
+        for f in range(features):
+            kind = "categorical" if f % 10 == 9 else "numeric"
+            lines.append(f"      - {{name: f{f}, type: {kind}}}")
+    return "\n".join(lines) + "\n"
+
+
+def events(n: int, model: str = "model0", features: int = 30, seed: int = 0, labelled: bool = True,
+           ids: bool = False, start: float | None = None, span: float = 0.0) -> list[dict]:
+    """Binary-classifier predictions with 30 features (every tenth categorical)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).round(4)
+    p = rng.uniform(size=n).round(4)
+    y = rng.uniform(size=n) < p
+    out = []
+    for i in range(n):
+        feats = {f"f{f}": (f"c{int(abs(x[i, f]) * 3)}" if f % 10 == 9 else float(x[i, f])) for f in range(features)}
+        item = {"model": model, "prediction": "yes" if p[i] >= 0.5 else "no", "score": float(p[i]), "features": feats,
+                "latency_seconds": 0.003}
+        if labelled:
+            item["label"] = "yes" if y[i] else "no"
+        if ids:
+            item["id"] = f"{seed}-{i}"
+        if start is not None:
+            item["timestamp"] = start + span * i / max(n, 1)
+        out.append(item)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    """`mlmon serve` in a subprocess on loopback, for as long as the with-block lasts."""
+
+    def __init__(self, config: str, threads: int = 8):
+        self.config = config
+        self.threads = threads
+
+    def __enter__(self) -> Served:
+        self.dir = tempfile.TemporaryDirectory()
+        path = os.path.join(self.dir.name, "config.yml")
+        with open(path, "w") as fh:
+            fh.write(self.config)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "serve", "--config", path, "--port", str(self.port),
+             "--threads", str(self.threads), "--log.level", "warn"], cwd=ROOT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/readyz", timeout=1).ok:
+                    return self
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("exporter did not start")
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.proc.pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+        self.dir.cleanup()
+
+
+def median_of(fn, runs: int = 5) -> float:
+    return statistics.median(fn() for _ in range(runs))
+
+
+def machine() -> str:
+    from importlib.metadata import version
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    libs = ", ".join(f"{name} {version(name)}" for name in ("numpy", "flask", "waitress", "prometheus-client"))
+    return f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, {libs}"
