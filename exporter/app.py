@@ -1,7 +1,8 @@
 """The HTTP surface: a Flask app factory wiring state, validation, the collector and /metrics.
 
 Every error, ours or Werkzeug's, answers with the JSON error shape of docs/api.md; bad input is a 4xx
-that names the problem and is counted, never a 5xx.
+that names the problem and is counted, never a 5xx. (Only a body over twice limits.max_body_bytes is
+refused by waitress itself, with its plain-text 413, before it is read.)
 """
 
 from __future__ import annotations
@@ -314,7 +315,11 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> Fla
                 f"the body is larger than {limit} bytes (limits.max_body_bytes)",
                 [Problem(0, "", "body_too_large", f"limit {limit} bytes")],
             )
-        return error_body(err.code or 500, err.name, err.description or err.name)
+        response, status = error_body(err.code or 500, _status_name(err.code or 500), err.description or err.name)
+        for key, value in err.get_headers():  # keeps e.g. the Allow header of a 405
+            if key.lower() != "content-type":
+                response.headers[key] = value
+        return response, status
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
@@ -326,4 +331,5 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> Fla
 
 
 def _status_name(status: int) -> str:
-    return HTTPStatus(status).phrase
+    # Fixed names: Python's own phrases change between versions (413 became "Content Too Large").
+    return {413: "Payload Too Large"}.get(status) or HTTPStatus(status).phrase

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--port",
         type=int,
-        default=int(_env("PORT", DEFAULT_PORT)),
+        default=_env("PORT", str(DEFAULT_PORT)),
         help="port to listen on (env MLMON_PORT; default %(default)s)",
     )
     serve.add_argument(
@@ -49,10 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="address and port in one, Prometheus style; overrides --host and --port",
     )
     serve.add_argument(
-        "--threads", type=int, default=int(_env("THREADS", 8)), help="request threads (default %(default)s)"
+        "--threads",
+        type=int,
+        default=_env("THREADS", "8"),
+        help="request threads (env MLMON_THREADS; default %(default)s)",
     )
-    serve.add_argument("--log.level", dest="log_level", choices=logs.LEVELS, default=_env("LOG_LEVEL", "info"))
-    serve.add_argument("--log.format", dest="log_format", choices=logs.FORMATS, default=_env("LOG_FORMAT", "logfmt"))
+    serve.add_argument(
+        "--log.level",
+        dest="log_level",
+        choices=logs.LEVELS,
+        default=_env("LOG_LEVEL", "info"),
+        help="env MLMON_LOG_LEVEL; default %(default)s",
+    )
+    serve.add_argument(
+        "--log.format",
+        dest="log_format",
+        choices=logs.FORMATS,
+        default=_env("LOG_FORMAT", "logfmt"),
+        help="env MLMON_LOG_FORMAT; default %(default)s",
+    )
 
     check = sub.add_parser(
         "check-config",
@@ -85,6 +100,11 @@ def _check_config(path: str) -> int:
 def _serve(parser: argparse.ArgumentParser, args) -> int:
     if not args.config:
         parser.error("serve needs --config FILE (or MLMON_CONFIG)")
+    # argparse checks choices on the command line only; values from the environment are checked here.
+    if args.log_level not in logs.LEVELS:
+        parser.error(f"MLMON_LOG_LEVEL={args.log_level!r}: choose from {', '.join(logs.LEVELS)}")
+    if args.log_format not in logs.FORMATS:
+        parser.error(f"MLMON_LOG_FORMAT={args.log_format!r}: choose from {', '.join(logs.FORMATS)}")
     host, port = args.host, args.port
     if args.listen:
         host, _, port_text = args.listen.rpartition(":")

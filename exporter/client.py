@@ -278,6 +278,7 @@ class Client:
     def _init_state(self) -> None:
         """(Re)create all per-process state: locks, queue, counters (also after fork)."""
         self._lock = threading.Lock()
+        self._bad_items: set[int] | None = None  # items named by the last rejection (worker thread only)
         self._work = threading.Condition(self._lock)  # wakes the worker
         self._idle = threading.Condition(self._lock)  # wakes flush() waiters
         self._stop = threading.Event()
@@ -575,8 +576,12 @@ class Client:
         delay = min(self._backoff_max, self._backoff_base * (2.0**exponent))
         return delay * random.uniform(0.5, 1.0)
 
-    def _deliver(self, path: str, key: str, items: list[dict[str, Any]]) -> None:
-        """Send one batch with retries; count it as sent or dropped."""
+    def _deliver(self, path: str, key: str, items: list[dict[str, Any]], resend: bool = True) -> None:
+        """Send one batch with retries; count it as sent or dropped.
+
+        The exporter rejects a batch as a whole but names every bad item; those are dropped and the
+        rest of the batch is sent once more, so one bad event does not cost its neighbours.
+        """
         n = len(items)
         try:
             body = json.dumps({key: items}, separators=(",", ":"), default=str).encode()
@@ -603,6 +608,19 @@ class Client:
                 return
             if status is not None and not _retryable(status):
                 self._failures = 0
+                bad = self._bad_items
+                if resend and bad and len(bad) < n and max(bad) < n:
+                    self._count("dropped_rejected", len(bad))
+                    self._warn(
+                        f"rejected items {path} {detail}",
+                        "mlmon exporter rejected %d of %d %s (dropped; the rest is resent): %s",
+                        len(bad),
+                        n,
+                        key,
+                        detail,
+                    )
+                    self._deliver(path, key, [item for i, item in enumerate(items) if i not in bad], resend=False)
+                    return
                 self._count("dropped_rejected", n)
                 self._warn(
                     f"rejected {path} {status} {detail}",
@@ -640,7 +658,12 @@ class Client:
                 return
 
     def _post(self, path: str, body: bytes) -> tuple[int | None, float | None, str]:
-        """One HTTP POST: (status or None on connection error, Retry-After seconds, detail)."""
+        """One HTTP POST: (status or None on connection error, Retry-After seconds, detail).
+
+        After a rejection, ``self._bad_items`` holds the indexes of the items the exporter named as
+        invalid (or None when the whole body was at fault).
+        """
+        self._bad_items = None
         try:
             resp = self._session.post(self.url + path, data=body, headers=self._headers, timeout=self._timeout)
         except Exception as exc:  # requests errors and anything else
@@ -652,6 +675,8 @@ class Client:
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug("mlmon %s -> %d %s", path, status, resp.text[:200])
                 return status, retry_after, ""
+            if status in (400, 404):
+                self._bad_items = _bad_items(resp)
             return (
                 status,
                 (retry_after if _retryable(status) else None),
@@ -702,6 +727,20 @@ class Client:
                 self._warned = {k: t for k, t in self._warned.items() if now - t < _WARN_INTERVAL}
             self._warned[key] = now
         logger.warning(msg, *args, exc_info=exc_info)
+
+
+_BODY_REASONS = frozenset({"malformed_json", "invalid_body", "body_too_large", "batch_too_large"})
+
+
+def _bad_items(resp: requests.Response) -> set[int] | None:
+    """Indexes of the items an exporter error body names, or None if the body as a whole was refused."""
+    try:
+        details = resp.json()["error"]["details"]
+        if any(d["reason"] in _BODY_REASONS for d in details):
+            return None
+        return {int(d["index"]) for d in details}
+    except Exception:
+        return None
 
 
 def _error_detail(resp: requests.Response) -> str:

@@ -25,7 +25,7 @@ CLASSIFICATION_GAUGES = {
     "accuracy": "Share of labelled predictions in the window that were correct.",
     "balanced_accuracy": "Mean recall over the classes present in the window.",
     "roc_auc": "ROC AUC in the window (binary; one-vs-rest macro average for multiclass), from score "
-    "histograms; see docs/metrics.md for the error bound.",
+    "histograms; docs/metrics.md gives the method and its error bound.",
     "log_loss": "Mean log loss of the labelled, scored predictions in the window.",
     "brier_score": "Mean Brier score of the labelled, scored predictions in the window.",
     "expected_calibration_error": "Top-label expected calibration error over 10 equal-width confidence bins.",
@@ -74,7 +74,8 @@ class MlmonCollector(Collector):
         self.clock = clock
 
     def describe(self) -> list:
-        return []  # families depend on state; avoid a costly collect() at registration
+        # The families without their samples: cheap, and lets /metrics?name[]=... select them.
+        return [*_families([], {}, {}), GaugeMetricFamily("mlmon_collect_duration_seconds", "")]
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()

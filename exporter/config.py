@@ -104,10 +104,11 @@ class Config:
 class _Node:
     """A YAML value together with where it stood in the file."""
 
-    __slots__ = ("value", "line", "col")
+    __slots__ = ("value", "line", "col", "text")
 
-    def __init__(self, value: Any, line: int, col: int):
+    def __init__(self, value: Any, line: int, col: int, text: str | None = None):
         self.value, self.line, self.col = value, line, col
+        self.text = text  # a scalar as written, before YAML typed it (yes -> True, 007 -> 7)
 
 
 def _to_nodes(node: yaml.Node) -> _Node:
@@ -124,7 +125,7 @@ def _to_nodes(node: yaml.Node) -> _Node:
         return _Node(out, line, col)
     if isinstance(node, yaml.SequenceNode):
         return _Node([_to_nodes(v) for v in node.value], line, col)
-    return _Node(_LOADER.construct_object(node, deep=True), line, col)
+    return _Node(_LOADER.construct_object(node, deep=True), line, col, node.value)
 
 
 _LOADER = yaml.SafeLoader("")
@@ -138,7 +139,7 @@ class _Checker:
 
     def fail(self, path: str, node: _Node | None, message: str) -> None:
         where = f"line {node.line}: " if node is not None else ""
-        self.problems.append(f"{where}{path}: {message}")
+        self.problems.append(f"{where}{path or '(top level)'}: {message}")
 
     def mapping(self, path: str, node: _Node, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
         if not isinstance(node.value, dict):
@@ -160,16 +161,20 @@ class _Checker:
             return None
         return v
 
-    def duration(self, path: str, node: _Node) -> int | None:
+    def duration(self, path: str, node: _Node, low: int = 0, high: int = 2**62) -> int | None:
         try:
-            return parse_duration(node.value)
+            seconds = parse_duration(node.value)
+            if not low <= seconds <= high:
+                raise ValueError(f"must be from {low}s to {high}s, got {node.value}")
+            return seconds
         except ValueError as exc:
             self.fail(path, node, str(exc))
             return None
 
     def buckets(self, path: str, node: _Node) -> tuple[float, ...] | None:
         v = node.value
-        values = [n.value for n in v] if isinstance(v, list) else None
+        # YAML 1.1 reads 1e4 (no dot) as a string: take any list item that reads as a number.
+        values = [_number(n.value) for n in v] if isinstance(v, list) else None
         if (
             not values
             or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in values)
@@ -180,17 +185,24 @@ class _Checker:
         return tuple(float(x) for x in values)
 
 
+def _number(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
 def _kind(v: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(type(v), type(v).__name__)
 
 
-def _class_name(v: Any) -> str | None:
-    """Classes are label values: strings, or integers written as numbers (iris' 0, 1, 2)."""
-    if isinstance(v, str) and v:
-        return v
-    if isinstance(v, int) and not isinstance(v, bool):
-        return str(v)
-    return None
+def _class_name(node: _Node) -> str | None:
+    """Classes are label values, taken as written: `0`, `yes` and `no` are names, not numbers or booleans."""
+    if isinstance(node.value, (list, dict)) or node.value is None or not node.text:
+        return None
+    return node.text
 
 
 def _model(ck: _Checker, path: str, node: _Node) -> ModelConfig | None:
@@ -202,7 +214,9 @@ def _model(ck: _Checker, path: str, node: _Node) -> ModelConfig | None:
     ok = True
     if name is not None and not (isinstance(name.value, str) and NAME_RE.match(name.value)):
         ck.fail(
-            f"{path}.name", name, "must be 1-64 characters of letters, digits, '_', '.', '-' starting with a letter"
+            f"{path}.name",
+            name,
+            "must be 1-64 characters of letters, digits, '_', '.', '-' starting with a letter or '_'",
         )
         ok = False
     if task is not None and task.value not in TASKS:
@@ -224,7 +238,7 @@ def _model(ck: _Checker, path: str, node: _Node) -> ModelConfig | None:
             ck.fail(f"{path}.classes", node, f"is required for task {task_v}")
             return None
         raw = cnode.value if isinstance(cnode.value, list) else None
-        names = [_class_name(c.value) for c in raw] if raw is not None else None
+        names = [_class_name(c) for c in raw] if raw is not None else None
         if names is None or None in names:
             ck.fail(f"{path}.classes", cnode, "must be a list of class names (strings or integers)")
             return None
@@ -240,7 +254,7 @@ def _model(ck: _Checker, path: str, node: _Node) -> ModelConfig | None:
         if task_v == "binary":
             positive = classes[1]
             if pnode is not None:
-                positive = _class_name(pnode.value)
+                positive = _class_name(pnode)
                 if positive not in classes:
                     ck.fail(f"{path}.positive_class", pnode, f"must be one of the classes {list(classes)}")
                     return None
@@ -289,12 +303,12 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"], source) from None
 
+    if tree.value is None:
+        raise ConfigError(["the file is empty; it needs at least a 'models:' list"], source)
     ck = _Checker()
     top = ck.mapping(
         "", tree, {"windows", "buckets_per_window", "limits", "histograms", "models"}, required=("models",)
     )
-    if tree.value is None:
-        raise ConfigError(["the file is empty; it needs at least a 'models:' list"], source)
 
     windows, window_seconds = DEFAULT_WINDOWS, (300, 3600, 86400)
     if "windows" in top:
@@ -321,18 +335,18 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         spec = {
             "max_body_bytes": ("int", 1024, 1 << 30),
             "max_batch_size": ("int", 1, 1_000_000),
-            "pending_ttl": ("duration", 0, 0),
+            "pending_ttl": ("duration", 60, 365 * 86400),
             "max_pending_per_model": ("int", 1, 100_000_000),
             "max_versions_per_model": ("int", 1, 1000),
             "max_servers": ("int", 1, 100_000),
-            "server_stale": ("duration", 0, 0),
+            "server_stale": ("duration", 10, 86400),
         }
         lm = ck.mapping("limits", top["limits"], set(spec))
         values: dict[str, int] = {}
         for key, sub in lm.items():
             kind, low, high = spec[key]
             v = (
-                ck.duration(f"limits.{key}", sub)
+                ck.duration(f"limits.{key}", sub, low, high)
                 if kind == "duration"
                 else ck.positive_int(f"limits.{key}", sub, low, high)
             )

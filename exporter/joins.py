@@ -1,9 +1,9 @@
 """Where a prediction waits for its label, and a label that came first waits for its prediction.
 
-One store per model, keyed by prediction id, bounded by a TTL and a cap on entries; expiries and
-evictions are counted. It keeps only what the quality windows need of a prediction (version, predicted
-class or value, scores, time), never the features. A joined id leaves a small tombstone behind so a
-late duplicate of the prediction or its label is recognised and ignored.
+One store per model, keyed by prediction id, each part bounded by a TTL and a cap on entries; expiries
+and evictions are counted. It keeps only what the quality windows need of a prediction (version,
+predicted class or value, scores, time), never the features. Joined ids are remembered (id and time
+only, under the same TTL and cap) so that a late duplicate of a prediction or its label is recognised.
 
 Not thread-safe: the owning model state holds its lock around every call.
 """
@@ -14,9 +14,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-JOINED = "joined"
-DUPLICATE = "duplicate"
-WAITING = "waiting"
+# (kind, reason) pairs of dropped entries, published as mlmon_pending_dropped_total.
+DROP_REASONS = (
+    ("prediction", "expired"),
+    ("prediction", "evicted"),
+    ("prediction", "version_retired"),
+    ("label", "expired"),
+    ("label", "evicted"),
+)
 
 
 @dataclass(slots=True)
@@ -30,89 +35,69 @@ class Pending:
     scores: tuple[float, ...] | None
 
 
-class _Tombstone:
-    __slots__ = ("arrival",)
-
-    def __init__(self, arrival: float):
-        self.arrival = arrival
+@dataclass(slots=True)
+class EarlyLabel:
+    arrival: float
+    label: Any
 
 
 class JoinStore:
     def __init__(self, ttl_seconds: float, cap: int):
         self.ttl = ttl_seconds
         self.cap = cap
-        self._predictions: OrderedDict[str, Pending | _Tombstone] = OrderedDict()
-        self._labels: OrderedDict[str, tuple[float, Any]] = OrderedDict()
-        self.waiting_predictions = 0  # entries of _predictions that are not tombstones
-        # Cumulative counts, published as counters: (kind, reason) -> n
-        self.dropped = {(k, r): 0 for k in ("prediction", "label") for r in ("expired", "evicted")}
+        self._waiting: OrderedDict[str, Pending] = OrderedDict()
+        self._early: OrderedDict[str, EarlyLabel] = OrderedDict()
+        self._joined: OrderedDict[str, float] = OrderedDict()  # id -> time of the join
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+
+    @property
+    def waiting_predictions(self) -> int:
+        return len(self._waiting)
 
     @property
     def waiting_labels(self) -> int:
-        return len(self._labels)
+        return len(self._early)
 
-    def add_prediction(self, pid: str, pending: Pending) -> tuple[str, Any]:
-        """Store a prediction; if its label already waits, return ``(JOINED, label)``."""
-        if pid in self._predictions:
-            return DUPLICATE, None
-        early = self._labels.pop(pid, None)
-        if early is not None:
-            self._put(pid, _Tombstone(pending.arrival))
-            return JOINED, early[1]
-        self._put(pid, pending)
-        self.waiting_predictions += 1
-        return WAITING, None
+    def is_joined(self, pid: str) -> bool:
+        return pid in self._joined
 
-    def add_joined(self, pid: str, arrival: float) -> bool:
-        """Record a prediction that came with its label; False if the id was seen already."""
-        if pid in self._predictions:
-            return False
-        self._labels.pop(pid, None)  # the label sent with the prediction wins over one sent alone
-        self._put(pid, _Tombstone(arrival))
-        return True
+    def get_waiting(self, pid: str) -> Pending | None:
+        return self._waiting.get(pid)
 
-    def add_label(self, pid: str, label: Any, arrival: float) -> tuple[str, Pending | None]:
-        """Join a label to its waiting prediction, or keep it until the prediction comes."""
-        entry = self._predictions.get(pid)
-        if entry is not None:
-            if isinstance(entry, _Tombstone):
-                return DUPLICATE, None
-            self._predictions[pid] = _Tombstone(entry.arrival)
-            self.waiting_predictions -= 1
-            return JOINED, entry
-        if pid in self._labels:
-            return DUPLICATE, None
-        if len(self._labels) >= self.cap:
-            self._labels.popitem(last=False)
-            self.dropped["label", "evicted"] += 1
-        self._labels[pid] = (arrival, label)
-        return WAITING, None
+    def take_waiting(self, pid: str) -> Pending | None:
+        return self._waiting.pop(pid, None)
 
-    def _put(self, pid: str, entry: Pending | _Tombstone) -> None:
-        if len(self._predictions) >= self.cap:
-            _, old = self._predictions.popitem(last=False)
-            if isinstance(old, Pending):
-                self.waiting_predictions -= 1
-                self.dropped["prediction", "evicted"] += 1
-        self._predictions[pid] = entry
+    def take_early(self, pid: str) -> EarlyLabel | None:
+        return self._early.pop(pid, None)
+
+    def has_early(self, pid: str) -> bool:
+        return pid in self._early
+
+    def put_waiting(self, pid: str, pending: Pending) -> None:
+        self._put(self._waiting, pid, pending, "prediction")
+
+    def put_early(self, pid: str, label: Any, arrival: float) -> None:
+        self._put(self._early, pid, EarlyLabel(arrival, label), "label")
+
+    def mark_joined(self, pid: str, now: float) -> None:
+        self._put(self._joined, pid, now, None)
+
+    def _put(self, store: OrderedDict, pid: str, entry: Any, kind: str | None) -> None:
+        if len(store) >= self.cap:
+            store.popitem(last=False)
+            if kind is not None:  # forgetting an old joined id is not a loss of data
+                self.dropped[kind, "evicted"] += 1
+        store[pid] = entry
 
     def expire(self, now: float) -> None:
-        """Drop entries older than the TTL; entries are kept in arrival order, so only the front is read."""
+        """Drop entries older than the TTL; each part is in arrival order, so only its front is read."""
         cutoff = now - self.ttl
-        preds = self._predictions
-        while preds:
-            pid = next(iter(preds))
-            entry = preds[pid]
-            if entry.arrival >= cutoff:
-                break
-            del preds[pid]
-            if isinstance(entry, Pending):
-                self.waiting_predictions -= 1
-                self.dropped["prediction", "expired"] += 1
-        labels = self._labels
-        while labels:
-            pid = next(iter(labels))
-            if labels[pid][0] >= cutoff:
-                break
-            del labels[pid]
-            self.dropped["label", "expired"] += 1
+        for store, kind in ((self._waiting, "prediction"), (self._early, "label"), (self._joined, None)):
+            while store:
+                pid = next(iter(store))
+                entry = store[pid]
+                if (entry if kind is None else entry.arrival) >= cutoff:
+                    break
+                del store[pid]
+                if kind is not None:
+                    self.dropped[kind, "expired"] += 1

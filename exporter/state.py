@@ -14,7 +14,7 @@ import numpy as np
 
 from exporter import quality
 from exporter.config import Config, ModelConfig
-from exporter.joins import DUPLICATE, JOINED, JoinStore, Pending
+from exporter.joins import JoinStore, Pending
 from exporter.validation import Label, Prediction
 from exporter.window import Ring, Schema
 
@@ -167,13 +167,18 @@ class VersionState:
 
     # -- labelled outcomes --------------------------------------------------------------------------
 
-    def add_outcomes(self, predicted: list, actual: list, scores: list, timestamps: list, now: float) -> None:
-        """Labels joined to predictions: counters, label delay, and the window buckets holding ``now``."""
+    def add_outcomes(
+        self, predicted: list, actual: list, scores: list, predicted_at: list, labelled_at: list, now: float
+    ) -> None:
+        """Labels joined to predictions: counters, label delay, and the window buckets holding ``now``.
+
+        ``now`` is the time of the join: the label's arrival, or the prediction's when the label came first.
+        """
         n = len(actual)
         self.labels += n
         self.last_label = now
         self.last_seen = now
-        delay = now - np.asarray(timestamps, dtype=np.float64)
+        delay = np.asarray(labelled_at, dtype=np.float64) - np.asarray(predicted_at, dtype=np.float64)
         self.label_delay.observe(np.maximum(delay, 0.0))
         if self.model.is_classification:
             self._add_classification(
@@ -291,59 +296,80 @@ class ModelState:
         return state
 
     def add_predictions(self, events: list[Prediction], now: float) -> tuple[int, int]:
-        """Ingest validated predictions of this model; return (accepted, duplicates)."""
+        """Ingest validated predictions of this model; return (accepted, duplicates).
+
+        A prediction that repeats a known id is a duplicate; if it carries a label and its first copy
+        still waits, the label is joined to that first copy (a retry that now knows the truth).
+        """
         with self.lock:
+            joins = self.joins
             fresh: dict[str, list[Prediction]] = {}
-            joined: dict[str, tuple[list, list, list, list]] = {}
-            dups = 0
+            outcomes = _Outcomes()
+            dups = dup_labels = 0
             for e in events:
-                label = e.label
-                if e.id is not None:
+                pid, label = e.id, e.label
+                if pid is not None:
+                    if joins.is_joined(pid):
+                        dups += 1
+                        continue
+                    first = joins.get_waiting(pid)
+                    if first is not None:
+                        dups += 1
+                        if label is not None:
+                            joins.take_waiting(pid)
+                            joins.mark_joined(pid, now)
+                            outcomes.add(first.version, first.prediction, label, first.scores, first.timestamp, now)
+                        continue
+                    early = joins.take_early(pid)
                     if label is not None:
-                        if not self.joins.add_joined(e.id, now):
-                            dups += 1
-                            continue
+                        dup_labels += early is not None  # the label sent with the prediction wins
+                        joins.mark_joined(pid, now)
+                    elif early is not None:
+                        label = early.label
+                        joins.mark_joined(pid, now)
+                        outcomes.add(e.version, e.prediction, label, e.scores, e.timestamp, early.arrival)
+                        label = None  # added already, with the early label's arrival time
                     else:
-                        status, label = self.joins.add_prediction(
-                            e.id, Pending(now, e.version, e.timestamp, e.prediction, e.scores)
-                        )
-                        if status == DUPLICATE:
-                            dups += 1
-                            continue
-                fresh.setdefault(e.version, []).append(e)
+                        joins.put_waiting(pid, Pending(now, e.version, e.timestamp, e.prediction, e.scores))
                 if label is not None:
-                    j = joined.setdefault(e.version, ([], [], [], []))
-                    j[0].append(e.prediction)
-                    j[1].append(label)
-                    j[2].append(e.scores)
-                    j[3].append(e.timestamp)
+                    outcomes.add(e.version, e.prediction, label, e.scores, e.timestamp, now)
+                fresh.setdefault(e.version, []).append(e)
             for version, batch in fresh.items():
                 self._version(version, now).add_predictions(batch, now)
-            for version, (pred, actual, scores, ts) in joined.items():
-                self._version(version, now).add_outcomes(pred, actual, scores, ts, now)
+            self._add_outcomes(outcomes, now)  # after the loop above has created any new version
             self.duplicates["prediction"] += dups
+            self.duplicates["label"] += dup_labels
             return len(events) - dups, dups
 
     def add_labels(self, labels: list[Label], now: float) -> tuple[int, int]:
         """Ingest validated labels of this model; return (accepted, duplicates)."""
         with self.lock:
-            joined: dict[str, tuple[list, list, list, list]] = {}
+            joins = self.joins
+            outcomes = _Outcomes()
             dups = 0
             for item in labels:
-                status, pending = self.joins.add_label(item.id, item.label, now)
-                if status == DUPLICATE:
-                    dups += 1
-                elif status == JOINED:
-                    j = joined.setdefault(pending.version, ([], [], [], []))
-                    j[0].append(pending.prediction)
-                    j[1].append(item.label)
-                    j[2].append(pending.scores)
-                    j[3].append(pending.timestamp)
-            for version, (pred, actual, scores, ts) in joined.items():
-                # A version retired since its prediction came back to life: its label is still a fact.
-                self._version(version, now).add_outcomes(pred, actual, scores, ts, now)
+                pid = item.id
+                if joins.is_joined(pid) or joins.has_early(pid):
+                    dups += 1  # the first label stays; a correction does not replace it
+                    continue
+                pending = joins.take_waiting(pid)
+                if pending is None:
+                    joins.put_early(pid, item.label, now)
+                    continue
+                joins.mark_joined(pid, now)
+                outcomes.add(pending.version, pending.prediction, item.label, pending.scores, pending.timestamp, now)
+            self._add_outcomes(outcomes, now)
             self.duplicates["label"] += dups
             return len(labels) - dups, dups
+
+    def _add_outcomes(self, outcomes: _Outcomes, now: float) -> None:
+        for version, columns in outcomes.by_version.items():
+            state = self.versions.get(version)
+            if state is None:
+                # The version was retired (limits.max_versions_per_model) while its predictions waited.
+                self.joins.dropped["prediction", "version_retired"] += len(columns[0])
+                continue
+            state.add_outcomes(*columns, now)
 
     def expire(self, now: float) -> None:
         with self.lock:
@@ -370,7 +396,7 @@ class ModelState:
                 "classes": list(self.model.classes),
                 "features": [{"name": f.name, "type": f.type} for f in self.model.features],
                 "pending_labels": self.joins.waiting_predictions,
-                "waiting_labels": self.joins.waiting_labels,
+                "early_labels": self.joins.waiting_labels,
                 "versions": [
                     {
                         "version": v.version,
@@ -386,6 +412,25 @@ class ModelState:
                     for v in self.versions.values()
                 ],
             }
+
+
+class _Outcomes:
+    """Joined (prediction, label) pairs of one ingest call, gathered per version as columns."""
+
+    __slots__ = ("by_version",)
+
+    def __init__(self) -> None:
+        self.by_version: dict[str, tuple[list, list, list, list, list]] = {}
+
+    def add(self, version: str, predicted, actual, scores, predicted_at: float, labelled_at: float) -> None:
+        cols = self.by_version.get(version)
+        if cols is None:
+            cols = self.by_version[version] = ([], [], [], [], [])
+        cols[0].append(predicted)
+        cols[1].append(actual)
+        cols[2].append(scores)
+        cols[3].append(predicted_at)
+        cols[4].append(labelled_at)
 
 
 class ServerReports:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from exporter.config import Config, ModelConfig
@@ -79,6 +79,26 @@ class Label:
     model: str
     id: str
     label: Any
+
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
+)
+
+
+def parse_rfc3339(text: str) -> float | None:
+    """Unix seconds of an RFC 3339 date-time with a time zone (the same on every Python), or None."""
+    m = _RFC3339.match(text)
+    if not m:
+        return None
+    year, month, day, hour, minute, second, frac, zulu, sign, tzh, tzm = m.groups()
+    try:
+        offset = 0 if zulu else (1 if sign == "+" else -1) * (int(tzh) * 60 + int(tzm))
+        tz = timezone(timedelta(minutes=offset))
+        moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz)
+    except ValueError:  # day 31 of April, hour 25, an offset of 24h or more...
+        return None
+    return moment.timestamp() + (int(frac) / 10 ** len(frac) if frac else 0.0)
 
 
 def _finite(v: Any) -> bool:
@@ -237,14 +257,11 @@ class Validator:
         if _finite(value):
             ts = float(value)
         elif isinstance(value, str) and len(value) <= 64:
-            try:
-                parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-            except ValueError:
-                parsed = None
-            if parsed is None or parsed.tzinfo is None:
+            parsed = parse_rfc3339(value)
+            if parsed is None:
                 it.fail("timestamp", "invalid_value", "must be unix seconds or RFC 3339 with a time zone")
                 return now
-            ts = parsed.timestamp()
+            ts = parsed
         else:
             it.fail("timestamp", "invalid_value", "must be unix seconds or an RFC 3339 string")
             return now
@@ -360,8 +377,8 @@ class Validator:
 def _rejection(problems: list[Problem], n_items: int) -> Invalid:
     bad = len({p.index for p in problems})
     status = 404 if all(p.reason == "unknown_model" for p in problems) else 400
-    noun = "item is" if bad == 1 else "items are"
-    return Invalid(status, f"{bad} of {n_items} {noun} invalid; nothing was accepted", problems)
+    verb = "is" if bad == 1 else "are"
+    return Invalid(status, f"{bad} of {n_items} items {verb} invalid; nothing was accepted", problems)
 
 
 def _show(value: Any) -> str:

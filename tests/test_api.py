@@ -321,3 +321,47 @@ def test_http_requests_are_counted_by_url_rule(client):
     m = scrape(client)
     assert m.get("mlmon_http_requests_total", handler="/api/v1/predictions", code="202") == 1
     assert m.get("mlmon_http_requests_total", handler="/api/v1/models/<name>", code="404") == 1
+
+
+def test_method_not_allowed_names_the_allowed_methods(client):
+    r = client.get("/api/v1/labels")
+    assert r.status_code == 405 and "POST" in r.headers["Allow"]
+
+
+def test_metrics_can_be_filtered_by_name(client):
+    client.post("/api/v1/predictions", json=churn(label="stay"))
+    text = client.get("/metrics?name[]=mlmon_accuracy&name[]=mlmon_predictions_total").get_data(as_text=True)
+    names = {line.split("{")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    assert names == {"mlmon_accuracy", "mlmon_predictions_total"}
+
+
+@pytest.mark.parametrize(
+    "text, offset",
+    [
+        ("2026-01-01T00:00:00Z", 0.0),
+        ("2026-01-01T01:00:00+01:00", 0.0),
+        ("2026-01-01 00:00:00.25z", 0.25),
+        ("2025-12-31T23:30:00.123456789-00:30", 0.123456789),
+    ],
+)
+def test_rfc3339_forms(text, offset):
+    from exporter.validation import parse_rfc3339
+
+    assert parse_rfc3339(text) == pytest.approx(1767225600.0 + offset, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-01-01T00:00:00",
+        "2026-01-01",
+        "2026-02-30T00:00:00Z",
+        "01/01/2026 00:00Z",
+        "2026-01-01T00:00:00+25:00",
+        "2026-W01-1T00:00:00Z",
+    ],
+)
+def test_not_rfc3339(text):
+    from exporter.validation import parse_rfc3339
+
+    assert parse_rfc3339(text) is None

@@ -156,3 +156,24 @@ def test_missing_config_file_is_reported(tmp_path):
     )
     assert result.returncode == 1
     assert "cannot read the config file" in result.stderr
+
+
+def test_class_names_are_taken_as_written():
+    config = parse_config("models:\n  - {name: a, task: binary, classes: [no, yes], positive_class: yes}")
+    assert config.models[0].classes == ("no", "yes") and config.models[0].positive_class == "yes"
+
+
+def test_numbers_yaml_reads_as_strings_are_still_numbers():
+    config = parse_config("models:\n  - {name: a, task: regression, prediction_buckets: [1e2, 1e3, 1e4]}")
+    assert config.models[0].prediction_buckets == (100.0, 1000.0, 10000.0)
+
+
+@pytest.mark.parametrize("ttl", ["0s", "30s", "400d"])
+def test_pending_ttl_is_bounded(ttl):
+    assert "limits.pending_ttl" in "\n".join(
+        problems(f"limits: {{pending_ttl: {ttl}}}\nmodels:\n  - {{name: a, task: regression}}")
+    )
+
+
+def test_a_top_level_list_is_explained():
+    assert problems("- a\n- b\n") == ["line 1: (top level): must be a mapping, got a list"]

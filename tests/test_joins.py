@@ -1,80 +1,145 @@
-"""The join store: labels before and after predictions, duplicates, TTL and cap, all counted."""
+"""Joining labels to predictions: every arrival order, duplicates, TTL, caps and retired versions, all counted."""
 
 from __future__ import annotations
 
-from exporter.joins import DUPLICATE, JOINED, WAITING, JoinStore, Pending
+import pytest
+
+from exporter.config import parse_config
+from exporter.state import ModelState
+from exporter.validation import Label, Prediction
+
+T = 1_800_000_000.0
 
 
-def pending(at: float, pred: int = 1) -> Pending:
-    return Pending(arrival=at, version="v1", timestamp=at, prediction=pred, scores=(0.7,))
+def model(limits: str = "") -> ModelState:
+    config = parse_config(f"{limits}\nmodels:\n  - {{name: m, task: binary, classes: [no, yes]}}\n")
+    return ModelState(config.models[0], config)
 
 
-def test_label_after_prediction_is_joined():
-    s = JoinStore(ttl_seconds=100, cap=10)
-    assert s.add_prediction("a", pending(0)) == (WAITING, None)
-    assert s.waiting_predictions == 1
-    status, p = s.add_label("a", 0, arrival=5)
-    assert status == JOINED and p.prediction == 1 and p.scores == (0.7,)
-    assert s.waiting_predictions == 0
+def pred(pid, at=T, label=None, version="v1", prediction=1, score=0.8) -> Prediction:
+    return Prediction("m", version, pid, at, prediction, (score,), None, label)
 
 
-def test_label_before_prediction_is_joined():
-    s = JoinStore(ttl_seconds=100, cap=10)
-    assert s.add_label("a", "churn", arrival=0) == (WAITING, None)
-    assert s.waiting_labels == 1
-    assert s.add_prediction("a", pending(3)) == (JOINED, "churn")
-    assert s.waiting_labels == 0 and s.waiting_predictions == 0
+def lab(pid, label=1) -> Label:
+    return Label("m", pid, label)
+
+
+def snap(state: ModelState, now: float):
+    s = state.snapshot(now)
+    return s, {v.version: v for v in s.versions}
+
+
+def test_label_after_prediction_is_joined_with_its_delay():
+    s = model()
+    assert s.add_predictions([pred("a", at=T)], T) == (1, 0)
+    assert s.add_labels([lab("a", 0)], T + 90) == (1, 0)
+    sn, v = snap(s, T + 90)
+    assert v["v1"].labels == 1 and sn.pending_predictions == 0
+    assert v["v1"].outcomes[0, 1] == 1  # actual no, predicted yes
+    assert v["v1"].label_delay.sum == 90
+
+
+def test_label_before_prediction_waits_and_its_delay_counts_from_its_own_arrival():
+    s = model()
+    s.add_labels([lab("a")], T + 10)  # the truth came 10 s after the prediction was made ...
+    assert snap(s, T + 10)[0].pending_labels == 1
+    s.add_predictions([pred("a", at=T)], T + 20)  # ... which the model server sent 20 s after making it
+    sn, v = snap(s, T + 20)
+    assert sn.pending_labels == 0 and v["v1"].labels == 1
+    assert v["v1"].label_delay.sum == 10
+    assert v["v1"].windows["5m"]["labeled"] == 1
 
 
 def test_duplicates_are_recognised_after_the_join():
-    s = JoinStore(ttl_seconds=100, cap=10)
-    s.add_prediction("a", pending(0))
-    assert s.add_prediction("a", pending(1))[0] == DUPLICATE
-    s.add_label("a", 0, arrival=2)
-    assert s.add_label("a", 1, arrival=3)[0] == DUPLICATE
-    assert s.add_prediction("a", pending(4))[0] == DUPLICATE
-    s.add_label("b", 0, arrival=5)
-    assert s.add_label("b", 1, arrival=6)[0] == DUPLICATE
+    s = model()
+    s.add_predictions([pred("a")], T)
+    assert s.add_predictions([pred("a")], T + 1) == (0, 1)
+    s.add_labels([lab("a")], T + 2)
+    assert s.add_labels([lab("a", 0)], T + 3) == (0, 1)
+    assert s.add_predictions([pred("a")], T + 4) == (0, 1)
+    sn, v = snap(s, T + 4)
+    assert v["v1"].predictions == 1 and v["v1"].labels == 1
+    assert sn.duplicates == {"prediction": 2, "label": 1}
+
+
+def test_a_second_early_label_does_not_replace_the_first():
+    s = model()
+    s.add_labels([lab("a", 1)], T)
+    assert s.add_labels([lab("a", 0)], T + 1) == (0, 1)
+    s.add_predictions([pred("a", prediction=1)], T + 2)
+    assert snap(s, T + 2)[1]["v1"].outcomes[1, 1] == 1
+
+
+def test_a_resent_prediction_with_its_label_joins_the_waiting_one():
+    s = model()
+    s.add_predictions([pred("a")], T)
+    assert s.add_predictions([pred("a", label=1)], T + 5) == (0, 1)
+    sn, v = snap(s, T + 5)
+    assert v["v1"].predictions == 1 and v["v1"].labels == 1 and sn.pending_predictions == 0
+
+
+def test_an_inline_label_wins_over_an_early_one_which_counts_as_duplicate():
+    s = model()
+    s.add_labels([lab("a", 0)], T)
+    s.add_predictions([pred("a", label=1, prediction=1)], T + 1)
+    sn, v = snap(s, T + 1)
+    assert v["v1"].outcomes[1, 1] == 1 and v["v1"].labels == 1
+    assert sn.pending_labels == 0 and sn.duplicates["label"] == 1
 
 
 def test_entries_expire_after_the_ttl_and_are_counted():
-    s = JoinStore(ttl_seconds=100, cap=10)
-    s.add_prediction("a", pending(0))
-    s.add_label("x", 0, arrival=50)
-    s.add_prediction("b", pending(60))
-    s.expire(now=120)
-    assert s.waiting_predictions == 1 and s.waiting_labels == 1
-    assert s.dropped["prediction", "expired"] == 1
-    s.expire(now=161)
-    assert s.waiting_predictions == 0 and s.waiting_labels == 0
-    assert s.dropped == {
-        ("prediction", "expired"): 2,
-        ("prediction", "evicted"): 0,
-        ("label", "expired"): 1,
-        ("label", "evicted"): 0,
-    }
-    assert s.add_label("a", 0, arrival=170)[0] == WAITING  # an expired prediction can no longer be joined
+    s = model("limits: {pending_ttl: 100s}")
+    s.add_predictions([pred("a")], T)
+    s.add_labels([lab("x")], T + 50)
+    s.add_predictions([pred("b")], T + 60)
+    s.expire(T + 120)
+    sn = s.snapshot(T + 120)
+    assert (sn.pending_predictions, sn.pending_labels) == (1, 1)
+    s.expire(T + 161)
+    sn = s.snapshot(T + 161)
+    assert (sn.pending_predictions, sn.pending_labels) == (0, 0)
+    assert sn.dropped["prediction", "expired"] == 2 and sn.dropped["label", "expired"] == 1
+    s.add_labels([lab("a")], T + 170)  # an expired prediction can no longer be joined: the label waits
+    assert s.snapshot(T + 170).pending_labels == 1
 
 
-def test_cap_evicts_the_oldest_and_counts_it():
-    s = JoinStore(ttl_seconds=1000, cap=3)
-    for i in range(5):
-        s.add_prediction(str(i), pending(i))
-    assert s.waiting_predictions == 3
-    assert s.dropped["prediction", "evicted"] == 2
-    assert s.add_label("0", 1, arrival=9)[0] == WAITING  # "0" was evicted
-    assert s.add_label("4", 1, arrival=9)[0] == JOINED
-    for i in range(5):
-        s.add_label(f"l{i}", 0, arrival=10 + i)
-    assert s.waiting_labels == 3
-    assert s.dropped["label", "evicted"] == 3
+def test_the_cap_evicts_the_oldest_and_counts_it():
+    s = model("limits: {max_pending_per_model: 3}")
+    s.add_predictions([pred(str(i)) for i in range(5)], T)
+    sn = s.snapshot(T)
+    assert sn.pending_predictions == 3 and sn.dropped["prediction", "evicted"] == 2
+    s.add_labels([lab("0"), lab("4")], T + 1)  # "0" was evicted: its label waits; "4" joins
+    sn, v = snap(s, T + 1)
+    assert v["v1"].labels == 1 and sn.pending_labels == 1
 
 
-def test_tombstones_do_not_count_as_waiting_or_as_evictions():
-    s = JoinStore(ttl_seconds=1000, cap=2)
-    s.add_prediction("a", pending(0))
-    s.add_label("a", 0, arrival=1)  # a becomes a tombstone
-    s.add_prediction("b", pending(2))
-    s.add_prediction("c", pending(3))  # pushes out a's tombstone: not an eviction
-    assert s.dropped["prediction", "evicted"] == 0
-    assert s.waiting_predictions == 2
+def test_joined_ids_do_not_push_out_waiting_predictions():
+    s = model("limits: {max_pending_per_model: 3}")
+    s.add_predictions([pred("w")], T)
+    s.add_predictions([pred(f"j{i}", label=1) for i in range(10)], T + 1)
+    sn = s.snapshot(T + 1)
+    assert sn.pending_predictions == 1 and sn.dropped["prediction", "evicted"] == 0
+
+
+def test_a_label_for_a_retired_version_is_dropped_and_counted():
+    s = model("limits: {max_versions_per_model: 1}")
+    s.add_predictions([pred("a", version="old")], T)
+    s.add_predictions([pred("b", version="new")], T + 1)  # retires "old"
+    s.add_labels([lab("a")], T + 2)
+    sn, v = snap(s, T + 2)
+    assert set(v) == {"new"} and sn.retired_versions == 1
+    assert sn.dropped["prediction", "version_retired"] == 1
+
+
+@pytest.mark.parametrize("order", ["label_first", "label_after", "inline"])
+def test_every_arrival_order_gives_the_same_counts(order):
+    s = model()
+    if order == "label_first":
+        s.add_labels([lab(str(i), i % 2) for i in range(10)], T)
+    s.add_predictions([pred(str(i), label=(i % 2 if order == "inline" else None)) for i in range(10)], T + 1)
+    if order == "label_after":
+        s.add_labels([lab(str(i), i % 2) for i in range(10)], T + 2)
+    sn, v = snap(s, T + 2)
+    assert v["v1"].labels == 10 and v["v1"].predictions == 10
+    assert v["v1"].outcomes.tolist() == [[0, 5], [0, 5]]
+    assert (sn.pending_predictions, sn.pending_labels) == (0, 0)

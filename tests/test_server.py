@@ -168,3 +168,16 @@ def test_python_dash_m_and_console_script_agree():
     assert out.returncode == 0 and out.stdout.startswith("mlmon ")
     out2 = subprocess.run([sys.executable, "-m", "exporter", "--version"], capture_output=True, text=True)
     assert out2.stdout == out.stdout
+
+
+def test_client_drops_only_the_bad_events_of_a_rejected_batch(exporter):
+    url, _ = exporter
+    with Client(url, flush_interval=0.05, report_resources_every=None, batch_size=100) as mon:
+        for i in range(10):
+            mon.log_prediction("churn", "maybe" if i == 3 else "stay", id=f"b{i}", score=0.2)
+        assert mon.flush(10)
+        stats = mon.stats()
+    assert stats["dropped_rejected"] == 1 and stats["sent"] == 9
+    m = Metrics(requests.get(f"{url}/metrics", timeout=5).text)
+    assert m.get("mlmon_predictions_total", model="churn", version="default") == 9
+    assert m.get("mlmon_ingest_errors_total", model="churn", reason="unknown_class") == 1
