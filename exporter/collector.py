@@ -155,6 +155,11 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
         "Predictions and labels ignored because their id was seen already.",
         labels=["model", "kind"],
     )
+    thresholds = GaugeMetricFamily(
+        "mlmon_alert_threshold",
+        "Alert thresholds from the config (thresholds: and models[].thresholds:), joined by the bundled alert rules.",
+        labels=["model", "threshold"],
+    )
     retired = CounterMetricFamily(
         "mlmon_retired_versions", "Versions dropped over limits.max_versions_per_model.", labels=["model"]
     )
@@ -169,6 +174,8 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
         for kind, n in snap.duplicates.items():
             dups.add_metric([m, kind], n)
         retired.add_metric([m], snap.retired_versions)
+        for threshold, limit in model.thresholds:
+            thresholds.add_metric([m, threshold], limit)
         for v in snap.versions:
             mv = [m, v.version]
             info.add_metric([m, v.version, model.task], 1)
@@ -222,6 +229,7 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
         dropped,
         dups,
         retired,
+        thresholds,
     )
 
     errs = CounterMetricFamily(

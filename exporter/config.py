@@ -28,6 +28,19 @@ DEFAULT_LABEL_DELAY_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 8
 DEFAULT_VALUE_BUCKETS = (-1e4, -1e3, -100, -10, -1, -0.1, 0, 0.1, 1, 10, 100, 1e3, 1e4)
 
 
+# Alert thresholds, published as mlmon_alert_threshold{model,threshold} so that the bundled alert rules
+# join them and ops change them per model in this file, never in the rules. name -> (default, min, max).
+THRESHOLDS: dict[str, tuple[float, float, float]] = {
+    "min_labeled_samples": (100, 1, 1e9),  # quality alerts stay silent on fewer labelled samples
+    "accuracy_min": (0.7, 0, 1),  # absolute floor of accuracy over the alert window
+    "accuracy_drop": (0.1, 0, 1),  # relative drop of the alert window against the baseline window
+    "error_rise": (0.25, 0, 100),  # relative rise of regression MAE against the baseline window
+    "latency_p99_seconds": (0.5, 0, 3600),  # p99 of the latency the model server reports
+    "traffic_stale_seconds": (600, 10, 30 * 86400),  # no prediction for this long: traffic stopped
+    "labels_stale_seconds": (21600, 60, 90 * 86400),  # no label joined for this long while predictions wait
+}
+
+
 class ConfigError(ValueError):
     """A configuration problem; ``str()`` lists every problem found, one per line."""
 
@@ -59,6 +72,7 @@ class ModelConfig:
     positive_class: str | None = None
     features: tuple[Feature, ...] = ()
     prediction_buckets: tuple[float, ...] = DEFAULT_VALUE_BUCKETS
+    thresholds: tuple[tuple[str, float], ...] = tuple((k, v[0]) for k, v in THRESHOLDS.items())
 
     @property
     def is_classification(self) -> bool:
@@ -205,8 +219,20 @@ def _class_name(node: _Node) -> str | None:
     return node.text
 
 
-def _model(ck: _Checker, path: str, node: _Node) -> ModelConfig | None:
-    allowed = {"name", "task", "classes", "positive_class", "features", "prediction_buckets"}
+def _thresholds(ck: _Checker, path: str, node: _Node, base: dict[str, float]) -> dict[str, float]:
+    out = dict(base)
+    for key, sub in ck.mapping(path, node, set(THRESHOLDS)).items():
+        _, low, high = THRESHOLDS[key]
+        v = _number(sub.value)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
+            ck.fail(f"{path}.{key}", sub, f"must be a number from {low:g} to {high:g}, got {sub.value!r}")
+        else:
+            out[key] = float(v)
+    return out
+
+
+def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float]) -> ModelConfig | None:
+    allowed = {"name", "task", "classes", "positive_class", "features", "prediction_buckets", "thresholds"}
     m = ck.mapping(path, node, allowed, required=("name", "task"))
     if not m:
         return None
@@ -290,7 +316,9 @@ def _model(ck: _Checker, path: str, node: _Node) -> ModelConfig | None:
             ck.fail(f"{path}.prediction_buckets", m["prediction_buckets"], "only applies to regression models")
         else:
             buckets = ck.buckets(f"{path}.prediction_buckets", m["prediction_buckets"]) or buckets
-    return ModelConfig(name.value, task_v, classes, positive, tuple(features), buckets)
+    if "thresholds" in m:
+        thresholds = _thresholds(ck, f"{path}.thresholds", m["thresholds"], thresholds)
+    return ModelConfig(name.value, task_v, classes, positive, tuple(features), buckets, tuple(thresholds.items()))
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
@@ -307,7 +335,10 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         raise ConfigError(["the file is empty; it needs at least a 'models:' list"], source)
     ck = _Checker()
     top = ck.mapping(
-        "", tree, {"windows", "buckets_per_window", "limits", "histograms", "models"}, required=("models",)
+        "",
+        tree,
+        {"windows", "buckets_per_window", "limits", "histograms", "thresholds", "models"},
+        required=("models",),
     )
 
     windows, window_seconds = DEFAULT_WINDOWS, (300, 3600, 86400)
@@ -364,6 +395,10 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         if "label_delay_buckets" in hm:
             delay = ck.buckets("histograms.label_delay_buckets", hm["label_delay_buckets"]) or delay
 
+    thresholds = {k: float(v[0]) for k, v in THRESHOLDS.items()}
+    if "thresholds" in top:
+        thresholds = _thresholds(ck, "thresholds", top["thresholds"], thresholds)
+
     models: list[ModelConfig] = []
     if "models" in top:
         mn = top["models"]
@@ -372,7 +407,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         else:
             names: set[str] = set()
             for i, node in enumerate(mn.value):
-                model = _model(ck, f"models[{i}]", node)
+                model = _model(ck, f"models[{i}]", node, thresholds)
                 if model is None:
                     continue
                 if model.name in names:

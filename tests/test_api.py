@@ -365,3 +365,13 @@ def test_not_rfc3339(text):
     from exporter.validation import parse_rfc3339
 
     assert parse_rfc3339(text) is None
+
+
+def test_alert_thresholds_are_published_for_every_model(client):
+    m = scrape(client)
+    assert m.get("mlmon_alert_threshold", model="iris", threshold="accuracy_min") == 0.7
+    assert {s.labels["threshold"] for s in m.all("mlmon_alert_threshold", model="price")} >= {
+        "min_labeled_samples",
+        "error_rise",
+        "latency_p99_seconds",
+    }

@@ -177,3 +177,26 @@ def test_pending_ttl_is_bounded(ttl):
 
 def test_a_top_level_list_is_explained():
     assert problems("- a\n- b\n") == ["line 1: (top level): must be a mapping, got a list"]
+
+
+def test_thresholds_default_then_file_wide_then_per_model():
+    config = parse_config(
+        textwrap.dedent("""
+        thresholds: {accuracy_min: 0.9, min_labeled_samples: 50}
+        models:
+          - {name: a, task: regression}
+          - {name: b, task: regression, thresholds: {accuracy_min: 0.5}}
+    """)
+    )
+    a, b = (dict(m.thresholds) for m in config.models)
+    assert a["accuracy_min"] == 0.9 and b["accuracy_min"] == 0.5
+    assert a["min_labeled_samples"] == b["min_labeled_samples"] == 50
+    assert a["latency_p99_seconds"] == 0.5  # the built-in default
+
+
+@pytest.mark.parametrize(
+    "text", ["thresholds: {accuracy_min: 2}", "thresholds: {acuracy_min: 0.5}", "thresholds: {accuracy_min: high}"]
+)
+def test_bad_thresholds_are_explained(text):
+    found = "\n".join(problems(f"{text}\nmodels:\n  - {{name: a, task: regression}}"))
+    assert "line 1: thresholds.ac" in found
