@@ -38,6 +38,7 @@ THRESHOLDS: dict[str, tuple[float, float, float]] = {
     "latency_p99_seconds": (0.5, 0, 3600),  # p99 of the latency the model server reports
     "traffic_stale_seconds": (600, 10, 30 * 86400),  # no prediction for this long: traffic stopped
     "labels_stale_seconds": (21600, 60, 90 * 86400),  # no label joined for this long while predictions wait
+    "missing_ratio_max": (0.1, 0, 1),  # share of missing values of a feature over the alert window
 }
 
 
