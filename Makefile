@@ -8,6 +8,9 @@ DEBIAN_PACKAGES := prometheus prometheus-alertmanager
 
 .PHONY: demo test lint fmt bench venv system-deps clean
 
+# `make demo DEMO_ARGS="--duration 60 --speed 10"` for a quick run.
+DEMO_ARGS ?=
+
 # The virtualenv is refreshed whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +21,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Prometheus and Alertmanager (with promtool and amtool) from Debian, installed when missing.
+# The tests need them; the demo runs without them (and says how to get them).
 system-deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -30,7 +34,8 @@ system-deps:
 	fi
 
 demo: venv
-	$(VENV)/bin/mlmon serve --config examples/config.yml
+	@$(MAKE) --no-print-directory system-deps || echo "make demo: going on without Prometheus and Alertmanager"
+	$(VENV)/bin/mlmon demo $(DEMO_ARGS)
 
 test: venv system-deps
 	$(PY) -m pytest -q

@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate a config file; exit 0 if it is valid, 1 if not.",
     )
     check.add_argument("file", metavar="FILE")
+
+    from exporter import demo
+
+    demo.add_parser(sub)
     return parser
 
 
@@ -83,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "demo":
+        from exporter import demo
+
+        return demo.run(args)
     return _serve(parser, args)
 
 

@@ -1,0 +1,150 @@
+"""An example model server instrumented with mlmon: the integration guide, as code (docs/integration.md).
+
+Three scikit-learn models trained at start on bundled data sets, served over HTTP with Flask:
+
+    POST /predict/<model>    {"features": {...}}           -> {"id", "prediction", "scores", "version"}
+    POST /feedback/<model>   {"id": ..., "label": ...}      -> 202   (the ground truth, later)
+    POST /deploy/<model>     {"version", "X", "y"}          -> 200   (retrain and swap in a new version)
+    GET  /healthz
+
+Everything mlmon needs is in `predict` and `feedback`: one `log_prediction` call after the model answers,
+one `log_label` call when the truth arrives. Neither blocks nor raises; the client batches in the
+background and flushes at exit.
+
+Run: python examples/model_server.py --port 5000 --mlmon-url http://127.0.0.1:8490
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+from flask import Flask, jsonify, request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import scenario  # noqa: E402  (the demo's data sets and models)
+
+from exporter import client as mlmon  # noqa: E402
+
+log = logging.getLogger("model_server")
+
+
+class Deployed:
+    """One model as served: its version, the fitted estimator and what its inputs look like."""
+
+    def __init__(self, world: scenario.World, version: str, estimator):
+        self.world = world
+        self.version = version
+        self.estimator = estimator
+
+
+def create_app(seed: int = 0) -> Flask:
+    app = Flask("model_server")
+    models: dict[str, Deployed] = {}
+    lock = threading.Lock()
+    for name in scenario.MODELS:
+        world = scenario.load(name, seed)
+        models[name] = Deployed(world, "v1", scenario.estimator(world, seed).fit(world.X_train, world.y_train))
+        log.info("trained %s v1 on %d rows", name, len(world.X_train))
+
+    @app.post("/predict/<name>")
+    def predict(name: str):
+        deployed = models.get(name)
+        if deployed is None:
+            return jsonify({"error": f"unknown model {name!r}"}), 404
+        features = (request.get_json(silent=True) or {}).get("features") or {}
+        world = deployed.world
+        started = time.perf_counter()
+        row = np.array([[features.get(f, np.nan) for f in world.features]], dtype=float)
+        request_id = uuid.uuid4().hex
+        if world.task == "regression":
+            prediction = float(deployed.estimator.predict(row)[0])
+            scores = None
+        else:
+            proba = deployed.estimator.predict_proba(row)[0]
+            classes = [str(c) for c in deployed.estimator.classes_]
+            scores = dict(zip(classes, proba.round(6).tolist()))
+            prediction = classes[int(np.argmax(proba))]
+        latency = time.perf_counter() - started
+
+        # --- the mlmon part: one call, after the model has answered ---------------------------------
+        mlmon.log_prediction(
+            name,
+            prediction,
+            id=request_id,  # the key the label will be joined on
+            version=deployed.version,
+            features=features,
+            scores=scores,
+            latency_seconds=latency,
+        )
+        # -------------------------------------------------------------------------------------------------
+        return jsonify({"id": request_id, "prediction": prediction, "scores": scores, "version": deployed.version})
+
+    @app.post("/feedback/<name>")
+    def feedback(name: str):
+        body = request.get_json(silent=True) or {}
+        if name not in models or "id" not in body or "label" not in body:
+            return jsonify({"error": "needs a known model, 'id' and 'label'"}), 400
+        # --- the mlmon part: the ground truth, whenever it arrives --------------------------------------
+        mlmon.log_label(name, body["id"], body["label"])
+        # -------------------------------------------------------------------------------------------------
+        return jsonify({"accepted": True}), 202
+
+    @app.post("/deploy/<name>")
+    def deploy(name: str):
+        body = request.get_json(silent=True) or {}
+        if name not in models:
+            return jsonify({"error": f"unknown model {name!r}"}), 404
+        world = models[name].world
+        X, y = np.asarray(body["X"], dtype=float), np.asarray(body["y"])
+        estimator = scenario.estimator(world, seed=len(body["version"])).fit(X, y)
+        with lock:
+            models[name] = Deployed(world, str(body["version"]), estimator)
+        log.info("deployed %s %s, trained on %d recent rows", name, body["version"], len(X))
+        return jsonify({"model": name, "version": body["version"]})
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok", "models": {n: d.version for n, d in models.items()}})
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="An example model server instrumented with mlmon.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--mlmon-url", default=os.environ.get("MLMON_URL", "http://127.0.0.1:8490"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    # --- the mlmon part: configure the client once, at start -------------------------------------------
+    mlmon.configure(url=args.mlmon_url, server=f"model-server:{args.port}")
+    # ---------------------------------------------------------------------------------------------------
+
+    import waitress
+
+    app = create_app(args.seed)
+    server = waitress.create_server(app, host=args.host, port=args.port, threads=8)
+
+    def stop(signum, frame):
+        raise SystemExit(0)  # waitress finishes in-flight requests; atexit flushes the mlmon client
+
+    signal.signal(signal.SIGTERM, stop)
+    log.info("serving on http://%s:%d, sending to mlmon at %s", args.host, server.effective_port, args.mlmon_url)
+    server.run()
+    mlmon.get_client().close(timeout=5)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""`mlmon demo` tells its story: a short, fast run, read from the exporter's /metrics while it plays."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import requests
+
+from tests.conftest import Metrics
+from tests.test_server import free_port
+
+LAG = 1.0  # seconds after a phase starts before its labels dominate (labels arrive 0.25 s late on average)
+
+
+class DemoRun:
+    """The demo as a subprocess; records its phase lines, its children and /metrics snapshots."""
+
+    def __init__(self, *args: str):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "demo", "--port", str(self.port), "--plain", "--quiet", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.phases: dict[str, float] = {}
+        self.children: set[int] = set()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+            m = re.search(r"phase=(\w+) cycle=0", line)
+            if m:
+                self.phases[m.group(1)] = time.monotonic()
+
+    def watch(self) -> list[tuple[float, Metrics]]:
+        """Scrape the exporter until the demo exits; remember every process it started."""
+        snapshots = []
+        while self.proc.poll() is None:
+            try:
+                self.children |= {p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)}
+                text = requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=2).text
+                snapshots.append((time.monotonic(), Metrics(text)))
+            except (requests.RequestException, psutil.Error):
+                pass
+            time.sleep(0.3)
+        return snapshots
+
+    def survivors(self) -> list[int]:
+        time.sleep(0.2)
+        return [pid for pid in self.children if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+
+
+def totals(m: Metrics, model: str) -> tuple[float, float, float]:
+    """(correct, labelled, absolute error) summed over versions, from the counters."""
+    correct = sum(
+        s.value for s in m.all("mlmon_outcomes_total", model=model) if s.labels["actual"] == s.labels["predicted"]
+    )
+    labelled = sum(s.value for s in m.all("mlmon_labels_total", model=model))
+    abs_error = sum(s.value for s in m.all("mlmon_absolute_error_total", model=model))
+    return correct, labelled, abs_error
+
+
+def phase_quality(snapshots, phases: dict[str, float], model: str) -> dict[str, float]:
+    """Accuracy (or MAE) of the labels joined during each phase, from counter deltas."""
+    order = ["healthy", "covariate_drift", "concept_drift", "recovery"]
+    out = {}
+    for i, phase in enumerate(order):
+        start = phases[phase] + LAG
+        end = phases[order[i + 1]] + LAG if i + 1 < len(order) else snapshots[-1][0]
+        inside = [m for t, m in snapshots if start <= t <= end]
+        assert len(inside) >= 2, f"too few scrapes in {phase}"
+        c0, n0, e0 = totals(inside[0], model)
+        c1, n1, e1 = totals(inside[-1], model)
+        assert n1 - n0 >= 20, f"too few labels in {phase} for {model}: {n1 - n0}"
+        out[phase] = (e1 - e0) / (n1 - n0) if model == "diabetes" else (c1 - c0) / (n1 - n0)
+    return out
+
+
+def test_demo_story_shows_in_the_metrics_and_nothing_is_left_behind():
+    run = DemoRun("--duration", "28", "--speed", "4", "--label-delay", "1", "--status-every", "5")
+    snapshots = run.watch()
+    output = "\n".join(run.lines)
+    assert run.proc.wait(30) == 0, output
+    assert set(run.phases) == {"healthy", "covariate_drift", "concept_drift", "recovery"}, output
+    for model in ("cancer", "wine"):
+        acc = phase_quality(snapshots, run.phases, model)
+        assert acc["concept_drift"] < acc["healthy"] - 0.1, (model, acc)
+        assert acc["recovery"] > acc["concept_drift"] + 0.1, (model, acc)
+    mae = phase_quality(snapshots, run.phases, "diabetes")
+    assert mae["concept_drift"] > mae["healthy"] * 1.2, mae
+    versions = {s.labels["version"] for s in snapshots[-1][1].all("mlmon_model_info", model="cancer")}
+    assert versions == {"v1", "v2"}
+    assert "stopped everything it started" in output
+    assert len(run.children) >= 2 and run.survivors() == [], output
+
+
+def test_ctrl_c_stops_the_demo_and_everything_it_started():
+    run = DemoRun("--duration", "600", "--no-prometheus")
+    deadline = time.monotonic() + 60
+    while "healthy" not in run.phases and time.monotonic() < deadline and run.proc.poll() is None:
+        run.children |= {p.pid for p in psutil.Process(run.proc.pid).children(recursive=True)}
+        time.sleep(0.2)
+    assert "healthy" in run.phases, "\n".join(run.lines)
+    run.children |= {p.pid for p in psutil.Process(run.proc.pid).children(recursive=True)}
+    run.proc.send_signal(signal.SIGINT)
+    assert run.proc.wait(30) == 130
+    assert len(run.children) >= 2 and run.survivors() == []
