@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(0)  # waitress finishes in-flight requests; atexit flushes the mlmon client
 
     signal.signal(signal.SIGTERM, stop)
-    log.info("serving on http://%s:%d, sending to mlmon at %s", args.host, server.effective_port, args.mlmon_url)
+    log.info("serving on http://%s:%s, sending to mlmon at %s", args.host, server.effective_port, args.mlmon_url)
     server.run()
     mlmon.get_client().close(timeout=5)
     return 0

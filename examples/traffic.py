@@ -74,12 +74,12 @@ class Traffic:
         try:
             while not self.stopped.is_set():
                 for phase in scenario.PHASES:
+                    self.on_phase(phase, cycle)
                     if phase == "recovery":
                         self._deploy(f"v{2 * cycle + 2}", recent=True)
                     elif phase == "healthy" and cycle > 0:
                         self._deploy(f"v{2 * cycle + 1}", recent=False)
                     self.phase = phase
-                    self.on_phase(phase, cycle)
                     if self.stopped.wait(self.phase_seconds):
                         return
                 cycle += 1

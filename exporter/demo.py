@@ -11,6 +11,7 @@ It runs from a source checkout: the example model server and traffic live in exa
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import json
@@ -215,6 +216,14 @@ class Status:
         self.started = time.monotonic()
         self._last_total: tuple[float, float] | None = None
         self._seen_notifications = 0
+        self.links: list[str] = []
+        self.events: collections.deque[str] = collections.deque(maxlen=6)
+
+    def event(self, text: str) -> None:
+        """Something that happened: printed at once when plain, listed under the table when redrawing."""
+        self.events.append(f"{time.strftime('%H:%M:%S')} {text}")
+        if not self.tty:
+            print(f"[demo] {text}", flush=True)
 
     def lines(self) -> list[str]:
         text = requests.get(f"{self.exporter}/metrics", timeout=5).text
@@ -233,14 +242,23 @@ class Status:
             "",
             f"  {'model':<9} {'version':<8} {'quality':<10} {'1m':>7} {'5m':>7} {'1h':>7}  {'pending':>7}  drifting",
         ]
+        rows = []
         for model in sorted({s.labels["model"] for s in samples if s.name == "mlmon_model_info"}):
-            last = [
-                s for s in samples if s.name == "mlmon_last_prediction_timestamp_seconds" and s.labels["model"] == model
-            ]
-            version = max(last, key=lambda s: s.value).labels["version"] if last else "-"
             task = next(
                 s.labels["task"] for s in samples if s.name == "mlmon_model_info" and s.labels["model"] == model
             )
+            # Every version with traffic in the last 5 minutes, side by side (old and new after a deploy).
+            recent = sorted(
+                s.labels["version"]
+                for s in samples
+                if s.name == "mlmon_window_samples"
+                and s.labels["model"] == model
+                and s.labels["window"] == "5m"
+                and s.labels["kind"] == "predictions"
+                and s.value > 0
+            )
+            rows += [(model, task, version) for version in recent]
+        for model, task, version in rows:
             metric = "mlmon_mae" if task == "regression" else "mlmon_accuracy"
             cells = []
             for window in ("1m", "5m", "1h"):
@@ -291,12 +309,22 @@ class Status:
             lines = self.lines()
         except requests.RequestException as exc:
             lines = [f"mlmon demo: the exporter did not answer ({exc})"]
+        for note in self.new_notifications():
+            self.event(f"notification: {note}")
         if self.tty:
-            sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n\n  Ctrl-C stops the demo.\n")
+            lines += [
+                "",
+                "  recent events:",
+                *(f"    {e}" for e in self.events),
+                "",
+                *self.links,
+                "",
+                "  Ctrl-C stops the demo.",
+            ]
+            sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
+            sys.stdout.flush()
         else:
             print("\n".join(lines), flush=True)
-        for note in self.new_notifications():
-            print(f"[demo] notification: {note}", flush=True)
 
 
 def _get(samples, name: str, **labels) -> float | None:
@@ -397,16 +425,21 @@ def run(args) -> int:
                 f"http://127.0.0.1:{prom_port}/-/ready",
             )
             prometheus = f"http://127.0.0.1:{prom_port}"
-            print(f"[demo] Prometheus    {prometheus}/targets   {prometheus}/alerts", flush=True)
-            print(f"[demo] Alertmanager  http://127.0.0.1:{am_port}", flush=True)
-        print(f"[demo] exporter      {exporter}/metrics   {exporter}/api/v1/models", flush=True)
-        print(f"[demo] logs in {workdir}", flush=True)
+        links = [f"  exporter      {exporter}/metrics   {exporter}/api/v1/models"]
+        if prometheus:
+            links += [
+                f"  Prometheus    {prometheus}/targets   {prometheus}/alerts",
+                f"  Alertmanager  http://127.0.0.1:{am_port}",
+            ]
+        links.append(f"  logs          {workdir}")
+        print("[demo] open:\n" + "\n".join(links), flush=True)
 
         status = Status(exporter, prometheus, receiver, tty)
+        status.links = links
 
         def on_phase(phase: str, cycle: int) -> None:
             status.phase, status.phase_started = phase, time.monotonic()
-            print(f"[demo] phase={phase} cycle={cycle}: {STORY[phase]}", flush=True)
+            status.event(f"phase={phase} cycle={cycle}: {STORY[phase]}")
 
         traffic = Traffic(
             model_server,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,11 +33,16 @@ class DemoRun:
         self.lines: list[str] = []
         self.phases: dict[str, float] = {}
         self.children: set[int] = set()
+        self.prometheus: str | None = None
+        self.target_up = False
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         for line in self.proc.stdout:
             self.lines.append(line.rstrip())
+            prom = re.search(r"Prometheus +(http://127\.0\.0\.1:\d+)/targets", line)
+            if prom:
+                self.prometheus = prom.group(1)
             m = re.search(r"phase=(\w+) cycle=0", line)
             if m:
                 self.phases[m.group(1)] = time.monotonic()
@@ -49,6 +55,11 @@ class DemoRun:
                 self.children |= {p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)}
                 text = requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=2).text
                 snapshots.append((time.monotonic(), Metrics(text)))
+                if self.prometheus and not self.target_up:
+                    result = requests.get(
+                        f"{self.prometheus}/api/v1/query", params={"query": 'up{job="mlmon"}'}, timeout=2
+                    ).json()["data"]["result"]
+                    self.target_up = any(r["value"][1] == "1" for r in result)
             except (requests.RequestException, psutil.Error):
                 pass
             time.sleep(0.3)
@@ -100,6 +111,8 @@ def test_demo_story_shows_in_the_metrics_and_nothing_is_left_behind():
     versions = {s.labels["version"] for s in snapshots[-1][1].all("mlmon_model_info", model="cancer")}
     assert versions == {"v1", "v2"}
     assert "stopped everything it started" in output
+    if shutil.which("prometheus") and shutil.which("prometheus-alertmanager"):
+        assert run.prometheus and run.target_up, "the demo's Prometheus never saw the exporter up"
     assert len(run.children) >= 2 and run.survivors() == [], output
 
 
