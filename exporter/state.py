@@ -138,7 +138,7 @@ class VersionState:
         n = len(events)
         ts = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=n)
         self.predictions += n
-        self.last_prediction = max(self.last_prediction, float(ts.max()))
+        self.last_prediction = now  # arrival time: a lagging client clock or a backfill is not "traffic"
         self.last_seen = now
         latencies = [e.latency for e in events if e.latency is not None]
         self.latency.observe(np.asarray(latencies, dtype=np.float64))

@@ -259,11 +259,15 @@ def test_bad_label_is_rejected(client, payload, field, reason):
 def test_rfc3339_and_unix_timestamps(client, clock):
     from datetime import datetime, timezone
 
-    stamp = datetime.fromtimestamp(clock.now - 60, timezone.utc).isoformat().replace("+00:00", "Z")
+    stamp = datetime.fromtimestamp(clock.now - 400, timezone.utc).isoformat().replace("+00:00", "Z")
     assert client.post("/api/v1/predictions", json=churn(timestamp=stamp)).status_code == 202
     assert client.post("/api/v1/predictions", json=churn(id="p2", timestamp=clock.now - 30)).status_code == 202
     m = scrape(client)
-    assert m.get("mlmon_last_prediction_timestamp_seconds", model="churn", version="default") == clock.now - 30
+    samples = {"model": "churn", "version": "default", "kind": "predictions"}
+    assert m.get("mlmon_window_samples", window="5m", **samples) == 1  # 400 s ago is before the 5m window
+    assert m.get("mlmon_window_samples", window="1h", **samples) == 2
+    # Freshness is the arrival time, whatever the client's clock says.
+    assert m.get("mlmon_last_prediction_timestamp_seconds", model="churn", version="default") == clock.now
 
 
 def test_resources_report_is_published(client):
