@@ -29,7 +29,7 @@ from prometheus_client import (
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from exporter import __version__
+from exporter import __version__, reference
 from exporter.collector import IngestErrors, MlmonCollector
 from exporter.config import Config
 from exporter.openapi import openapi_document
@@ -51,6 +51,8 @@ class Mlmon:
         self.servers = ServerReports(config.limits.max_servers, config.limits.server_stale_seconds)
         self.ready = True
         self.maintenance_thread: threading.Thread | None = None
+        for name, profile in reference.load_all(config).items():
+            self.models[name].set_reference(profile)
 
         disable_created_metrics()
         self.registry = CollectorRegistry()
@@ -228,6 +230,28 @@ def get_model(name: str):
     if state is None:
         raise APIError(404, f"unknown model {name[:100]!r}; known models: {', '.join(sorted(m.models))}")
     return jsonify(state.summary(m.clock()))
+
+
+@api.put("/models/<name>/reference")
+def put_reference(name: str):
+    """Replace a model's reference: a CSV of raw rows (Content-Type text/csv) or a profile (JSON)."""
+    m = _mlmon()
+    state = m.models.get(name)
+    if state is None:
+        raise APIError(404, f"unknown model {name[:100]!r}; known models: {', '.join(sorted(m.models))}")
+    try:
+        if request.mimetype == "text/csv":
+            profile = reference.from_csv(request.get_data(cache=False).decode("utf-8", "replace"), state.model)
+        else:
+            profile = reference.from_json(_json_body(), state.model)
+    except reference.ReferenceError as exc:
+        m.errors.inc(name, "invalid_reference")
+        raise APIError(
+            400, f"invalid reference: {exc}", [Problem(0, "", "invalid_reference", str(exc)[:500])]
+        ) from None
+    state.set_reference(profile)
+    log.info("reference replaced", extra={"fields": {"model": name, "rows": profile.rows}})
+    return jsonify({"model": name, "rows": profile.rows, "features": len(profile.features)})
 
 
 @api.get("/openapi.json")

@@ -76,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE")
 
+    ref = sub.add_parser("reference", help="build a reference profile", description="Reference profiles.")
+    ref_sub = ref.add_subparsers(dest="reference_command", required=True, metavar="COMMAND")
+    build = ref_sub.add_parser(
+        "build",
+        help="profile a CSV of reference rows",
+        description="Bin a CSV of reference rows into a compact profile (bin edges, counts, categories) that the "
+        "exporter loads with `reference: PROFILE.json`; raw rows are not kept.",
+    )
+    build.add_argument("data", metavar="DATA.csv")
+    build.add_argument("--model", required=True, help="model name in the config")
+    build.add_argument("--config", "--config.file", dest="config", required=True, metavar="FILE")
+    build.add_argument("-o", "--output", required=True, metavar="PROFILE.json")
+
     from exporter import demo
 
     demo.add_parser(sub)
@@ -87,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "reference":
+        return _reference_build(args)
     if args.command == "demo":
         from exporter import demo
 
@@ -94,9 +109,44 @@ def main(argv: list[str] | None = None) -> int:
     return _serve(parser, args)
 
 
+def _reference_build(args) -> int:
+    from exporter import reference
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    model = config.model(args.model)
+    if model is None:
+        print(
+            f"mlmon reference build: no model {args.model!r} in {args.config}; models: "
+            f"{', '.join(m.name for m in config.models)}",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        with open(args.data, encoding="utf-8") as fh:
+            profile = reference.from_csv(fh.read(), model)
+    except (OSError, reference.ReferenceError) as exc:
+        print(f"mlmon reference build: {args.data}: {exc}", file=sys.stderr)
+        return 1
+    with open(args.output, "w", encoding="utf-8") as fh:
+        fh.write(profile.dumps())
+    print(
+        f"{args.output}: profile of {profile.rows} rows, {len(profile.features)} features"
+        + (", predictions" if profile.prediction else "")
+        + (", labels" if profile.label else "")
+    )
+    return 0
+
+
 def _check_config(path: str) -> int:
     try:
         config = load_config(path)
+        from exporter import reference
+
+        reference.load_all(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -121,6 +171,9 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
         host, port = host.strip("[]") or "0.0.0.0", int(port_text)
     try:
         config = load_config(args.config)
+        from exporter import reference
+
+        reference.load_all(config)  # fail at start, naming the model, rather than in the app
     except ConfigError as exc:
         parser.exit(2, f"mlmon serve: invalid config\n{exc}\n")
     logs.setup(args.log_level, args.log_format)

@@ -14,6 +14,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from exporter import __version__, quality
+from exporter.binning import window_drift
+from exporter.drift import CATEGORICAL_METHODS, CLASS_METHODS, NUMERIC_METHODS
 from exporter.state import Histogram, ModelSnapshot, ModelState, ServerReports
 from exporter.validation import REASONS
 
@@ -164,9 +166,12 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
         "mlmon_retired_versions", "Versions dropped over limits.max_versions_per_model.", labels=["model"]
     )
 
+    drift_families = _DriftFamilies()
+
     for snap in snaps:
         model = snap.config
         m = model.name
+        drift_families.model(snap)
         pending.add_metric([m], snap.pending_predictions)
         early.add_metric([m], snap.pending_labels)
         for (kind, reason), n in snap.dropped.items():
@@ -187,6 +192,8 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
                 last_label.add_metric(mv, v.last_label)
             _observe(latency, mv, v.latency)
             _observe(delay, mv, v.label_delay)
+            for i, feature in enumerate(model.features):
+                drift_families.missing_total.add_metric(mv + [feature.name], int(v.missing[i]))
             if model.is_classification:
                 for a, actual in enumerate(model.classes):
                     predicted.add_metric(mv + [actual], int(v.predicted_class[a]))
@@ -205,6 +212,7 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
                     _classification_window(model.classes, mvw, totals, gauges, per_class, confusion)
                 else:
                     _regression_window(mvw, totals, gauges)
+                drift_families.window(mvw, window_drift(model, snap.profile, totals))
 
     yield from (
         info,
@@ -230,6 +238,7 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
         dups,
         retired,
         thresholds,
+        *drift_families.all(),
     )
 
     errs = CounterMetricFamily(
@@ -257,6 +266,98 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
             rss.add_metric([m, server], rss_b)
     yield cpu
     yield rss
+
+
+class _DriftFamilies:
+    """Drift and data-quality families (docs/drift.md), filled model by model, window by window."""
+
+    def __init__(self) -> None:
+        w, f = MVW, MVW + ["feature"]
+        self.feature = GaugeMetricFamily(
+            "mlmon_feature_drift",
+            "Drift of a feature in the window against the reference, by method.",
+            labels=f + ["method"],
+        )
+        self.prediction = GaugeMetricFamily(
+            "mlmon_prediction_drift",
+            "Drift of the predictions in the window against the reference's.",
+            labels=w + ["method"],
+        )
+        self.label = GaugeMetricFamily(
+            "mlmon_label_drift", "Drift of the labels in the window against the reference's.", labels=w + ["method"]
+        )
+        self.drifted = GaugeMetricFamily(
+            "mlmon_drifted_features",
+            "Features whose drift (drift.method) is over their threshold in the window.",
+            labels=w,
+        )
+        self.threshold = GaugeMetricFamily(
+            "mlmon_drift_threshold",
+            "Drift thresholds from the config, per feature and method (feature is empty for predictions and labels); "
+            "p-value methods drift below theirs.",
+            labels=["model", "feature", "method"],
+        )
+        self.missing = GaugeMetricFamily(
+            "mlmon_feature_missing_ratio", "Share of the window's predictions with the feature missing.", labels=f
+        )
+        self.out_of_range = GaugeMetricFamily(
+            "mlmon_feature_out_of_range_ratio",
+            "Share of a numeric feature's values outside the reference range.",
+            labels=f,
+        )
+        self.unseen = GaugeMetricFamily(
+            "mlmon_feature_unseen_ratio",
+            "Share of a categorical feature's values never seen in the reference.",
+            labels=f,
+        )
+        self.missing_total = CounterMetricFamily(
+            "mlmon_feature_missing", "Predictions with the feature missing.", labels=MV + ["feature"]
+        )
+        self.rows = GaugeMetricFamily(
+            "mlmon_reference_rows", "Rows of the reference profile in use (absent: no reference).", labels=["model"]
+        )
+
+    def model(self, snap: ModelSnapshot) -> None:
+        model = snap.config
+        if snap.profile is None:
+            return
+        self.rows.add_metric([model.name], snap.profile.rows)
+        for f in model.features:
+            for method in NUMERIC_METHODS if f.type == "numeric" else CATEGORICAL_METHODS:
+                if method != "chi2":
+                    self.threshold.add_metric([model.name, f.name, method], model.drift_threshold(f.name, method))
+        methods = NUMERIC_METHODS if model.task == "regression" else CLASS_METHODS
+        for method in methods:
+            if method != "chi2":
+                self.threshold.add_metric([model.name, "", method], model.drift_threshold(None, method))
+
+    def window(self, mvw: list[str], d) -> None:
+        for feature, values in d.features.items():
+            for method, value in values.items():
+                self.feature.add_metric(mvw + [feature, method], value)
+        for method, value in d.prediction.items():
+            self.prediction.add_metric(mvw + [method], value)
+        for method, value in d.label.items():
+            self.label.add_metric(mvw + [method], value)
+        if d.drifted is not None:
+            self.drifted.add_metric(mvw, d.drifted)
+        for family, key in ((self.missing, "missing"), (self.out_of_range, "out_of_range"), (self.unseen, "unseen")):
+            for feature, value in d.quality[key].items():
+                family.add_metric(mvw + [feature], value)
+
+    def all(self) -> list:
+        return [
+            self.feature,
+            self.prediction,
+            self.label,
+            self.drifted,
+            self.threshold,
+            self.missing,
+            self.out_of_range,
+            self.unseen,
+            self.missing_total,
+            self.rows,
+        ]
 
 
 def _histogram(name: str, text: str) -> HistogramMetricFamily:

@@ -7,6 +7,7 @@ what is wrong; unknown keys are errors, never silently ignored.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,20 @@ def parse_duration(text: str) -> int:
 class Feature:
     name: str
     type: str  # numeric | categorical
+    drift_thresholds: tuple[tuple[str, float], ...] = ()  # this feature's overrides of the model's
+
+
+# Drift methods and their default thresholds (docs/drift.md). For *_pvalue the feature drifts BELOW it.
+DRIFT_THRESHOLDS = {
+    "psi": 0.25,  # Siddiqi 2006: < 0.1 stable, 0.1 to 0.25 moderate shift, > 0.25 major shift
+    "ks": 0.1,
+    "ks_pvalue": 0.05,
+    "js": 0.1,  # Jensen-Shannon distance, base 2
+    "wasserstein": 0.1,  # in reference standard deviations
+    "chi2_pvalue": 0.05,
+    "unseen": 0.05,
+}
+DRIFT_METHODS = ("psi", "js", "wasserstein", "ks")  # the ones that can decide "drifted" (drift.method)
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,19 @@ class ModelConfig:
     features: tuple[Feature, ...] = ()
     prediction_buckets: tuple[float, ...] = DEFAULT_VALUE_BUCKETS
     thresholds: tuple[tuple[str, float], ...] = tuple((k, v[0]) for k, v in THRESHOLDS.items())
+    reference: str | None = None  # path of a reference CSV or profile JSON, resolved against the config's folder
+    drift_method: str = "psi"
+    drift_min_samples: int = 100
+    drift_thresholds: tuple[tuple[str, float], ...] = tuple(DRIFT_THRESHOLDS.items())
+
+    def drift_threshold(self, feature: str | None, method: str) -> float:
+        """The threshold of ``method`` for ``feature`` (None: the model's predictions or labels)."""
+        for f in self.features:
+            if f.name == feature:
+                for m, v in f.drift_thresholds:
+                    if m == method:
+                        return v
+        return dict(self.drift_thresholds).get(method, DRIFT_THRESHOLDS.get(method, float("nan")))
 
     @property
     def is_classification(self) -> bool:
@@ -220,6 +248,32 @@ def _class_name(node: _Node) -> str | None:
     return node.text
 
 
+def _drift_thresholds(ck: _Checker, path: str, node: _Node, base: dict[str, float]) -> dict[str, float]:
+    out = dict(base)
+    for key, sub in ck.mapping(path, node, set(DRIFT_THRESHOLDS)).items():
+        v = _number(sub.value)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1e9:
+            ck.fail(f"{path}.{key}", sub, f"must be a number >= 0, got {sub.value!r}")
+        else:
+            out[key] = float(v)
+    return out
+
+
+def _drift(ck: _Checker, path: str, node: _Node) -> tuple[str, int, dict[str, float]]:
+    method, min_samples, thresholds = "psi", 100, dict(DRIFT_THRESHOLDS)
+    m = ck.mapping(path, node, {"method", "min_samples", "thresholds"})
+    if "method" in m:
+        if m["method"].value not in DRIFT_METHODS:
+            ck.fail(f"{path}.method", m["method"], f"must be one of {', '.join(DRIFT_METHODS)}")
+        else:
+            method = m["method"].value
+    if "min_samples" in m:
+        min_samples = ck.positive_int(f"{path}.min_samples", m["min_samples"], 1, 10**9) or min_samples
+    if "thresholds" in m:
+        thresholds = _drift_thresholds(ck, f"{path}.thresholds", m["thresholds"], thresholds)
+    return method, min_samples, thresholds
+
+
 def _thresholds(ck: _Checker, path: str, node: _Node, base: dict[str, float]) -> dict[str, float]:
     out = dict(base)
     for key, sub in ck.mapping(path, node, set(THRESHOLDS)).items():
@@ -232,8 +286,18 @@ def _thresholds(ck: _Checker, path: str, node: _Node, base: dict[str, float]) ->
     return out
 
 
-def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float]) -> ModelConfig | None:
-    allowed = {"name", "task", "classes", "positive_class", "features", "prediction_buckets", "thresholds"}
+def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float], base_dir: str) -> ModelConfig | None:
+    allowed = {
+        "name",
+        "task",
+        "classes",
+        "positive_class",
+        "features",
+        "prediction_buckets",
+        "thresholds",
+        "reference",
+        "drift",
+    }
     m = ck.mapping(path, node, allowed, required=("name", "task"))
     if not m:
         return None
@@ -297,7 +361,7 @@ def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float]) -
             seen: set[str] = set()
             for i, f in enumerate(fnode.value):
                 fpath = f"{path}.features[{i}]"
-                fm = ck.mapping(fpath, f, {"name", "type"}, required=("name", "type"))
+                fm = ck.mapping(fpath, f, {"name", "type", "drift_thresholds"}, required=("name", "type"))
                 if "name" not in fm or "type" not in fm:
                     continue
                 fname, ftype = fm["name"].value, fm["type"].value
@@ -309,7 +373,10 @@ def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float]) -
                     ck.fail(f"{fpath}.type", fm["type"], f"must be one of {', '.join(FEATURE_TYPES)}, got {ftype!r}")
                 else:
                     seen.add(fname)
-                    features.append(Feature(fname, ftype))
+                    overrides = {}
+                    if "drift_thresholds" in fm:
+                        overrides = _drift_thresholds(ck, f"{fpath}.drift_thresholds", fm["drift_thresholds"], {})
+                    features.append(Feature(fname, ftype, tuple(overrides.items())))
 
     buckets = DEFAULT_VALUE_BUCKETS
     if "prediction_buckets" in m:
@@ -319,10 +386,34 @@ def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float]) -
             buckets = ck.buckets(f"{path}.prediction_buckets", m["prediction_buckets"]) or buckets
     if "thresholds" in m:
         thresholds = _thresholds(ck, f"{path}.thresholds", m["thresholds"], thresholds)
-    return ModelConfig(name.value, task_v, classes, positive, tuple(features), buckets, tuple(thresholds.items()))
+    reference = None
+    if "reference" in m:
+        rnode = m["reference"]
+        if not (isinstance(rnode.value, str) and rnode.value):
+            ck.fail(f"{path}.reference", rnode, "must be the path of a CSV file or of a profile (.json)")
+        elif not features:
+            ck.fail(f"{path}.reference", rnode, "needs the model's features: list them under features")
+        else:
+            reference = os.path.join(base_dir, rnode.value) if base_dir else rnode.value
+            if not os.path.isfile(reference):
+                ck.fail(f"{path}.reference", rnode, f"no such file: {reference}")
+    drift = _drift(ck, f"{path}.drift", m["drift"]) if "drift" in m else ("psi", 100, dict(DRIFT_THRESHOLDS))
+    return ModelConfig(
+        name.value,
+        task_v,
+        classes,
+        positive,
+        tuple(features),
+        buckets,
+        tuple(thresholds.items()),
+        reference,
+        drift[0],
+        drift[1],
+        tuple(drift[2].items()),
+    )
 
 
-def parse_config(text: str, source: str = "<config>") -> Config:
+def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Config:
     """Validate YAML text into a :class:`Config`; raise :class:`ConfigError` listing every problem."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -408,7 +499,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         else:
             names: set[str] = set()
             for i, node in enumerate(mn.value):
-                model = _model(ck, f"models[{i}]", node, thresholds)
+                model = _model(ck, f"models[{i}]", node, thresholds, base_dir)
                 if model is None:
                     continue
                 if model.name in names:
@@ -428,4 +519,4 @@ def load_config(path: str) -> Config:
             text = fh.read()
     except OSError as exc:
         raise ConfigError([f"cannot read the config file: {exc.strerror}"], path) from None
-    return parse_config(text, path)
+    return parse_config(text, path, os.path.dirname(os.path.abspath(path)))

@@ -194,6 +194,21 @@ def openapi_document() -> dict:
                     "responses": {"200": json_ok, **_error_responses(404)},
                 }
             },
+            "/api/v1/models/{name}/reference": {
+                "put": {
+                    "summary": "Replace the model's reference: a CSV of raw rows (text/csv) or a profile from "
+                    "`mlmon reference build` (application/json). Drift windows restart from zero.",
+                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "text/csv": {"schema": {"type": "string"}},
+                            "application/json": {"schema": {"type": "object"}},
+                        },
+                    },
+                    "responses": {"200": json_ok, **_error_responses(400, 404, 413)},
+                }
+            },
             "/api/v1/openapi.json": {"get": {"summary": "This document.", "responses": {"200": json_ok}}},
             "/healthz": {"get": {"summary": "Liveness.", "responses": {"200": json_ok, **_error_responses(503)}}},
             "/readyz": {"get": {"summary": "Readiness.", "responses": {"200": json_ok, **_error_responses(503)}}},

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from exporter import quality
+from exporter.binning import REFERENCE_ARRAYS, Binner, drift_schema, scatter
 from exporter.config import Config, ModelConfig
 from exporter.joins import JoinStore, Pending
+from exporter.reference import Profile
 from exporter.validation import Label, Prediction
 from exporter.window import Ring, Schema
 
@@ -56,9 +58,13 @@ def _le(edge: float) -> str:
 
 def ring_schema(model: ModelConfig) -> Schema:
     if not model.is_classification:
-        return {name: ((), np.float64) for name in ("predictions", "labeled", "err", "abs_err", "sq_err", "y", "y_sq")}
+        schema = {
+            name: ((), np.float64) for name in ("predictions", "labeled", "err", "abs_err", "sq_err", "y", "y_sq")
+        }
+        return {**schema, **drift_schema(model)}
     c, s = len(model.classes), len(model.score_classes)
     return {
+        **drift_schema(model),
         "predictions": ((), np.int64),
         "labeled": ((), np.int64),
         "confusion": ((c, c), np.int64),
@@ -84,6 +90,7 @@ class VersionSnapshot:
     last_label: float
     latency: Histogram
     label_delay: Histogram
+    missing: np.ndarray
     outcomes: np.ndarray | None = None
     predicted_class: np.ndarray | None = None
     confidence: Histogram | None = None
@@ -102,6 +109,7 @@ class ModelSnapshot:
     dropped: dict[tuple[str, str], int]
     duplicates: dict[str, int]
     retired_versions: int
+    profile: Profile | None = None
 
 
 class VersionState:
@@ -118,6 +126,7 @@ class VersionState:
         self.last_seen = 0.0
         self.latency = Histogram(config.latency_buckets)
         self.label_delay = Histogram(config.label_delay_buckets)
+        self.missing = np.zeros(len(model.features), dtype=np.int64)  # missing values per feature, cumulative
         if model.is_classification:
             c = len(model.classes)
             self.outcomes = np.zeros((c, c), dtype=np.int64)
@@ -134,7 +143,7 @@ class VersionState:
 
     # -- predictions --------------------------------------------------------------------------------
 
-    def add_predictions(self, events: list[Prediction], now: float) -> None:
+    def add_predictions(self, events: list[Prediction], now: float, binner: Binner) -> None:
         n = len(events)
         ts = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=n)
         self.predictions += n
@@ -142,11 +151,16 @@ class VersionState:
         self.last_seen = now
         latencies = [e.latency for e in events if e.latency is not None]
         self.latency.observe(np.asarray(latencies, dtype=np.float64))
+        binned = binner.bin([e.features for e in events], [e.prediction for e in events])
+        if binned.missing is not None:
+            self.missing += binned.missing
         for ring in self.rings:
             slots = ring.slots(ts, now)
-            slots = slots[slots >= 0]
-            if slots.size:
-                ring.arrays["predictions"] += np.bincount(slots, minlength=ring.k)
+            kept = slots[slots >= 0]
+            if kept.size:
+                ring.arrays["predictions"] += np.bincount(kept, minlength=ring.k)
+                for name, (ev, idx, weights) in binned.scatter.items():
+                    scatter(ring.arrays[name], slots, ev, idx, weights)
         if self.model.is_classification:
             preds = np.fromiter((e.prediction for e in events), dtype=np.int64, count=n)
             self.predicted_class += np.bincount(preds, minlength=len(self.predicted_class))
@@ -260,6 +274,7 @@ class VersionState:
             self.last_label,
             self.latency.copy(),
             self.label_delay.copy(),
+            self.missing.copy(),
         )
         if self.model.is_classification:
             snap.outcomes = self.outcomes.copy()
@@ -283,6 +298,19 @@ class ModelState:
         self.joins = JoinStore(config.limits.pending_ttl_seconds, config.limits.max_pending_per_model)
         self.duplicates = {"prediction": 0, "label": 0}
         self.retired_versions = 0
+        self.profile: Profile | None = None
+        self.binner = Binner(model, None)
+
+    def set_reference(self, profile: Profile) -> None:
+        """Use a new reference: its bins differ, so every window's binned counts start again from zero."""
+        with self.lock:
+            self.profile = profile
+            self.binner = Binner(self.model, profile)
+            for version in self.versions.values():
+                for ring in version.rings:
+                    for name in REFERENCE_ARRAYS:
+                        if name in ring.arrays:
+                            ring.arrays[name][:] = 0
 
     def _version(self, name: str, now: float) -> VersionState:
         state = self.versions.get(name)
@@ -335,7 +363,7 @@ class ModelState:
                     outcomes.add(e.version, e.prediction, label, e.scores, e.timestamp, now)
                 fresh.setdefault(e.version, []).append(e)
             for version, batch in fresh.items():
-                self._version(version, now).add_predictions(batch, now)
+                self._version(version, now).add_predictions(batch, now, self.binner)
             self._add_outcomes(outcomes, now)  # after the loop above has created any new version
             self.duplicates["prediction"] += dups
             self.duplicates["label"] += dup_labels
@@ -385,6 +413,7 @@ class ModelState:
                 dict(self.joins.dropped),
                 dict(self.duplicates),
                 self.retired_versions,
+                self.profile,
             )
 
     def summary(self, now: float) -> dict:

@@ -26,6 +26,7 @@ REASONS = (
     "invalid_value",
     "unknown_class",
     "unknown_feature",
+    "invalid_reference",
 )
 
 MAX_ID_LENGTH = 256
@@ -72,6 +73,7 @@ class Prediction:
     scores: tuple[float, ...] | None  # per ModelConfig.score_classes; None when not given
     latency: float | None
     label: Any  # class index or float, or None
+    features: dict | None = None
 
 
 @dataclass(slots=True)
@@ -245,6 +247,7 @@ class Validator:
                         scores,
                         float(latency) if latency is not None else None,
                         label,
+                        item.get("features"),
                     )
                 )
         if problems:

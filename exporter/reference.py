@@ -1,0 +1,331 @@
+"""Reference profiles: what "no drift" looks like, frozen into bins once, so raw reference rows are never kept.
+
+A profile holds, per feature: numeric bin edges from reference quantiles with the reference counts per
+bin (plus a bin below the reference minimum and one above its maximum), summary statistics and the
+missing count; categorical: the most frequent categories with their counts, an "other" bucket, and the
+set of categories seen. Optionally the same for the model's predictions and labels. Built from a CSV
+(`mlmon reference build`, a `reference:` CSV in the config, or an upload), stored as JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from exporter.config import ModelConfig
+
+FORMAT = "mlmon-reference/1"
+NUMERIC_BINS = 40  # interior quantile bins; PSI merges them into deciles
+NUMERIC_SLOTS = NUMERIC_BINS + 2  # with the bins below the minimum and above the maximum
+TOP_CATEGORIES = 20  # categories tracked one by one; the rest share the "other" bucket
+MAX_KNOWN_CATEGORIES = 10_000  # categories remembered to tell "unseen" from "rare"
+MIN_ROWS = 20
+EXTRA_COLUMNS = ("id", "timestamp", "prediction", "label")
+
+
+class ReferenceError(ValueError):
+    """A reference that does not fit the model; the message names the column, row or field."""
+
+
+@dataclass(frozen=True)
+class NumericRef:
+    edges: np.ndarray  # m + 1 increasing edges: the minimum, quantiles, the maximum
+    counts: np.ndarray  # m + 2 bins: below the minimum, m inside, above the maximum
+    mean: float
+    std: float
+    missing: int
+
+    kind = "numeric"
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    def bins(self, x: np.ndarray) -> np.ndarray:
+        """Bin of each value (NaN values get a bin too; callers drop them first)."""
+        b = np.searchsorted(self.edges, x, side="right")
+        b[x == self.edges[-1]] = len(self.edges) - 1  # the maximum belongs to the last inside bin
+        return b
+
+    def psi_groups(self) -> np.ndarray:
+        """PSI bucket of each bin: 0 below, 1-10 the reference deciles, 11 above."""
+        inside = self.counts[1:-1].astype(np.float64)
+        before = (np.cumsum(inside) - inside) / max(inside.sum(), 1.0)
+        deciles = 1 + np.minimum(np.floor(before * 10 + 1e-9), 9).astype(np.int64)
+        return np.concatenate([[0], deciles, [11]])
+
+    def points(self, below_mean: float, above_mean: float) -> np.ndarray:
+        """Where each bin's mass sits, for the Wasserstein distance."""
+        mids = (self.edges[:-1] + self.edges[1:]) / 2
+        return np.concatenate([[below_mean], mids, [above_mean]])
+
+    def as_json(self) -> dict:
+        return {
+            "type": "numeric",
+            "edges": self.edges.tolist(),
+            "counts": self.counts.tolist(),
+            "mean": self.mean,
+            "std": self.std,
+            "missing": self.missing,
+        }
+
+
+@dataclass(frozen=True)
+class CategoricalRef:
+    categories: tuple[str, ...]  # the most frequent, tracked one by one
+    counts: np.ndarray  # len(categories) + 1: the last counts every other category
+    known: frozenset[str]  # every category of the reference (up to MAX_KNOWN_CATEGORIES)
+    missing: int
+
+    kind = "categorical"
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    def as_json(self) -> dict:
+        return {
+            "type": "categorical",
+            "categories": list(self.categories),
+            "counts": self.counts.tolist(),
+            "known": sorted(self.known),
+            "missing": self.missing,
+        }
+
+
+Ref = NumericRef | CategoricalRef
+
+
+@dataclass(frozen=True)
+class Profile:
+    model: str
+    rows: int
+    features: dict[str, Ref]
+    prediction: Ref | None = None
+    label: Ref | None = None
+
+    def as_json(self) -> dict:
+        out = {
+            "format": FORMAT,
+            "model": self.model,
+            "rows": self.rows,
+            "features": {k: v.as_json() for k, v in self.features.items()},
+        }
+        for key in ("prediction", "label"):
+            ref = getattr(self, key)
+            if ref is not None:
+                out[key] = ref.as_json()
+        return out
+
+    def dumps(self) -> str:
+        return json.dumps(self.as_json(), indent=1)
+
+
+def category(value) -> str:
+    """The label value of a categorical feature value: JSON true/false as written, numbers as text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def numeric_profile(values: np.ndarray) -> NumericRef:
+    present = values[~np.isnan(values)]
+    if len(present) < MIN_ROWS:
+        raise ReferenceError(f"needs at least {MIN_ROWS} values, got {len(present)}")
+    edges = np.unique(np.quantile(present, np.linspace(0, 1, NUMERIC_BINS + 1)))
+    if len(edges) == 1:  # a constant: one bin of zero width
+        edges = np.array([edges[0], edges[0]])
+    ref = NumericRef(
+        edges,
+        np.zeros(len(edges) + 1, dtype=np.int64),
+        float(present.mean()),
+        float(present.std()),
+        int(len(values) - len(present)),
+    )
+    counts = np.bincount(ref.bins(present), minlength=len(edges) + 1)
+    return NumericRef(edges, counts.astype(np.int64), ref.mean, ref.std, ref.missing)
+
+
+def categorical_profile(values: list) -> CategoricalRef:
+    present = [category(v) for v in values if v is not None and v != ""]
+    if len(present) < MIN_ROWS:
+        raise ReferenceError(f"needs at least {MIN_ROWS} values, got {len(present)}")
+    uniq, counts = np.unique(np.asarray(present, dtype=object), return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    top = [str(uniq[i]) for i in order[:TOP_CATEGORIES]]
+    top_counts = [int(counts[i]) for i in order[:TOP_CATEGORIES]]
+    other = int(counts.sum()) - sum(top_counts)
+    known = frozenset(str(uniq[i]) for i in order[:MAX_KNOWN_CATEGORIES])
+    return CategoricalRef(
+        tuple(top), np.asarray(top_counts + [other], dtype=np.int64), known, len(values) - len(present)
+    )
+
+
+def _floats(column: list, name: str, first_row: int = 2) -> np.ndarray:
+    out = np.empty(len(column))
+    for i, v in enumerate(column):
+        if v is None or v == "":
+            out[i] = np.nan
+            continue
+        try:
+            out[i] = float(v)
+        except (TypeError, ValueError):
+            raise ReferenceError(f"column {name!r}, row {i + first_row}: {v!r} is not a number") from None
+        if not math.isfinite(out[i]):
+            raise ReferenceError(f"column {name!r}, row {i + first_row}: {v!r} is not a finite number")
+    return out
+
+
+def build_profile(columns: dict[str, list], model: ModelConfig) -> Profile:
+    """A profile from columns of raw values (CSV text or JSON values; "" and None are missing)."""
+    names = {f.name: f.type for f in model.features}
+    if not names:
+        raise ReferenceError(f"model {model.name!r} has no features in the config: nothing to profile")
+    unknown = [c for c in columns if c not in names and c not in EXTRA_COLUMNS]
+    if unknown:
+        raise ReferenceError(
+            f"unknown columns {unknown[:10]}: the model's features are {sorted(names)}; "
+            f"{', '.join(EXTRA_COLUMNS)} are allowed besides"
+        )
+    missing = [f for f in names if f not in columns]
+    if missing:
+        raise ReferenceError(f"missing feature columns {missing[:10]}")
+    rows = len(next(iter(columns.values())))
+    features: dict[str, Ref] = {}
+    for name, kind in names.items():
+        try:
+            features[name] = (
+                numeric_profile(_floats(columns[name], name))
+                if kind == "numeric"
+                else categorical_profile(columns[name])
+            )
+        except ReferenceError as exc:
+            raise ReferenceError(f"column {name!r}: {exc}") if "column" not in str(exc) else exc from None
+    outcomes: dict[str, Ref | None] = {"prediction": None, "label": None}
+    for key in outcomes:
+        if key not in columns:
+            continue
+        values = columns[key]
+        if model.task == "regression":
+            outcomes[key] = numeric_profile(_floats(values, key))
+        else:
+            bad = {category(v) for v in values if v not in (None, "")} - set(model.classes)
+            if bad:
+                raise ReferenceError(f"column {key!r}: {sorted(bad)[:5]} are not classes of {model.name!r}")
+            outcomes[key] = _class_profile(values, model)
+    return Profile(model.name, rows, features, outcomes["prediction"], outcomes["label"])
+
+
+def _class_profile(values: list, model: ModelConfig) -> CategoricalRef:
+    """Classes in config order, so bin i is class i (the windows count predictions and labels that way)."""
+    present = [category(v) for v in values if v not in (None, "")]
+    counts = [present.count(c) for c in model.classes] + [0]
+    return CategoricalRef(
+        tuple(model.classes), np.asarray(counts, dtype=np.int64), frozenset(model.classes), len(values) - len(present)
+    )
+
+
+def read_csv(text: str) -> dict[str, list]:
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ReferenceError("the CSV is empty") from None
+    if len(set(header)) != len(header):
+        raise ReferenceError("the CSV header has duplicate columns")
+    columns: dict[str, list] = {h: [] for h in header}
+    for line, row in enumerate(reader, start=2):
+        if len(row) != len(header):
+            raise ReferenceError(f"row {line}: {len(row)} fields, the header has {len(header)}")
+        for h, v in zip(header, row):
+            columns[h].append(v)
+    return columns
+
+
+def from_csv(text: str, model: ModelConfig) -> Profile:
+    return build_profile(read_csv(text), model)
+
+
+def _ref_from_json(data, where: str, model: ModelConfig, kind: str | None) -> Ref:
+    if not isinstance(data, dict) or data.get("type") not in ("numeric", "categorical"):
+        raise ReferenceError(f"{where}: needs 'type' numeric or categorical")
+    if kind is not None and data["type"] != kind:
+        raise ReferenceError(f"{where}: is {data['type']} in the profile but {kind} in the config")
+    try:
+        counts = np.asarray(data["counts"], dtype=np.int64)
+        if (counts < 0).any():
+            raise ValueError("negative counts")
+        if data["type"] == "numeric":
+            edges = np.asarray(data["edges"], dtype=np.float64)
+            if len(edges) < 2 or not np.all(np.isfinite(edges)) or np.any(np.diff(edges) < 0):
+                raise ValueError("edges must be finite and increasing")
+            if len(counts) != len(edges) + 1 or len(edges) > NUMERIC_BINS + 1:
+                raise ValueError(f"{len(edges)} edges need {len(edges) + 1} counts, at most {NUMERIC_BINS + 1} edges")
+            return NumericRef(edges, counts, float(data["mean"]), float(data["std"]), int(data["missing"]))
+        categories = tuple(str(c) for c in data["categories"])
+        if len(counts) != len(categories) + 1 or len(categories) > TOP_CATEGORIES:
+            raise ValueError(f"needs one count per category plus 'other', at most {TOP_CATEGORIES} categories")
+        return CategoricalRef(categories, counts, frozenset(str(c) for c in data["known"]), int(data["missing"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReferenceError(f"{where}: {exc}") from None
+
+
+def from_json(data, model: ModelConfig) -> Profile:
+    """Validate a profile (as written by :meth:`Profile.as_json`) against the model's config."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ReferenceError(f"not an mlmon reference profile: 'format' must be {FORMAT!r}")
+    features = data.get("features")
+    if not isinstance(features, dict):
+        raise ReferenceError("'features' must be an object of feature name to profile")
+    names = {f.name: f.type for f in model.features}
+    unknown = sorted(set(features) - set(names))
+    missing = sorted(set(names) - set(features))
+    if unknown or missing:
+        raise ReferenceError(
+            f"features do not match model {model.name!r}: unknown {unknown[:10]}, missing {missing[:10]}"
+        )
+    refs = {n: _ref_from_json(features[n], f"features.{n}", model, names[n]) for n in names}
+    outcome_kind = "numeric" if model.task == "regression" else "categorical"
+    extra = {k: _ref_from_json(data[k], k, model, outcome_kind) for k in ("prediction", "label") if data.get(k)}
+    for key, ref in extra.items():
+        if isinstance(ref, CategoricalRef) and ref.categories != model.classes:
+            raise ReferenceError(f"{key}: categories must be the model's classes {list(model.classes)}")
+    return Profile(model.name, int(data.get("rows", 0)), refs, extra.get("prediction"), extra.get("label"))
+
+
+def load_all(config) -> dict[str, Profile]:
+    """The profiles named by the config's ``reference:`` keys; a bad one is a config error naming the model."""
+    from exporter.config import ConfigError
+
+    profiles, problems = {}, []
+    for i, model in enumerate(config.models):
+        if model.reference:
+            try:
+                profiles[model.name] = load(model.reference, model)
+            except ReferenceError as exc:
+                problems.append(f"models[{i}].reference: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return profiles
+
+
+def load(path: str, model: ModelConfig) -> Profile:
+    """A profile from a file: JSON written by `mlmon reference build`, or a CSV of raw rows."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ReferenceError(f"cannot read {path}: {exc.strerror}") from None
+    if path.endswith(".json"):
+        try:
+            return from_json(json.loads(text), model)
+        except json.JSONDecodeError as exc:
+            raise ReferenceError(f"{path}: not valid JSON: {exc}") from None
+    return from_csv(text, model)
