@@ -46,14 +46,31 @@ class Deployed:
         self.estimator = estimator
 
 
+def upload_reference(name: str, world: scenario.World, estimator) -> None:
+    """Tell mlmon what normal looks like: the validation data (here: the held-out rows the users' requests
+    resemble), with the model's predictions and the true labels."""
+    X, y = scenario.validation_set(world)
+    columns = {f: X[:, j].tolist() for j, f in enumerate(world.features)}
+    columns["prediction"] = estimator.predict(X).tolist()
+    columns["label"] = y.tolist()
+    # --- the mlmon part: one call after training (or point the exporter's config at a reference file) ----
+    try:
+        mlmon.get_client().upload_reference(name, columns)
+    except Exception as exc:  # monitoring must never stop the model server from serving
+        log.warning("could not upload the reference of %s to mlmon: %s", name, exc)
+    # -------------------------------------------------------------------------------------------------------
+
+
 def create_app(seed: int = 0) -> Flask:
     app = Flask("model_server")
     models: dict[str, Deployed] = {}
     lock = threading.Lock()
     for name in scenario.MODELS:
         world = scenario.load(name, seed)
-        models[name] = Deployed(world, "v1", scenario.estimator(world, seed).fit(world.X_train, world.y_train))
+        estimator = scenario.estimator(world, seed).fit(world.X_train, world.y_train)
+        models[name] = Deployed(world, "v1", estimator)
         log.info("trained %s v1 on %d rows", name, len(world.X_train))
+        upload_reference(name, world, estimator)
 
     @app.post("/predict/<name>")
     def predict(name: str):

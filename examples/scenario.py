@@ -100,6 +100,15 @@ def changed_concept(world: World, X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(y == a, b, np.where(y == b, a, y))
 
 
+def validation_set(world: World, copies: int = 10, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out rows as a model team would profile them for drift: repeated with the same small jitter
+    the users' requests carry, so that the reference is as large as the windows it is compared with."""
+    rng = np.random.default_rng(seed)
+    X = np.repeat(world.X_pool, copies, axis=0)
+    X = X + rng.normal(0, 0.05, size=X.shape) * world.scale
+    return X, np.repeat(world.y_pool, copies)
+
+
 def retraining_set(world: World, rng: np.random.Generator, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
     """Recent labelled data after the concept drift: what a team would retrain the model on."""
     idx = rng.integers(0, len(world.X_train), size=n)

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import csv
 import datetime as _dt
 import decimal
 import email.utils
+import io
 import json
 import logging
 import math
@@ -373,6 +375,30 @@ class Client:
         except Exception as exc:
             return self._invalid(exc)
         return self._enqueue(_LABEL, item)
+
+    def upload_reference(self, model: str, columns: Mapping[str, Any], timeout: float = 60.0) -> dict:
+        """Set the model's drift reference from columns of raw rows (feature name -> values; optionally
+        ``prediction`` and ``label``), typically the training data. Synchronous, unlike ``log_*``: it
+        raises ``requests.HTTPError`` (with the exporter's message) when the exporter refuses it."""
+        names = list(columns)
+        lengths = {len(columns[n]) for n in names}
+        if len(lengths) != 1:
+            raise ValueError("every column needs the same number of rows")
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(names)
+        for row in zip(*(columns[n] for n in names)):
+            writer.writerow(["" if v is None else _plain(v) for v in row])
+        headers = {**self._headers, "Content-Type": "text/csv"}
+        resp = self._session.put(
+            f"{self.url}/api/v1/models/{model}/reference",
+            data=buf.getvalue().encode(),
+            headers=headers,
+            timeout=timeout,
+        )
+        if resp.status_code >= 400:
+            raise requests.HTTPError(f"{resp.status_code}: {_error_detail(resp)}", response=resp)
+        return resp.json()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event queued so far has been sent or dropped.

@@ -265,7 +265,7 @@ class Status:
                 v = _get(samples, metric, model=model, version=version, window=window)
                 cells.append("-" if v is None else (f"{v:.1f}" if task == "regression" else f"{v:.1%}"))
             pending = _get(samples, "mlmon_pending_labels", model=model) or 0
-            drifting = _get(samples, "mlmon_drifted_features", model=model, version=version, window="5m")
+            drifting = _get(samples, "mlmon_drifted_features", model=model, version=version, window="1m")
             out.append(
                 f"  {model:<9} {version:<8} {metric[6:]:<10} {cells[0]:>7} {cells[1]:>7} {cells[2]:>7}  "
                 f"{pending:>7.0f}  {'-' if drifting is None else int(drifting)}"

@@ -96,8 +96,21 @@ def phase_quality(snapshots, phases: dict[str, float], model: str) -> dict[str, 
     return out
 
 
+def phase_max(snapshots, phases: dict[str, float], model: str, metric: str) -> dict[str, float]:
+    """The largest value of a window gauge (1m window, any version) seen during each phase."""
+    order = ["healthy", "covariate_drift", "concept_drift", "recovery"]
+    out = {}
+    for i, phase in enumerate(order):
+        end = phases[order[i + 1]] if i + 1 < len(order) else snapshots[-1][0]
+        values = [
+            s.value for t, m in snapshots if phases[phase] <= t <= end for s in m.all(metric, model=model, window="1m")
+        ]
+        out[phase] = max(values, default=0.0)
+    return out
+
+
 def test_demo_story_shows_in_the_metrics_and_nothing_is_left_behind():
-    run = DemoRun("--duration", "28", "--speed", "4", "--label-delay", "1", "--status-every", "5")
+    run = DemoRun("--duration", "28", "--speed", "4", "--rate", "10", "--label-delay", "1", "--status-every", "5")
     snapshots = run.watch()
     output = "\n".join(run.lines)
     assert run.proc.wait(30) == 0, output
@@ -106,6 +119,9 @@ def test_demo_story_shows_in_the_metrics_and_nothing_is_left_behind():
         acc = phase_quality(snapshots, run.phases, model)
         assert acc["concept_drift"] < acc["healthy"] - 0.1, (model, acc)
         assert acc["recovery"] > acc["concept_drift"] + 0.1, (model, acc)
+    for model in ("cancer", "wine", "diabetes"):  # the first three features of every model shift
+        drifted = phase_max(snapshots, run.phases, model, "mlmon_drifted_features")
+        assert drifted["covariate_drift"] >= 3 and drifted["healthy"] <= 1, (model, drifted)
     mae = phase_quality(snapshots, run.phases, "diabetes")
     assert mae["concept_drift"] > mae["healthy"] * 1.2, mae
     versions = {s.labels["version"] for s in snapshots[-1][1].all("mlmon_model_info", model="cancer")}
