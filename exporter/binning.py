@@ -188,8 +188,13 @@ def _categorical(ref: CategoricalRef, cur: np.ndarray) -> dict[str, float]:
     return {"psi": drift.psi(ref.counts, cur), "js": drift.js_distance(ref.counts, cur), "chi2": stat, "chi2_pvalue": p}
 
 
-def window_drift(model: ModelConfig, profile: Profile | None, totals: dict[str, np.ndarray]) -> WindowDrift:
-    """Drift and data quality of one window (``totals``: the ring's sums) against ``profile``."""
+def window_drift(
+    model: ModelConfig, profile: Profile | None, totals: dict[str, np.ndarray], exclude: tuple[str, ...] = ()
+) -> WindowDrift:
+    """Drift and data quality of one window (``totals``: the ring's sums) against ``profile``.
+
+    ``exclude`` names features left out of the drift (a segment's own feature: it trivially drifts there).
+    """
     events = float(totals["predictions"])
     result = WindowDrift({}, {"missing": {}, "out_of_range": {}, "unseen": {}}, {}, {}, None)
     if events > 0:
@@ -217,7 +222,7 @@ def window_drift(model: ModelConfig, profile: Profile | None, totals: dict[str, 
             continue
         unseen = float(totals["cat_unseen"][j]) / n
         result.quality["unseen"][name] = unseen
-        if n >= minimum:
+        if n >= minimum and name not in exclude:
             result.features[name] = {**_categorical(ref, cur), "unseen": unseen}
     if result.features:
         method = model.drift_method

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__, quality
 from exporter.binning import window_drift
+from exporter.config import ModelConfig
 from exporter.drift import CATEGORICAL_METHODS, CLASS_METHODS, NUMERIC_METHODS
 from exporter.state import Histogram, ModelSnapshot, ModelState, ServerReports
 from exporter.validation import REASONS
@@ -167,6 +168,7 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
     )
 
     drift_families = _DriftFamilies()
+    segments = _SegmentFamilies()
 
     for snap in snaps:
         model = snap.config
@@ -213,6 +215,9 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
                 else:
                     _regression_window(mvw, totals, gauges)
                 drift_families.window(mvw, window_drift(model, snap.profile, totals))
+            for (seg_feature, seg_value), windows in v.segments.items():
+                for window, totals in windows.items():
+                    segments.window(model, snap.profile, mv + [window, seg_feature, seg_value], totals)
 
     yield from (
         info,
@@ -239,6 +244,7 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
         retired,
         thresholds,
         *drift_families.all(),
+        *segments.all(),
     )
 
     errs = CounterMetricFamily(
@@ -358,6 +364,65 @@ class _DriftFamilies:
             self.missing_total,
             self.rows,
         ]
+
+
+class _SegmentFamilies:
+    """Per segment value (models[].segments): window samples, the quality gauges without a class label,
+    feature drift, drifted features and missing ratios, as mlmon_segment_* with segment_feature and segment."""
+
+    LABELS = MVW + ["segment_feature", "segment"]
+
+    def __init__(self) -> None:
+        seg = self.LABELS
+        self.samples = GaugeMetricFamily(
+            "mlmon_segment_window_samples", "Events of the segment in the window, by kind.", labels=seg + ["kind"]
+        )
+        self.gauges = {
+            name: GaugeMetricFamily(f"mlmon_segment_{name}", f"Per segment: {text}", labels=seg)
+            for name, text in {**CLASSIFICATION_GAUGES, **REGRESSION_GAUGES}.items()
+        }
+        self.drift = GaugeMetricFamily(
+            "mlmon_segment_feature_drift",
+            "Per segment: drift of a feature against the reference, by method.",
+            labels=seg + ["feature", "method"],
+        )
+        self.drifted = GaugeMetricFamily(
+            "mlmon_segment_drifted_features", "Per segment: features whose drift is over their threshold.", labels=seg
+        )
+        self.missing = GaugeMetricFamily(
+            "mlmon_segment_feature_missing_ratio",
+            "Per segment: share of predictions with the feature missing.",
+            labels=seg + ["feature"],
+        )
+        # Per-class figures and confusion matrices stay per model version: per segment they would multiply
+        # the series by classes squared; these families take them and are never published.
+        self._unpublished = ({name: _Discard() for name in PER_CLASS_GAUGES}, _Discard())
+
+    def window(self, model: ModelConfig, profile, labels: list[str], totals: dict) -> None:
+        self.samples.add_metric(labels + ["predictions"], float(totals["predictions"]))
+        self.samples.add_metric(labels + ["labeled"], float(totals["labeled"]))
+        if model.is_classification:
+            _classification_window(model.classes, labels, totals, self.gauges, *self._unpublished)
+        else:
+            _regression_window(labels, totals, self.gauges)
+        d = window_drift(model, profile, totals, exclude=model.segment_features)
+        for feature, values in d.features.items():
+            for method, value in values.items():
+                self.drift.add_metric(labels + [feature, method], value)
+        if d.drifted is not None:
+            self.drifted.add_metric(labels, d.drifted)
+        for feature, value in d.quality["missing"].items():
+            self.missing.add_metric(labels + [feature], value)
+
+    def all(self) -> list:
+        return [self.samples, *self.gauges.values(), self.drift, self.drifted, self.missing]
+
+
+class _Discard:
+    """Accepts samples and drops them."""
+
+    def add_metric(self, *args, **kwargs) -> None:
+        pass
 
 
 def _histogram(name: str, text: str) -> HistogramMetricFamily:

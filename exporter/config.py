@@ -93,6 +93,8 @@ class ModelConfig:
     drift_method: str = "psi"
     drift_min_samples: int = 100
     drift_thresholds: tuple[tuple[str, float], ...] = tuple(DRIFT_THRESHOLDS.items())
+    segment_features: tuple[str, ...] = ()  # categorical features whose values split quality and drift
+    segment_top: int = 10  # values per segment feature published one by one; the rest are "other"
 
     def drift_threshold(self, feature: str | None, method: str) -> float:
         """The threshold of ``method`` for ``feature`` (None: the model's predictions or labels)."""
@@ -297,6 +299,7 @@ def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float], b
         "thresholds",
         "reference",
         "drift",
+        "segments",
     }
     m = ck.mapping(path, node, allowed, required=("name", "task"))
     if not m:
@@ -398,6 +401,24 @@ def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float], b
             if not os.path.isfile(reference):
                 ck.fail(f"{path}.reference", rnode, f"no such file: {reference}")
     drift = _drift(ck, f"{path}.drift", m["drift"]) if "drift" in m else ("psi", 100, dict(DRIFT_THRESHOLDS))
+    segment_features, segment_top = (), 10
+    if "segments" in m:
+        sm = ck.mapping(f"{path}.segments", m["segments"], {"features", "top"}, required=("features",))
+        categorical = {f.name for f in features if f.type == "categorical"}
+        fnode = sm.get("features")
+        names = [n.value for n in fnode.value] if fnode is not None and isinstance(fnode.value, list) else None
+        if fnode is not None and (
+            not names or any(n not in categorical for n in names) or len(set(names)) < len(names)
+        ):
+            ck.fail(
+                f"{path}.segments.features",
+                fnode,
+                f"must list distinct categorical features of the model (categorical: {sorted(categorical)})",
+            )
+        elif names:
+            segment_features = tuple(names)
+        if "top" in sm:
+            segment_top = ck.positive_int(f"{path}.segments.top", sm["top"], 1, 100) or segment_top
     return ModelConfig(
         name.value,
         task_v,
@@ -410,6 +431,8 @@ def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float], b
         drift[0],
         drift[1],
         tuple(drift[2].items()),
+        segment_features,
+        segment_top,
     )
 
 

@@ -33,6 +33,7 @@ class Pending:
     timestamp: float
     prediction: Any
     scores: tuple[float, ...] | None
+    segments: tuple[str, ...] | None = None  # the prediction's segment per segment feature
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from exporter import quality
 from exporter.binning import REFERENCE_ARRAYS, Binner, drift_schema, scatter
 from exporter.config import Config, ModelConfig
 from exporter.joins import JoinStore, Pending
-from exporter.reference import Profile
+from exporter.reference import Profile, category
 from exporter.validation import Label, Prediction
 from exporter.window import Ring, Schema
 
@@ -79,6 +79,73 @@ def ring_schema(model: ModelConfig) -> Schema:
     }
 
 
+def _predictions_into(rings: list[Ring], ts: np.ndarray, binned, now: float) -> None:
+    """Count predictions, and their binned features, into the bucket of each one's time."""
+    for ring in rings:
+        slots = ring.slots(ts, now)
+        kept = slots[slots >= 0]
+        if kept.size:
+            ring.arrays["predictions"] += np.bincount(kept, minlength=ring.k)
+            for name, (ev, idx, weights) in binned.scatter.items():
+                scatter(ring.arrays[name], slots, ev, idx, weights)
+
+
+def _add_now(rings: list[Ring], stats: dict, now: float) -> None:
+    """Add labelled-outcome statistics to the bucket holding ``now`` (the join time)."""
+    for ring in rings:
+        slot = ring.slot_now(now)
+        if slot >= 0:
+            for name, value in stats.items():
+                ring.arrays[name][slot] += value
+
+
+def _segment_groups(features: tuple[str, ...], keys: list | None):
+    """((segment feature, value), indices of the events in it) for every segment present in ``keys``."""
+    if not features or not keys:
+        return
+    for f, feature in enumerate(features):
+        groups: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            if key is not None:
+                groups.setdefault(key[f], []).append(i)
+        for value, idx in groups.items():
+            yield (feature, value), np.asarray(idx)
+
+
+class Segments:
+    """Which segment an event falls in: per segment feature, up to ``segment_top`` values (the reference's
+    most frequent categories, or without a reference the first ones seen); the rest are "other"."""
+
+    OTHER = "other"
+
+    def __init__(self, model: ModelConfig):
+        self.features = model.segment_features
+        self.top = model.segment_top
+        self.values: dict[str, set[str]] = {f: set() for f in self.features}
+        self.from_reference = False
+
+    def use_reference(self, profile: Profile) -> None:
+        self.values = {f: set(profile.features[f].categories[: self.top]) for f in self.features}
+        self.from_reference = True
+
+    def keys(self, events: list[Prediction]) -> list[tuple[str, ...]] | None:
+        if not self.features:
+            return None
+        return [tuple(self._value(f, (e.features or {}).get(f)) for f in self.features) for e in events]
+
+    def _value(self, feature: str, raw) -> str:
+        if raw is None:
+            return self.OTHER
+        value = category(raw)
+        known = self.values[feature]
+        if value in known:
+            return value
+        if not self.from_reference and len(known) < self.top:
+            known.add(value)
+            return value
+        return self.OTHER
+
+
 @dataclass
 class VersionSnapshot:
     """A consistent copy of one version's counters and window totals, for the collector."""
@@ -98,6 +165,7 @@ class VersionSnapshot:
     abs_error: float = 0.0
     sq_error: float = 0.0
     windows: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    segments: dict[tuple[str, str], dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -127,6 +195,8 @@ class VersionState:
         self.latency = Histogram(config.latency_buckets)
         self.label_delay = Histogram(config.label_delay_buckets)
         self.missing = np.zeros(len(model.features), dtype=np.int64)  # missing values per feature, cumulative
+        # (segment feature, value) -> rings like self.rings, for the events of that segment only
+        self.segments: dict[tuple[str, str], list[Ring]] = {}
         if model.is_classification:
             c = len(model.classes)
             self.outcomes = np.zeros((c, c), dtype=np.int64)
@@ -143,7 +213,9 @@ class VersionState:
 
     # -- predictions --------------------------------------------------------------------------------
 
-    def add_predictions(self, events: list[Prediction], now: float, binner: Binner) -> None:
+    def add_predictions(
+        self, events: list[Prediction], now: float, binner: Binner, segments: list[tuple[str, ...]] | None = None
+    ) -> None:
         n = len(events)
         ts = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=n)
         self.predictions += n
@@ -154,13 +226,11 @@ class VersionState:
         binned = binner.bin([e.features for e in events], [e.prediction for e in events])
         if binned.missing is not None:
             self.missing += binned.missing
-        for ring in self.rings:
-            slots = ring.slots(ts, now)
-            kept = slots[slots >= 0]
-            if kept.size:
-                ring.arrays["predictions"] += np.bincount(kept, minlength=ring.k)
-                for name, (ev, idx, weights) in binned.scatter.items():
-                    scatter(ring.arrays[name], slots, ev, idx, weights)
+        _predictions_into(self.rings, ts, binned, now)
+        for (feature, value), idx in _segment_groups(self.model.segment_features, segments):
+            sub = [events[i] for i in idx]
+            part = binner.bin([e.features for e in sub], [e.prediction for e in sub])
+            _predictions_into(self._segment_rings(feature, value), ts[idx], part, now)
         if self.model.is_classification:
             preds = np.fromiter((e.prediction for e in events), dtype=np.int64, count=n)
             self.predicted_class += np.bincount(preds, minlength=len(self.predicted_class))
@@ -182,7 +252,14 @@ class VersionState:
     # -- labelled outcomes --------------------------------------------------------------------------
 
     def add_outcomes(
-        self, predicted: list, actual: list, scores: list, predicted_at: list, labelled_at: list, now: float
+        self,
+        predicted: list,
+        actual: list,
+        scores: list,
+        predicted_at: list,
+        labelled_at: list,
+        segments: list,
+        now: float,
     ) -> None:
         """Labels joined to predictions: counters, label delay, and the window buckets holding ``now``.
 
@@ -195,16 +272,35 @@ class VersionState:
         delay = np.asarray(labelled_at, dtype=np.float64) - np.asarray(predicted_at, dtype=np.float64)
         self.label_delay.observe(np.maximum(delay, 0.0))
         if self.model.is_classification:
-            self._add_classification(
-                np.asarray(predicted, dtype=np.int64), np.asarray(actual, dtype=np.int64), scores, now
-            )
+            pred, act = np.asarray(predicted, dtype=np.int64), np.asarray(actual, dtype=np.int64)
+            stats = self._classification_stats(pred, act, scores)
+            self.outcomes += stats["confusion"]
         else:
-            self._add_regression(np.asarray(predicted, dtype=np.float64), np.asarray(actual, dtype=np.float64), now)
+            pred, act = np.asarray(predicted, dtype=np.float64), np.asarray(actual, dtype=np.float64)
+            err = pred - act
+            self.abs_error += float(np.abs(err).sum())
+            self.sq_error += float((err**2).sum())
+            if self.y_shift is None:
+                self.y_shift = float(act[0])
+            stats = self._regression_stats(pred, act)
+        _add_now(self.rings, stats, now)
+        for (feature, value), idx in _segment_groups(self.model.segment_features, segments):
+            if self.model.is_classification:
+                part = self._classification_stats(pred[idx], act[idx], [scores[i] for i in idx])
+            else:
+                part = self._regression_stats(pred[idx], act[idx])
+            _add_now(self._segment_rings(feature, value), part, now)
 
-    def _add_classification(self, pred: np.ndarray, actual: np.ndarray, scores: list, now: float) -> None:
+    def _segment_rings(self, feature: str, value: str) -> list[Ring]:
+        rings = self.segments.get((feature, value))
+        if rings is None:
+            rings = self.segments[feature, value] = [Ring(r.seconds, r.k, ring_schema(self.model)) for r in self.rings]
+        return rings
+
+    def _classification_stats(self, pred: np.ndarray, actual: np.ndarray, scores: list) -> dict:
+        """What labelled outcomes add to a window bucket (confusion, score histograms, log loss...)."""
         c = len(self.model.classes)
         confusion = np.bincount(actual * c + pred, minlength=c * c).reshape(c, c)
-        self.outcomes += confusion
         have = [i for i, s in enumerate(scores) if s is not None]
         stats = {}
         if have:
@@ -236,34 +332,19 @@ class VersionState:
             }
         stats["labeled"] = len(actual)
         stats["confusion"] = confusion
-        self._add_now(stats, now)
+        return stats
 
-    def _add_regression(self, pred: np.ndarray, actual: np.ndarray, now: float) -> None:
+    def _regression_stats(self, pred: np.ndarray, actual: np.ndarray) -> dict:
         err = pred - actual
-        self.abs_error += float(np.abs(err).sum())
-        self.sq_error += float((err**2).sum())
-        if self.y_shift is None:
-            self.y_shift = float(actual[0])
-        y = actual - self.y_shift
-        self._add_now(
-            {
-                "labeled": float(len(actual)),
-                "err": float(err.sum()),
-                "abs_err": float(np.abs(err).sum()),
-                "sq_err": float((err**2).sum()),
-                "y": float(y.sum()),
-                "y_sq": float((y**2).sum()),
-            },
-            now,
-        )
-
-    def _add_now(self, stats: dict, now: float) -> None:
-        for ring in self.rings:
-            slot = ring.slot_now(now)
-            if slot < 0:
-                continue
-            for name, value in stats.items():
-                ring.arrays[name][slot] += value
+        y = actual - self.y_shift  # labels are summed relative to the first one, for precision
+        return {
+            "labeled": float(len(actual)),
+            "err": float(err.sum()),
+            "abs_err": float(np.abs(err).sum()),
+            "sq_err": float((err**2).sum()),
+            "y": float(y.sum()),
+            "y_sq": float((y**2).sum()),
+        }
 
     def snapshot(self, now: float) -> VersionSnapshot:
         snap = VersionSnapshot(
@@ -284,6 +365,10 @@ class VersionState:
             snap.value = self.value.copy()
             snap.abs_error, snap.sq_error = self.abs_error, self.sq_error
         snap.windows = {name: ring.totals(now) for name, ring in zip(self.window_names, self.rings)}
+        snap.segments = {
+            key: {name: ring.totals(now) for name, ring in zip(self.window_names, rings)}
+            for key, rings in self.segments.items()
+        }
         return snap
 
 
@@ -300,14 +385,16 @@ class ModelState:
         self.retired_versions = 0
         self.profile: Profile | None = None
         self.binner = Binner(model, None)
+        self.segments = Segments(model)
 
     def set_reference(self, profile: Profile) -> None:
         """Use a new reference: its bins differ, so every window's binned counts start again from zero."""
         with self.lock:
             self.profile = profile
             self.binner = Binner(self.model, profile)
+            self.segments.use_reference(profile)
             for version in self.versions.values():
-                for ring in version.rings:
+                for ring in [*version.rings, *(r for rings in version.segments.values() for r in rings)]:
                     for name in REFERENCE_ARRAYS:
                         if name in ring.arrays:
                             ring.arrays[name][:] = 0
@@ -331,11 +418,13 @@ class ModelState:
         """
         with self.lock:
             joins = self.joins
-            fresh: dict[str, list[Prediction]] = {}
+            fresh: dict[str, tuple[list[Prediction], list]] = {}
             outcomes = _Outcomes()
             dups = dup_labels = 0
-            for e in events:
+            keys = self.segments.keys(events)
+            for i, e in enumerate(events):
                 pid, label = e.id, e.label
+                seg = keys[i] if keys else None
                 if pid is not None:
                     if joins.is_joined(pid):
                         dups += 1
@@ -346,7 +435,7 @@ class ModelState:
                         if label is not None:
                             joins.take_waiting(pid)
                             joins.mark_joined(pid, now)
-                            outcomes.add(first.version, first.prediction, label, first.scores, first.timestamp, now)
+                            outcomes.add(first, label, now)
                         continue
                     early = joins.take_early(pid)
                     if label is not None:
@@ -355,15 +444,17 @@ class ModelState:
                     elif early is not None:
                         label = early.label
                         joins.mark_joined(pid, now)
-                        outcomes.add(e.version, e.prediction, label, e.scores, e.timestamp, early.arrival)
+                        outcomes.add(_pending(e, now, seg), label, early.arrival)
                         label = None  # added already, with the early label's arrival time
                     else:
-                        joins.put_waiting(pid, Pending(now, e.version, e.timestamp, e.prediction, e.scores))
+                        joins.put_waiting(pid, _pending(e, now, seg))
                 if label is not None:
-                    outcomes.add(e.version, e.prediction, label, e.scores, e.timestamp, now)
-                fresh.setdefault(e.version, []).append(e)
-            for version, batch in fresh.items():
-                self._version(version, now).add_predictions(batch, now, self.binner)
+                    outcomes.add(_pending(e, now, seg), label, now)
+                batch, batch_keys = fresh.setdefault(e.version, ([], []))
+                batch.append(e)
+                batch_keys.append(seg)
+            for version, (batch, batch_keys) in fresh.items():
+                self._version(version, now).add_predictions(batch, now, self.binner, batch_keys)
             self._add_outcomes(outcomes, now)  # after the loop above has created any new version
             self.duplicates["prediction"] += dups
             self.duplicates["label"] += dup_labels
@@ -385,7 +476,7 @@ class ModelState:
                     joins.put_early(pid, item.label, now)
                     continue
                 joins.mark_joined(pid, now)
-                outcomes.add(pending.version, pending.prediction, item.label, pending.scores, pending.timestamp, now)
+                outcomes.add(pending, item.label, now)
             self._add_outcomes(outcomes, now)
             self.duplicates["label"] += dups
             return len(labels) - dups, dups
@@ -443,23 +534,28 @@ class ModelState:
             }
 
 
+def _pending(e: Prediction, now: float, segments: tuple[str, ...] | None) -> Pending:
+    return Pending(now, e.version, e.timestamp, e.prediction, e.scores, segments)
+
+
 class _Outcomes:
     """Joined (prediction, label) pairs of one ingest call, gathered per version as columns."""
 
     __slots__ = ("by_version",)
 
     def __init__(self) -> None:
-        self.by_version: dict[str, tuple[list, list, list, list, list]] = {}
+        self.by_version: dict[str, tuple[list, list, list, list, list, list]] = {}
 
-    def add(self, version: str, predicted, actual, scores, predicted_at: float, labelled_at: float) -> None:
-        cols = self.by_version.get(version)
+    def add(self, p: Pending, actual, labelled_at: float) -> None:
+        cols = self.by_version.get(p.version)
         if cols is None:
-            cols = self.by_version[version] = ([], [], [], [], [])
-        cols[0].append(predicted)
+            cols = self.by_version[p.version] = ([], [], [], [], [], [])
+        cols[0].append(p.prediction)
         cols[1].append(actual)
-        cols[2].append(scores)
-        cols[3].append(predicted_at)
+        cols[2].append(p.scores)
+        cols[3].append(p.timestamp)
         cols[4].append(labelled_at)
+        cols[5].append(p.segments)
 
 
 class ServerReports:

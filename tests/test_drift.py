@@ -314,3 +314,64 @@ def test_binner_without_reference_counts_missing_only():
     assert "num_counts" not in b.scatter
     d = window_drift(cfg.models[0], None, {"predictions": 2.0, "missing": b.missing})
     assert d.quality["missing"]["a"] == 0.5 and d.drifted is None
+
+
+def test_segments_split_quality_and_drift_with_bounded_values(tmp_path):
+    from sklearn.metrics import accuracy_score
+
+    rng = np.random.default_rng(8)
+    text = config(reference_csv(tmp_path, rng)) + "    segments: {features: [plan], top: 2}\n"
+    app, clock = make_app(text)
+    client = app.test_client()
+    items, truths = [], []
+    for i in range(3000):
+        plan = str(rng.choice(["basic", "pro", "team", "enterprise"], p=[0.5, 0.3, 0.15, 0.05]))
+        x = rng.normal(size=5)
+        if plan == "pro":
+            x[1] += 1.5  # feature b drifts in the "pro" segment only
+        truth = "yes" if rng.uniform() < (0.9 if plan == "basic" else 0.6) else "no"
+        feats = {f: round(float(v), 5) for f, v in zip(FEATURES, x)}
+        feats["plan"] = plan
+        items.append({"model": "m", "id": f"r{i}", "prediction": "yes", "features": feats})
+        truths.append(truth)
+    assert client.post("/api/v1/predictions", json={"predictions": items}).status_code == 202
+    labels = [{"model": "m", "id": f"r{i}", "label": t} for i, t in enumerate(truths)]
+    assert client.post("/api/v1/labels", json={"labels": labels}).status_code == 202  # joined later: segment kept
+    m = scrape(client)
+    w = {"model": "m", "version": "default", "window": "5m", "segment_feature": "plan"}
+    plans = np.array([i["features"]["plan"] for i in items])
+    truths = np.array(truths)
+    segment_of = np.where(np.isin(plans, ["basic", "pro"]), plans, "other")  # the reference's top 2
+    assert {s.labels["segment"] for s in m.all("mlmon_segment_window_samples", **w)} == {"basic", "pro", "other"}
+    for segment in ("basic", "pro", "other"):
+        inside = segment_of == segment
+        assert m.get("mlmon_segment_window_samples", segment=segment, kind="labeled", **w) == inside.sum()
+        expected = accuracy_score(truths[inside], np.full(inside.sum(), "yes"))
+        assert m.get("mlmon_segment_accuracy", segment=segment, **w) == pytest.approx(expected, abs=1e-12)
+    assert m.get("mlmon_segment_feature_drift", segment="pro", feature="b", method="psi", **w) > 0.25
+    assert m.get("mlmon_segment_feature_drift", segment="basic", feature="b", method="psi", **w) < 0.1
+    assert m.get("mlmon_segment_drifted_features", segment="basic", **w) == 0
+
+
+def test_segments_without_reference_take_the_first_values_seen():
+    text = """
+models:
+  - name: m
+    task: regression
+    features: [{name: country, type: categorical}]
+    segments: {features: [country], top: 2}
+"""
+    app, _ = make_app(text)
+    client = app.test_client()
+    items = [
+        {"model": "m", "prediction": 1.0, "label": 2.0, "features": {"country": c}}
+        for c in ["de", "fr", "it", "es", "de", None]
+    ]
+    assert client.post("/api/v1/predictions", json={"predictions": items}).status_code == 202
+    m = scrape(client)
+    seg = {
+        s.labels["segment"]: s.value
+        for s in m.all("mlmon_segment_window_samples", model="m", window="5m", kind="labeled")
+    }
+    assert seg == {"de": 2, "fr": 1, "other": 3}
+    assert m.get("mlmon_segment_mae", model="m", window="5m", segment="de") == 1.0
