@@ -27,6 +27,7 @@ def drift_schema(model: ModelConfig) -> Schema:
     categorical = len(model.features) - numeric
     schema: Schema = {
         "missing": ((len(model.features),), np.int32),
+        "type_errors": ((len(model.features),), np.int32),  # values left out under invalid_features: count
         "num_counts": ((numeric, NUMERIC_SLOTS), np.int32),
         "num_out": ((numeric, 2), np.float64),  # sums of the values below / above the reference range
         "cat_counts": ((categorical, CAT_SLOTS), np.int32),
@@ -64,7 +65,8 @@ class Binner:
             if name in self.refs
         }
 
-    def bin(self, features: list[dict | None], predictions: list) -> Binned:
+    def bin(self, features: list[dict | None], predictions: list, errors: list | None = None) -> Binned:
+        """``errors``: per event, the (feature, reason) pairs validation left out (type errors are not missing)."""
         n = len(features)
         out = Binned()
         missing_rows, missing_cols = [], []
@@ -117,8 +119,15 @@ class Binner:
             out.scatter["cat_counts"] = (np.asarray(cat_ev), np.asarray(cat_idx), None)
         if unseen_ev:
             out.scatter["cat_unseen"] = (np.asarray(unseen_ev), np.asarray(unseen_idx), None)
+        te_rows = [i for i, errs in enumerate(errors or ()) for name, reason in errs if reason == "type_error"]
+        te_cols = [self.names.index(name) for errs in (errors or ()) for name, reason in errs if reason == "type_error"]
+        if te_rows:
+            out.scatter["type_errors"] = (np.asarray(te_rows), np.asarray(te_cols), None)
         if missing_rows:
             rows, cols = np.concatenate(missing_rows), np.concatenate(missing_cols)
+            if te_rows:  # a value of the wrong type was left out: it is an error, not a missing value
+                keep = ~np.isin(rows * len(self.names) + cols, np.asarray(te_rows) * len(self.names) + te_cols)
+                rows, cols = rows[keep], cols[keep]
             out.scatter["missing"] = (rows, cols, None)
             out.missing = np.bincount(cols, minlength=len(self.names))
         # The model's output: predicted classes always; regression values against the reference's bins.
@@ -196,10 +205,12 @@ def window_drift(
     ``exclude`` names features left out of the drift (a segment's own feature: it trivially drifts there).
     """
     events = float(totals["predictions"])
-    result = WindowDrift({}, {"missing": {}, "out_of_range": {}, "unseen": {}}, {}, {}, None)
+    result = WindowDrift({}, {"missing": {}, "type_error": {}, "out_of_range": {}, "unseen": {}}, {}, {}, None)
     if events > 0:
         for i, f in enumerate(model.features):
             result.quality["missing"][f.name] = float(totals["missing"][i]) / events
+            if model.invalid_features == "count":
+                result.quality["type_error"][f.name] = float(totals["type_errors"][i]) / events
     if profile is None:
         return result
     minimum = model.drift_min_samples

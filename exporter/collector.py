@@ -319,12 +319,26 @@ class _DriftFamilies:
         self.missing_total = CounterMetricFamily(
             "mlmon_feature_missing", "Predictions with the feature missing.", labels=MV + ["feature"]
         )
+        self.type_error = GaugeMetricFamily(
+            "mlmon_feature_type_error_ratio",
+            "Share of the window's predictions whose value of the feature had the wrong type and was left out "
+            "(invalid_features: count).",
+            labels=f,
+        )
+        self.errors_total = CounterMetricFamily(
+            "mlmon_feature_errors",
+            "Feature values left out under invalid_features: count, by reason (type_error: by feature; "
+            "unknown_feature: feature is empty).",
+            labels=["model", "feature", "reason"],
+        )
         self.rows = GaugeMetricFamily(
             "mlmon_reference_rows", "Rows of the reference profile in use (absent: no reference).", labels=["model"]
         )
 
     def model(self, snap: ModelSnapshot) -> None:
         model = snap.config
+        for (feature, reason), n in snap.feature_errors.items():
+            self.errors_total.add_metric([model.name, feature, reason], n)
         if snap.profile is None:
             return
         self.rows.add_metric([model.name], snap.profile.rows)
@@ -347,7 +361,12 @@ class _DriftFamilies:
             self.label.add_metric(mvw + [method], value)
         if d.drifted is not None:
             self.drifted.add_metric(mvw, d.drifted)
-        for family, key in ((self.missing, "missing"), (self.out_of_range, "out_of_range"), (self.unseen, "unseen")):
+        for family, key in (
+            (self.missing, "missing"),
+            (self.type_error, "type_error"),
+            (self.out_of_range, "out_of_range"),
+            (self.unseen, "unseen"),
+        ):
             for feature, value in d.quality[key].items():
                 family.add_metric(mvw + [feature], value)
 
@@ -359,9 +378,11 @@ class _DriftFamilies:
             self.drifted,
             self.threshold,
             self.missing,
+            self.type_error,
             self.out_of_range,
             self.unseen,
             self.missing_total,
+            self.errors_total,
             self.rows,
         ]
 

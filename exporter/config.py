@@ -93,6 +93,7 @@ class ModelConfig:
     drift_method: str = "psi"
     drift_min_samples: int = 100
     drift_thresholds: tuple[tuple[str, float], ...] = tuple(DRIFT_THRESHOLDS.items())
+    invalid_features: str = "reject"  # reject | count: unknown feature names and values of the wrong type
     segment_features: tuple[str, ...] = ()  # categorical features whose values split quality and drift
     segment_top: int = 10  # values per segment feature published one by one; the rest are "other"
 
@@ -300,6 +301,7 @@ def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float], b
         "reference",
         "drift",
         "segments",
+        "invalid_features",
     }
     m = ck.mapping(path, node, allowed, required=("name", "task"))
     if not m:
@@ -401,6 +403,12 @@ def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float], b
             if not os.path.isfile(reference):
                 ck.fail(f"{path}.reference", rnode, f"no such file: {reference}")
     drift = _drift(ck, f"{path}.drift", m["drift"]) if "drift" in m else ("psi", 100, dict(DRIFT_THRESHOLDS))
+    invalid = "reject"
+    if "invalid_features" in m:
+        if m["invalid_features"].value not in ("reject", "count"):
+            ck.fail(f"{path}.invalid_features", m["invalid_features"], "must be reject or count")
+        else:
+            invalid = m["invalid_features"].value
     segment_features, segment_top = (), 10
     if "segments" in m:
         sm = ck.mapping(f"{path}.segments", m["segments"], {"features", "top"}, required=("features",))
@@ -431,6 +439,7 @@ def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float], b
         drift[0],
         drift[1],
         tuple(drift[2].items()),
+        invalid,
         segment_features,
         segment_top,
     )

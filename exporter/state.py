@@ -90,6 +90,11 @@ def _predictions_into(rings: list[Ring], ts: np.ndarray, binned, now: float) -> 
                 scatter(ring.arrays[name], slots, ev, idx, weights)
 
 
+def _errors(events: list[Prediction]) -> list | None:
+    """Per event, the features validation left out, or None when no event has any (the common case)."""
+    return [e.feature_errors for e in events] if any(e.feature_errors for e in events) else None
+
+
 def _add_now(rings: list[Ring], stats: dict, now: float) -> None:
     """Add labelled-outcome statistics to the bucket holding ``now`` (the join time)."""
     for ring in rings:
@@ -178,6 +183,7 @@ class ModelSnapshot:
     duplicates: dict[str, int]
     retired_versions: int
     profile: Profile | None = None
+    feature_errors: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class VersionState:
@@ -223,13 +229,13 @@ class VersionState:
         self.last_seen = now
         latencies = [e.latency for e in events if e.latency is not None]
         self.latency.observe(np.asarray(latencies, dtype=np.float64))
-        binned = binner.bin([e.features for e in events], [e.prediction for e in events])
+        binned = binner.bin([e.features for e in events], [e.prediction for e in events], _errors(events))
         if binned.missing is not None:
             self.missing += binned.missing
         _predictions_into(self.rings, ts, binned, now)
         for (feature, value), idx in _segment_groups(self.model.segment_features, segments):
             sub = [events[i] for i in idx]
-            part = binner.bin([e.features for e in sub], [e.prediction for e in sub])
+            part = binner.bin([e.features for e in sub], [e.prediction for e in sub], _errors(sub))
             _predictions_into(self._segment_rings(feature, value), ts[idx], part, now)
         if self.model.is_classification:
             preds = np.fromiter((e.prediction for e in events), dtype=np.int64, count=n)
@@ -386,6 +392,11 @@ class ModelState:
         self.profile: Profile | None = None
         self.binner = Binner(model, None)
         self.segments = Segments(model)
+        # (feature, reason) -> values left out under invalid_features: count; the feature is "" for unknown names
+        self.feature_errors: dict[tuple[str, str], int] = {}
+        if model.invalid_features == "count":
+            self.feature_errors = {(f.name, "type_error"): 0 for f in model.features}
+            self.feature_errors["", "unknown_feature"] = 0
 
     def set_reference(self, profile: Profile) -> None:
         """Use a new reference: its bins differ, so every window's binned counts start again from zero."""
@@ -422,6 +433,9 @@ class ModelState:
             outcomes = _Outcomes()
             dups = dup_labels = 0
             keys = self.segments.keys(events)
+            for e in events:
+                for error in e.feature_errors:
+                    self.feature_errors[error] += 1
             for i, e in enumerate(events):
                 pid, label = e.id, e.label
                 seg = keys[i] if keys else None
@@ -505,6 +519,7 @@ class ModelState:
                 dict(self.duplicates),
                 self.retired_versions,
                 self.profile,
+                dict(self.feature_errors),
             )
 
     def summary(self, now: float) -> dict:

@@ -74,6 +74,7 @@ class Prediction:
     latency: float | None
     label: Any  # class index or float, or None
     features: dict | None = None
+    feature_errors: tuple[tuple[str, str], ...] = ()  # (feature, reason) left out under invalid_features: count
 
 
 @dataclass(slots=True)
@@ -225,7 +226,7 @@ class Validator:
                 it.fail("version", "invalid_value", "must be 1-64 characters of letters, digits and _.+:@-")
             pid = self._id(it, item.get("id"), required=False)
             ts = self._timestamp(it, item.get("timestamp"), now)
-            self._features(it, model, item.get("features"))
+            features, feature_errors = self._features(it, model, item.get("features"))
             if "prediction" not in item:
                 it.fail("prediction", "missing_field", "is required")
                 pred = None
@@ -247,7 +248,8 @@ class Validator:
                         scores,
                         float(latency) if latency is not None else None,
                         label,
-                        item.get("features"),
+                        features,
+                        feature_errors,
                     )
                 )
         if problems:
@@ -278,13 +280,17 @@ class Validator:
             )
         return min(ts, now)
 
-    def _features(self, it: _Item, model: ModelConfig, features: Any) -> None:
+    def _features(self, it: _Item, model: ModelConfig, features: Any) -> tuple[dict | None, tuple]:
+        """The usable features and, when the model counts bad features (``invalid_features: count``)
+        instead of rejecting them, the ``(feature, reason)`` of each one left out."""
         if features is None:
-            return
+            return None, ()
         if not isinstance(features, dict):
             it.fail("features", "invalid_value", "must be an object of feature name to value")
-            return
+            return None, ()
         types = self.features[model.name]
+        counting = model.invalid_features == "count"
+        bad: list[tuple[str, str]] = []
         # The hot loop of ingest: exact type checks first, the general (and error) path after.
         for name, value in features.items():
             kind = types.get(name)
@@ -293,14 +299,33 @@ class Validator:
                 if (vtype is float and value - value == 0.0) or vtype is int or value is None:
                     continue
                 if not _finite(value):
-                    it.fail(f"features.{name}", "invalid_value", f"must be a finite number or null, got {_show(value)}")
+                    if counting:
+                        bad.append((name, "type_error"))
+                    else:
+                        it.fail(
+                            f"features.{name}", "invalid_value", f"must be a finite number or null, got {_show(value)}"
+                        )
             elif kind is None:
-                it.fail(f"features.{str(name)[:100]}", "unknown_feature", f"is not a feature of model {model.name!r}")
+                if counting:
+                    bad.append((name, "unknown_feature"))
+                else:
+                    it.fail(
+                        f"features.{str(name)[:100]}", "unknown_feature", f"is not a feature of model {model.name!r}"
+                    )
             elif vtype is str:
                 if len(value) > MAX_STRING_LENGTH:
                     it.fail(f"features.{name}", "invalid_value", f"must be at most {MAX_STRING_LENGTH} characters")
             elif not (value is None or vtype is bool or _finite(value)):
-                it.fail(f"features.{name}", "invalid_value", "must be a string, number, boolean or null")
+                if counting:
+                    bad.append((name, "type_error"))
+                else:
+                    it.fail(f"features.{name}", "invalid_value", "must be a string, number, boolean or null")
+        if not bad:
+            return features, ()
+        dropped = {name for name, _ in bad}
+        # Unknown names are counted without their name: label values stay bounded by the config.
+        errors = tuple(("" if reason == "unknown_feature" else name, reason) for name, reason in bad)
+        return {k: v for k, v in features.items() if k not in dropped}, errors
 
     def _scores(self, it: _Item, model: ModelConfig, scores: Any, score: Any) -> tuple[float, ...] | None:
         if score is not None:

@@ -375,3 +375,36 @@ models:
     }
     assert seg == {"de": 2, "fr": 1, "other": 3}
     assert m.get("mlmon_segment_mae", model="m", window="5m", segment="de") == 1.0
+
+
+def test_invalid_features_counted_instead_of_rejected_when_configured(tmp_path):
+    rng = np.random.default_rng(9)
+    text = config(reference_csv(tmp_path, rng)) + "    invalid_features: count\n"
+    app, _ = make_app(text)
+    client = app.test_client()
+    items = [
+        {"model": "m", "prediction": "yes", "features": {"a": 1.0, "b": "oops", "plan": "pro", "zzz": 3}},
+        {"model": "m", "prediction": "no", "features": {"a": None, "b": 2.0, "plan": {"x": 1}}},
+        {"model": "m", "prediction": "no", "features": {"a": 0.5, "b": 1.0}},
+    ]
+    r = client.post("/api/v1/predictions", json={"predictions": items})
+    assert r.status_code == 202, r.get_json()
+    m = scrape(client)
+    w = {"model": "m", "version": "default", "window": "5m"}
+    assert m.get("mlmon_feature_errors_total", model="m", feature="b", reason="type_error") == 1
+    assert m.get("mlmon_feature_errors_total", model="m", feature="plan", reason="type_error") == 1
+    assert m.get("mlmon_feature_errors_total", model="m", feature="", reason="unknown_feature") == 1
+    assert m.get("mlmon_feature_type_error_ratio", feature="b", **w) == pytest.approx(1 / 3)
+    # A value of the wrong type is an error, not a missing value; an absent or null one is missing.
+    assert m.get("mlmon_feature_missing_ratio", feature="b", **w) == 0
+    assert m.get("mlmon_feature_missing_ratio", feature="a", **w) == pytest.approx(1 / 3)
+    assert m.get("mlmon_feature_missing_ratio", feature="plan", **w) == pytest.approx(1 / 3)
+    assert m.get("mlmon_predictions_total", model="m", version="default") == 3
+
+
+def test_invalid_features_are_rejected_by_default(tmp_path):
+    rng = np.random.default_rng(10)
+    app, _ = make_app(config(reference_csv(tmp_path, rng)))
+    client = app.test_client()
+    r = client.post("/api/v1/predictions", json={"model": "m", "prediction": "yes", "features": {"b": "oops"}})
+    assert r.status_code == 400 and r.get_json()["error"]["details"][0]["field"] == "features.b"
