@@ -223,22 +223,24 @@ def list_models():
     return jsonify({"models": [s.summary(now) for s in m.models.values()]})
 
 
-@api.get("/models/<name>")
-def get_model(name: str):
+def _model_state(name: str) -> ModelState:
     m = _mlmon()
     state = m.models.get(name)
     if state is None:
         raise APIError(404, f"unknown model {name[:100]!r}; known models: {', '.join(sorted(m.models))}")
-    return jsonify(state.summary(m.clock()))
+    return state
+
+
+@api.get("/models/<name>")
+def get_model(name: str):
+    return jsonify(_model_state(name).summary(_mlmon().clock()))
 
 
 @api.put("/models/<name>/reference")
 def put_reference(name: str):
     """Replace a model's reference: a CSV of raw rows (Content-Type text/csv) or a profile (JSON)."""
     m = _mlmon()
-    state = m.models.get(name)
-    if state is None:
-        raise APIError(404, f"unknown model {name[:100]!r}; known models: {', '.join(sorted(m.models))}")
+    state = _model_state(name)
     try:
         if request.mimetype == "text/csv":
             profile = reference.from_csv(request.get_data(cache=False).decode("utf-8", "replace"), state.model)
