@@ -1,4 +1,5 @@
-"""/metrics time for 10 models x 30 features x 3 windows, with every model's windows full of data.
+"""/metrics time for 10 models x 30 features x 3 windows, with every model's windows full of data and a
+reference loaded, so drift and data quality are computed at every scrape.
 
 Run: python bench/bench_scrape.py
 """
@@ -9,6 +10,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,7 +27,8 @@ def in_process(models: int = 10, events_per_model: int = 20_000, runs: int = 20)
     from exporter.config import parse_config
 
     clock = [1_800_000_000.0]
-    app = create_app(parse_config(config_text(models=models, features=30)), clock=lambda: clock[0])
+    refs = tempfile.mkdtemp()
+    app = create_app(parse_config(config_text(models=models, features=30, reference_dir=refs)), clock=lambda: clock[0])
     client = app.test_client()
     for m in range(models):
         batch = events(1000, model=f"model{m}", seed=m)
@@ -43,11 +46,12 @@ def in_process(models: int = 10, events_per_model: int = 20_000, runs: int = 20)
 
 
 def over_http(models: int = 10, runs: int = 20) -> dict:
-    with Served(config_text(models=models, features=30)) as server:
+    with Served(config_text(models=models, features=30, reference_dir=tempfile.mkdtemp())) as server:
         for m in range(models):
             body = json.dumps({"predictions": events(2000, model=f"model{m}", seed=m)})
-            requests.post(server.url + "/api/v1/predictions", data=body,
-                          headers={"Content-Type": "application/json"}).raise_for_status()
+            requests.post(
+                server.url + "/api/v1/predictions", data=body, headers={"Content-Type": "application/json"}
+            ).raise_for_status()
         s = requests.Session()
         times = []
         for _ in range(runs):

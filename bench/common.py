@@ -17,11 +17,22 @@ import requests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def config_text(models: int = 1, features: int = 30, windows=("5m", "1h", "1d"), task: str = "binary") -> str:
+def config_text(
+    models: int = 1,
+    features: int = 30,
+    windows=("5m", "1h", "1d"),
+    task: str = "binary",
+    reference_dir: str | None = None,
+) -> str:
+    """A config of `models` models; with `reference_dir`, each gets a reference CSV written there (drift on)."""
     lines = [f"windows: {list(windows)}", "limits: {max_batch_size: 10000, max_body_bytes: 67108864}", "models:"]
     for m in range(models):
         lines.append(f"  - name: model{m}")
         lines.append(f"    task: {task}")
+        if reference_dir:
+            path = os.path.join(reference_dir, f"model{m}.csv")
+            write_reference(path, features, seed=1000 + m)
+            lines.append(f"    reference: {path}")
         if task != "regression":
             lines.append('    classes: ["no", "yes"]')
         lines.append("    features:")
@@ -31,8 +42,27 @@ def config_text(models: int = 1, features: int = 30, windows=("5m", "1h", "1d"),
     return "\n".join(lines) + "\n"
 
 
-def events(n: int, model: str = "model0", features: int = 30, seed: int = 0, labelled: bool = True,
-           ids: bool = False, start: float | None = None, span: float = 0.0) -> list[dict]:
+def write_reference(path: str, features: int = 30, rows: int = 10_000, seed: int = 0) -> None:
+    """Reference rows from the same distribution as `events` (so drift figures stay small)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, features)).round(4)
+    with open(path, "w") as fh:
+        fh.write(",".join(f"f{f}" for f in range(features)) + "\n")
+        for i in range(rows):
+            fh.write(",".join(f"c{int(abs(x[i, f]) * 3)}" if f % 10 == 9 else str(x[i, f]) for f in range(features)))
+            fh.write("\n")
+
+
+def events(
+    n: int,
+    model: str = "model0",
+    features: int = 30,
+    seed: int = 0,
+    labelled: bool = True,
+    ids: bool = False,
+    start: float | None = None,
+    span: float = 0.0,
+) -> list[dict]:
     """Binary-classifier predictions with 30 features (every tenth categorical)."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, features)).round(4)
@@ -41,8 +71,13 @@ def events(n: int, model: str = "model0", features: int = 30, seed: int = 0, lab
     out = []
     for i in range(n):
         feats = {f"f{f}": (f"c{int(abs(x[i, f]) * 3)}" if f % 10 == 9 else float(x[i, f])) for f in range(features)}
-        item = {"model": model, "prediction": "yes" if p[i] >= 0.5 else "no", "score": float(p[i]), "features": feats,
-                "latency_seconds": 0.003}
+        item = {
+            "model": model,
+            "prediction": "yes" if p[i] >= 0.5 else "no",
+            "score": float(p[i]),
+            "features": feats,
+            "latency_seconds": 0.003,
+        }
         if labelled:
             item["label"] = "yes" if y[i] else "no"
         if ids:
@@ -74,8 +109,22 @@ class Served:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "serve", "--config", path, "--port", str(self.port),
-             "--threads", str(self.threads), "--log.level", "warn"], cwd=ROOT)
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "serve",
+                "--config",
+                path,
+                "--port",
+                str(self.port),
+                "--threads",
+                str(self.threads),
+                "--log.level",
+                "warn",
+            ],
+            cwd=ROOT,
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import chdtrc
-from scipy.stats import kstwo
+from scipy.special import chdtrc, kolmogorov
 
 # Added to every share before a logarithm, so that an empty bin on one side gives a large but finite PSI.
 PSI_EPSILON = 1e-4
@@ -55,8 +54,10 @@ def ks(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
     """
     n, m = float(ref.sum()), float(cur.sum())
     d = float(np.max(np.abs(np.cumsum(ref) / n - np.cumsum(cur) / m)))
-    en = n * m / (n + m)
-    return d, float(kstwo.sf(d, max(int(round(en)), 1)))
+    # Kolmogorov's limiting distribution with Stephens' small-sample correction: about a microsecond,
+    # where scipy's exact kstwo.sf takes milliseconds at n in the thousands (scrape time matters).
+    en = math.sqrt(n * m / (n + m))
+    return d, float(kolmogorov((en + 0.12 + 0.11 / en) * d))
 
 
 def wasserstein(

@@ -408,3 +408,17 @@ def test_invalid_features_are_rejected_by_default(tmp_path):
     client = app.test_client()
     r = client.post("/api/v1/predictions", json={"model": "m", "prediction": "yes", "features": {"b": "oops"}})
     assert r.status_code == 400 and r.get_json()["error"]["details"][0]["field"] == "features.b"
+
+
+@pytest.mark.parametrize("n, m, d", [(200, 100, 0.1), (5000, 2000, 0.03), (10000, 1000, 0.05), (50, 50, 0.3)])
+def test_ks_pvalue_agrees_with_scipy_kstwo(n, m, d):
+    """The asymptotic p-value (with Stephens' correction) against scipy's exact distribution of the statistic."""
+    from scipy.stats import kstwo
+
+    ref = np.zeros(100)
+    cur = np.zeros(100)
+    ref[0], ref[1] = n * 0.5, n * 0.5
+    cur[0], cur[1] = m * (0.5 + d), m * (0.5 - d)
+    got, p = drift.ks(ref, cur)
+    assert got == pytest.approx(d)
+    assert p == pytest.approx(kstwo.sf(d, round(n * m / (n + m))), abs=0.02)
