@@ -41,12 +41,12 @@ test: venv system-deps
 	$(PY) -m pytest -q
 
 lint: venv
-	$(VENV)/bin/ruff check exporter tests bench
-	$(VENV)/bin/ruff format --check exporter tests bench
+	$(VENV)/bin/ruff check exporter tests bench examples grafana
+	$(VENV)/bin/ruff format --check exporter tests bench examples grafana
 
 fmt: venv
-	$(VENV)/bin/ruff format exporter tests bench
-	$(VENV)/bin/ruff check --fix exporter tests bench
+	$(VENV)/bin/ruff format exporter tests bench examples grafana
+	$(VENV)/bin/ruff check --fix exporter tests bench examples grafana
 
 bench: venv
 	$(PY) bench/run.py

@@ -1,0 +1,848 @@
+"""Generates mlmon's Grafana dashboards (grafana/dashboards/*.json) from code: one builder per dashboard.
+
+Run `python grafana/build.py` after changing this file or grafana/lib.py, and commit the JSON;
+tests/test_dashboards.py fails while the committed JSON is stale. `--out DIR` writes elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lib import (  # noqa: E402 - lib sits next to this script, which is not a package
+    BAD,
+    GOOD,
+    MODEL,
+    PSI,
+    QUALITY,
+    TARGET,
+    VERSION,
+    WARN,
+    WINDOW,
+    Layout,
+    bars,
+    heat,
+    model_link,
+    new_dashboard,
+    query,
+    stat_panel,
+    tbl,
+    thresholds,
+    ts,
+)
+
+OUT = Path(__file__).resolve().parent / "dashboards"
+RATE = "$__rate_interval"
+
+
+def p(q: float, metric: str, by: str, matchers: str) -> str:
+    """A percentile of a histogram: buckets summed by `le` (and `by`) before the quantile."""
+    return f"histogram_quantile({q}, sum by ({by}le) (rate({metric}_bucket{{{matchers}}}[{RATE}])))"
+
+
+def fleet():
+    d = new_dashboard(
+        "mlmon-fleet",
+        "mlmon / Fleet",
+        "Every model's health at a glance; click a model to open its dashboard.",
+        ["window"],
+    )
+    fw = TARGET + ',window="$window"'
+    lay = Layout()
+    d = d.with_panel(
+        lay.place(
+            tbl(
+                "Models",
+                "One row per model and version, from the chosen window: accuracy (classifiers) or MAE (regressors), "
+                "the accuracy floor from the config, features drifting, predictions per second, p99 latency and "
+                "labels still pending. Click a model name to open its dashboard.",
+                "short",
+                [
+                    query(f"max by (model, version) (mlmon_accuracy{{{fw}}})", instant=True, fmt="table"),
+                    query(f"max by (model, version) (mlmon_mae{{{fw}}})", instant=True, fmt="table"),
+                    query(
+                        f'max by (model) (mlmon_alert_threshold{{{TARGET},threshold="accuracy_min"}})',
+                        instant=True,
+                        fmt="table",
+                    ),
+                    query(f"max by (model, version) (mlmon_drifted_features{{{fw}}})", instant=True, fmt="table"),
+                    query(
+                        f"sum by (model, version) (rate(mlmon_predictions_total{{{TARGET}}}[{RATE}]))",
+                        instant=True,
+                        fmt="table",
+                    ),
+                    query(
+                        p(0.99, "mlmon_prediction_latency_seconds", "model, version, ", TARGET),
+                        instant=True,
+                        fmt="table",
+                    ),
+                    query(f"sum by (model) (mlmon_pending_labels{{{TARGET}}})", instant=True, fmt="table"),
+                ],
+                transformations=[
+                    ("merge", {}),
+                    (
+                        "organize",
+                        {
+                            "excludeByName": {"Time": True},
+                            "renameByName": {
+                                "Value #A": "accuracy",
+                                "Value #B": "MAE",
+                                "Value #C": "accuracy floor",
+                                "Value #D": "drifting features",
+                                "Value #E": "predictions/s",
+                                "Value #F": "latency p99",
+                                "Value #G": "pending labels",
+                            },
+                        },
+                    ),
+                ],
+                overrides=[
+                    ("model", {"links": [model_link(row=True).build()]}),
+                    (
+                        "accuracy",
+                        {
+                            "unit": "percentunit",
+                            "min": 0,
+                            "max": 1,
+                            "custom.cellOptions": {"type": "color-background"},
+                            "thresholds": QUALITY.build(),
+                        },
+                    ),
+                    ("accuracy floor", {"unit": "percentunit"}),
+                    (
+                        "drifting features",
+                        {
+                            "custom.cellOptions": {"type": "color-background"},
+                            "thresholds": thresholds((None, GOOD), (1, WARN), (3, BAD)).build(),
+                        },
+                    ),
+                    ("predictions/s", {"unit": "reqps"}),
+                    ("latency p99", {"unit": "s"}),
+                ],
+            ),
+            24,
+            9,
+        )
+    )
+    d = d.with_panel(
+        lay.place(
+            ts(
+                "Accuracy against its floor",
+                "Accuracy of each classifier version in the chosen window (solid) and the accuracy floor of "
+                "MlmonModelAccuracyLow from the config (dashed series `floor`). A line under its floor, with enough "
+                "labels, is what pages.",
+                "percentunit",
+                [
+                    query(f"max by (model, version) (mlmon_accuracy{{{fw}}})", "{{model}} {{version}}"),
+                    query(
+                        f'max by (model) (mlmon_alert_threshold{{{TARGET},threshold="accuracy_min"}})',
+                        "{{model}} floor",
+                    ),
+                ],
+                thr=QUALITY,
+            ).data_links([model_link()]),
+            12,
+            8,
+        )
+    )
+    d = d.with_panel(
+        lay.place(
+            ts(
+                "Mean absolute error (regressors)",
+                "Mean absolute error of each regression model version in the chosen window, in the label's unit. "
+                "Compare with the model's own history: there is no fixed floor.",
+                "short",
+                [query(f"max by (model, version) (mlmon_mae{{{fw}}})", "{{model}} {{version}}")],
+                lo=0,
+            ).data_links([model_link()]),
+            12,
+            8,
+        )
+    )
+    d = d.with_panel(
+        lay.place(
+            bars(
+                "Drifting features",
+                "Features over their drift threshold (the config's drift.method, psi by default) per model version "
+                "in the chosen window. 0 is green; open the drift dashboard to see which.",
+                "short",
+                [
+                    query(
+                        f"max by (model, version) (mlmon_drifted_features{{{fw}}})",
+                        "{{model}} {{version}}",
+                        instant=True,
+                    )
+                ],
+                thr=thresholds((None, GOOD), (1, WARN), (3, BAD)),
+                lo=0,
+            ).data_links([model_link()]),
+            8,
+            8,
+        )
+    )
+    d = d.with_panel(
+        lay.place(
+            ts(
+                "Traffic",
+                "Predictions accepted per second by model, from mlmon_predictions_total. A drop to zero means the "
+                "model server stopped sending.",
+                "reqps",
+                [query(f"sum by (model) (rate(mlmon_predictions_total{{{TARGET}}}[{RATE}]))", "{{model}}")],
+                lo=0,
+            ).data_links([model_link()]),
+            8,
+            8,
+        )
+    )
+    d = d.with_panel(
+        lay.place(
+            ts(
+                "Latency p99",
+                "99th percentile of the prediction latency the model servers report, by model.",
+                "s",
+                [query(p(0.99, "mlmon_prediction_latency_seconds", "model, ", TARGET), "{{model}}")],
+                thr=thresholds((None, GOOD), (0.5, WARN), (1, BAD)),
+                lo=0,
+            ).data_links([model_link()]),
+            8,
+            8,
+        )
+    )
+    d = d.with_panel(
+        lay.place(
+            ts(
+                "Label delay p90",
+                "90th percentile of the time from a prediction to its ground-truth label, by model: quality "
+                "figures describe predictions this old.",
+                "s",
+                [query(p(0.9, "mlmon_label_delay_seconds", "model, ", TARGET), "{{model}}")],
+                lo=0,
+            ).data_links([model_link()]),
+            8,
+            8,
+        )
+    )
+    d = d.with_panel(
+        lay.place(
+            ts(
+                "Pending labels",
+                "Predictions waiting for their label, by model. Steady growth means labels stopped arriving.",
+                "short",
+                [query(f"sum by (model) (mlmon_pending_labels{{{TARGET}}})", "{{model}}")],
+                lo=0,
+            ).data_links([model_link()]),
+            8,
+            8,
+        )
+    )
+    d = d.with_panel(
+        lay.place(
+            stat_panel(
+                "Firing alerts",
+                "mlmon alerts firing now, from Prometheus's ALERTS series (0 when none). The firing alerts also "
+                "show as red annotations on every graph.",
+                "short",
+                [query('count(ALERTS{alertstate="firing",alertname=~"Mlmon.*"}) or vector(0)', instant=True)],
+                thr=thresholds((None, GOOD), (1, BAD)),
+            ),
+            8,
+            8,
+        )
+    )
+    return d
+
+
+def model():
+    d = new_dashboard(
+        "mlmon-model",
+        "mlmon / Model",
+        "One model: quality over time, per class, calibration, what it predicts, and its versions side by side.",
+        ["model", "version", "window", "class"],
+    )
+    lay = Layout()
+    mv = "{{model}} {{version}}"
+    panels = [
+        (
+            ts(
+                "Accuracy by window",
+                "Accuracy of the chosen versions in every window (1m/5m/1h... as configured): short windows react "
+                "first, long ones are steadier. Absent while a window holds no labelled prediction.",
+                "percentunit",
+                [query(f"mlmon_accuracy{{{VERSION}}}", "{{model}} {{version}} {{window}}")],
+                thr=QUALITY,
+            ),
+            12,
+            8,
+        ),
+        (
+            ts(
+                "Regression error by window",
+                "Mean absolute error and root mean squared error of regression versions in every window, in the "
+                "label's unit. RMSE well above MAE means a few large errors.",
+                "short",
+                [
+                    query(f"mlmon_mae{{{VERSION}}}", "MAE {{model}} {{version}} {{window}}"),
+                    query(f"mlmon_rmse{{{VERSION}}}", "RMSE {{model}} {{version}} {{window}}"),
+                ],
+                lo=0,
+            ),
+            12,
+            8,
+        ),
+        (
+            ts(
+                "Precision, recall and F1 per class",
+                "Per-class precision, recall and F1 in the chosen window. A class whose recall falls while the "
+                "others hold is being confused with another: see the confusion matrix.",
+                "percentunit",
+                [
+                    query(f'mlmon_precision{{{WINDOW},class=~"$class"}}', "precision {{class}} " + mv),
+                    query(f'mlmon_recall{{{WINDOW},class=~"$class"}}', "recall {{class}} " + mv),
+                    query(f'mlmon_f1{{{WINDOW},class=~"$class"}}', "F1 {{class}} " + mv),
+                ],
+                thr=QUALITY,
+            ),
+            12,
+            9,
+        ),
+        (
+            tbl(
+                "Confusion matrix",
+                "Labelled predictions in the chosen window: one row per actual class, one column per predicted class "
+                "(summed over the chosen versions). The diagonal is correct.",
+                "short",
+                [query(f"sum by (actual, predicted) (mlmon_confusion_matrix{{{WINDOW}}})", instant=True, fmt="table")],
+                transformations=[
+                    ("groupingToMatrix", {"rowField": "actual", "columnField": "predicted", "valueField": "Value"}),
+                ],
+            ),
+            12,
+            9,
+        ),
+        (
+            ts(
+                "Calibration error (ECE)",
+                "Top-label expected calibration error in the chosen window (10 bins): the gap between the "
+                "confidence the model claims and the accuracy it reaches. 0 is perfectly calibrated.",
+                "percentunit",
+                [query(f"mlmon_expected_calibration_error{{{WINDOW}}}", mv)],
+                thr=thresholds((None, GOOD), (0.05, WARN), (0.15, BAD)),
+            ),
+            8,
+            8,
+        ),
+        (
+            heat(
+                "Confidence distribution",
+                "Top-label confidence of every prediction sent with scores (histogram mlmon_prediction_confidence), "
+                "predictions per second by confidence bucket. Mass moving down means the model is less sure.",
+                "reqps",
+                [
+                    query(
+                        f"sum by (le) (rate(mlmon_prediction_confidence_bucket{{{VERSION}}}[{RATE}]))",
+                        "{{le}}",
+                        fmt="heatmap",
+                    )
+                ],
+                y_unit="percentunit",
+            ),
+            8,
+            8,
+        ),
+        (
+            ts(
+                "Predicted classes",
+                "Predictions per second by predicted class. A shift in the mix with steady inputs is prediction drift.",
+                "reqps",
+                [
+                    query(
+                        f"sum by (model, class) (rate(mlmon_predicted_class_total"
+                        f'{{{VERSION},class=~"$class"}}[{RATE}]))',
+                        "{{model}} {{class}}",
+                    )
+                ],
+                lo=0,
+            ),
+            8,
+            8,
+        ),
+        (
+            heat(
+                "Predicted values (regressors)",
+                "Predicted values of regression versions (histogram mlmon_prediction_value, buckets from the "
+                "config's prediction_buckets), predictions per second by bucket.",
+                "reqps",
+                [
+                    query(
+                        f"sum by (le) (rate(mlmon_prediction_value_bucket{{{VERSION}}}[{RATE}]))",
+                        "{{le}}",
+                        fmt="heatmap",
+                    )
+                ],
+            ),
+            8,
+            8,
+        ),
+        (
+            tbl(
+                "Versions side by side",
+                "Every version of the chosen models in the chosen window: accuracy, MAE, predictions per second and "
+                "labels per second. Compare a new version with the one it replaces.",
+                "short",
+                [
+                    query(
+                        f'max by (model, version) (mlmon_accuracy{{{MODEL},window="$window"}})',
+                        instant=True,
+                        fmt="table",
+                    ),
+                    query(
+                        f'max by (model, version) (mlmon_mae{{{MODEL},window="$window"}})', instant=True, fmt="table"
+                    ),
+                    query(
+                        f"sum by (model, version) (rate(mlmon_predictions_total{{{MODEL}}}[{RATE}]))",
+                        instant=True,
+                        fmt="table",
+                    ),
+                    query(
+                        f"sum by (model, version) (rate(mlmon_labels_total{{{MODEL}}}[{RATE}]))",
+                        instant=True,
+                        fmt="table",
+                    ),
+                ],
+                transformations=[
+                    ("merge", {}),
+                    (
+                        "organize",
+                        {
+                            "excludeByName": {"Time": True},
+                            "renameByName": {
+                                "Value #A": "accuracy",
+                                "Value #B": "MAE",
+                                "Value #C": "predictions/s",
+                                "Value #D": "labels/s",
+                            },
+                        },
+                    ),
+                ],
+                overrides=[
+                    (
+                        "accuracy",
+                        {
+                            "unit": "percentunit",
+                            "custom.cellOptions": {"type": "color-background"},
+                            "thresholds": QUALITY.build(),
+                        },
+                    ),
+                    ("predictions/s", {"unit": "reqps"}),
+                    ("labels/s", {"unit": "reqps"}),
+                ],
+            ),
+            16,
+            8,
+        ),
+        (
+            ts(
+                "Labelled samples in the window",
+                "Predictions and labelled outcomes in the chosen window: quality figures from a handful of labels "
+                "are noise (alerts wait for min_labeled_samples).",
+                "short",
+                [query(f"mlmon_window_samples{{{WINDOW}}}", "{{kind}} " + mv)],
+                lo=0,
+            ),
+            8,
+            8,
+        ),
+    ]
+    for panel, w, h in panels:
+        d = d.with_panel(lay.place(panel, w, h))
+    return d
+
+
+def drift():
+    d = new_dashboard(
+        "mlmon-drift",
+        "mlmon / Drift and data quality",
+        "Which inputs moved away from the reference, by how much, and whether the data is complete.",
+        ["model", "version", "window", "feature", "segment"],
+    )
+    lay = Layout()
+    fw = WINDOW + ',feature=~"$feature"'
+    panels = [
+        (
+            heat(
+                "PSI per feature over time",
+                "Population stability index of each feature against the reference, in the chosen window: one row "
+                "per feature, darker is more drift. Above 0.25 is the default drift threshold.",
+                "short",
+                [
+                    query(
+                        f'max by (model, feature) (mlmon_feature_drift{{{fw},method="psi"}})',
+                        "{{model}} {{feature}}",
+                    )
+                ],
+            ),
+            24,
+            10,
+        ),
+        (
+            bars(
+                "Top drifting features (PSI)",
+                "The ten features with the highest PSI in the chosen window. Yellow from 0.1 (moderate shift), red "
+                "from 0.25 (the default threshold).",
+                "short",
+                [
+                    query(
+                        f'topk(10, max by (model, feature) (mlmon_feature_drift{{{fw},method="psi"}}))',
+                        "{{model}} {{feature}}",
+                        instant=True,
+                    )
+                ],
+                thr=PSI,
+                lo=0,
+            ),
+            8,
+            10,
+        ),
+        (
+            tbl(
+                "Drift by method per feature",
+                "Every drift statistic of every feature in the chosen window (psi, ks, ks_pvalue, js, wasserstein for "
+                "numeric features; psi, js, chi2, chi2_pvalue, unseen for categorical ones). mlmon publishes these "
+                "statistics, not the histograms behind them: the reference and current distributions themselves are "
+                "not metrics, so this table is how far apart they are, not what they look like. p-values drift below "
+                "their threshold, the others above.",
+                "short",
+                [query(f"max by (model, feature, method) (mlmon_feature_drift{{{fw}}})", instant=True, fmt="table")],
+                transformations=[
+                    ("groupingToMatrix", {"rowField": "feature", "columnField": "method", "valueField": "Value"}),
+                ],
+            ),
+            16,
+            10,
+        ),
+        (
+            ts(
+                "Prediction and label drift (PSI)",
+                "PSI of the predictions and of the joined labels against the reference's prediction and label columns. "
+                "Prediction drift without feature drift points at the model; label drift at the world.",
+                "short",
+                [
+                    query(
+                        f'max by (model, version) (mlmon_prediction_drift{{{WINDOW},method="psi"}})',
+                        "predictions {{model}} {{version}}",
+                    ),
+                    query(
+                        f'max by (model, version) (mlmon_label_drift{{{WINDOW},method="psi"}})',
+                        "labels {{model}} {{version}}",
+                    ),
+                ],
+                thr=PSI,
+                lo=0,
+                show_thresholds=True,
+            ),
+            12,
+            8,
+        ),
+        (
+            ts(
+                "Drifting features",
+                "Features over their threshold per model version in the chosen window.",
+                "short",
+                [query(f"max by (model, version) (mlmon_drifted_features{{{WINDOW}}})", "{{model}} {{version}}")],
+                thr=thresholds((None, GOOD), (1, WARN), (3, BAD)),
+                lo=0,
+            ),
+            12,
+            8,
+        ),
+        (
+            ts(
+                "Missing values",
+                "Share of the window's predictions without the feature (absent or null).",
+                "percentunit",
+                [query(f"max by (model, feature) (mlmon_feature_missing_ratio{{{fw}}})", "{{model}} {{feature}}")],
+                thr=thresholds((None, GOOD), (0.05, WARN), (0.2, BAD)),
+            ),
+            8,
+            8,
+        ),
+        (
+            ts(
+                "Out-of-range values",
+                "Numeric features: share of present values outside the reference's [min, max]. Needs a reference.",
+                "percentunit",
+                [query(f"max by (model, feature) (mlmon_feature_out_of_range_ratio{{{fw}}})", "{{model}} {{feature}}")],
+                thr=thresholds((None, GOOD), (0.05, WARN), (0.2, BAD)),
+            ),
+            8,
+            8,
+        ),
+        (
+            ts(
+                "Unseen categories",
+                "Categorical features: share of present values never seen in the reference. Empty for models with "
+                "numeric features only.",
+                "percentunit",
+                [query(f"max by (model, feature) (mlmon_feature_unseen_ratio{{{fw}}})", "{{model}} {{feature}}")],
+                thr=thresholds((None, GOOD), (0.05, WARN), (0.2, BAD)),
+            ),
+            8,
+            8,
+        ),
+        (
+            ts(
+                "Segments: drifting features",
+                "Features over their threshold within each segment (models with `segments:` in the config). A "
+                "segment drifting alone points at one population.",
+                "short",
+                [
+                    query(
+                        f"max by (model, segment_feature, segment) (mlmon_segment_drifted_features{{{WINDOW},"
+                        f'segment=~"$segment"}})',
+                        "{{model}} {{segment_feature}}={{segment}}",
+                    )
+                ],
+                thr=thresholds((None, GOOD), (1, WARN), (3, BAD)),
+                lo=0,
+            ),
+            12,
+            8,
+        ),
+        (
+            ts(
+                "Segments: labelled samples and accuracy",
+                "Accuracy within each segment, next to the window's labelled samples of the segment: a small "
+                "segment's accuracy is noisy.",
+                "percentunit",
+                [
+                    query(
+                        f"max by (model, segment_feature, segment) (mlmon_segment_accuracy{{{WINDOW},"
+                        f'segment=~"$segment"}})',
+                        "{{model}} {{segment_feature}}={{segment}}",
+                    )
+                ],
+                thr=QUALITY,
+            ),
+            12,
+            8,
+        ),
+    ]
+    for panel, w, h in panels:
+        d = d.with_panel(lay.place(panel, w, h))
+    return d
+
+
+def operations():
+    d = new_dashboard(
+        "mlmon-operations",
+        "mlmon / Operations",
+        "Is the exporter healthy and is data flowing in: RED for the ingest path, USE for the processes.",
+        ["model"],
+    )
+    lay = Layout()
+    panels = [
+        (
+            ts(
+                "Throughput",
+                "Predictions and joined labels accepted per second, by model.",
+                "reqps",
+                [
+                    query(
+                        f"sum by (model) (rate(mlmon_predictions_total{{{MODEL}}}[{RATE}]))", "predictions {{model}}"
+                    ),
+                    query(f"sum by (model) (rate(mlmon_labels_total{{{MODEL}}}[{RATE}]))", "labels {{model}}"),
+                ],
+                lo=0,
+            ),
+            12,
+            8,
+        ),
+        (
+            ts(
+                "Prediction latency",
+                "p50, p90 and p99 of the latency the model servers report with their predictions.",
+                "s",
+                [
+                    query(p(0.5, "mlmon_prediction_latency_seconds", "model, ", MODEL), "p50 {{model}}"),
+                    query(p(0.9, "mlmon_prediction_latency_seconds", "model, ", MODEL), "p90 {{model}}"),
+                    query(p(0.99, "mlmon_prediction_latency_seconds", "model, ", MODEL), "p99 {{model}}"),
+                ],
+                thr=thresholds((None, GOOD), (0.5, WARN), (1, BAD)),
+                lo=0,
+            ),
+            12,
+            8,
+        ),
+        (
+            ts(
+                "Ingest errors by reason",
+                "Rejected predictions and labels per second by model and reason code (docs/api.md). `model` is "
+                "empty when the input names no configured model.",
+                "short",
+                [
+                    query(
+                        f"sum by (model, reason) (rate(mlmon_ingest_errors_total{{{TARGET}}}[{RATE}]))",
+                        "{{model}} {{reason}}",
+                    )
+                ],
+                thr=thresholds((None, GOOD), (0.01, BAD)),
+                lo=0,
+            ),
+            12,
+            8,
+        ),
+        (
+            ts(
+                "HTTP requests by handler and code",
+                "Requests per second the exporter served, by route and status code (/metrics is not counted).",
+                "reqps",
+                [
+                    query(
+                        f"sum by (handler, code) (rate(mlmon_http_requests_total{{{TARGET}}}[{RATE}]))",
+                        "{{handler}} {{code}}",
+                    )
+                ],
+                lo=0,
+            ),
+            12,
+            8,
+        ),
+        (
+            ts(
+                "HTTP request duration p99",
+                "99th percentile of the time the exporter took to serve a request, by route.",
+                "s",
+                [query(p(0.99, "mlmon_http_request_duration_seconds", "handler, ", TARGET), "{{handler}}")],
+                thr=thresholds((None, GOOD), (0.25, WARN), (1, BAD)),
+                lo=0,
+            ),
+            8,
+            8,
+        ),
+        (
+            ts(
+                "Pending and early labels",
+                "Predictions waiting for their label, and labels waiting for their prediction.",
+                "short",
+                [
+                    query(f"sum by (model) (mlmon_pending_labels{{{MODEL}}})", "pending {{model}}"),
+                    query(f"sum by (model) (mlmon_early_labels{{{MODEL}}})", "early {{model}}"),
+                ],
+                lo=0,
+            ),
+            8,
+            8,
+        ),
+        (
+            ts(
+                "Label delay",
+                "p50 and p90 of the time from a prediction to its label, by model.",
+                "s",
+                [
+                    query(p(0.5, "mlmon_label_delay_seconds", "model, ", MODEL), "p50 {{model}}"),
+                    query(p(0.9, "mlmon_label_delay_seconds", "model, ", MODEL), "p90 {{model}}"),
+                ],
+                lo=0,
+            ),
+            8,
+            8,
+        ),
+        (
+            ts(
+                "Exporter CPU",
+                "CPU used by the exporter process, in cores (1 = one core busy).",
+                "percentunit",
+                [query(f"rate(process_cpu_seconds_total{{{TARGET}}}[{RATE}])", "{{instance}}")],
+                thr=thresholds((None, GOOD), (0.8, WARN)),
+                hi=None,
+            ),
+            6,
+            8,
+        ),
+        (
+            ts(
+                "Exporter memory",
+                "Resident memory of the exporter process. Windows live in memory but do not grow with traffic.",
+                "bytes",
+                [query(f"process_resident_memory_bytes{{{TARGET}}}", "{{instance}}")],
+                lo=0,
+            ),
+            6,
+            8,
+        ),
+        (
+            ts(
+                "Scrape and collect duration",
+                "How long Prometheus's scrape of the exporter took, and the part spent building the mlmon_ "
+                "families. MlmonExporterScrapeSlow fires at 8 s.",
+                "s",
+                [
+                    query(f"scrape_duration_seconds{{{TARGET}}}", "scrape {{instance}}"),
+                    query(f"mlmon_collect_duration_seconds{{{TARGET}}}", "collect {{instance}}"),
+                ],
+                thr=thresholds((None, GOOD), (2, WARN), (8, BAD)),
+                lo=0,
+            ),
+            12,
+            8,
+        ),
+        (
+            ts(
+                "Model server CPU",
+                "CPU used by each model server process, in cores, as its mlmon client reports it. Each server "
+                "reports once per model it serves, so this takes one model's copy.",
+                "percentunit",
+                [
+                    query(
+                        f"max by (server) (rate(mlmon_model_server_cpu_seconds_total{{{MODEL}}}[{RATE}]))", "{{server}}"
+                    )
+                ],
+                thr=thresholds((None, GOOD), (0.8, WARN)),
+                hi=None,
+            ),
+            12,
+            8,
+        ),
+        (
+            ts(
+                "Model server memory",
+                "Resident memory of each model server process, as its mlmon client reports it (one copy per server).",
+                "bytes",
+                [query(f"max by (server) (mlmon_model_server_resident_memory_bytes{{{MODEL}}})", "{{server}}")],
+                lo=0,
+            ),
+            12,
+            8,
+        ),
+    ]
+    for panel, w, h in panels:
+        d = d.with_panel(lay.place(panel, w, h))
+    return d
+
+
+BUILDERS = {"fleet": fleet, "model": model, "drift": drift, "operations": operations}
+
+
+def render() -> dict[str, str]:
+    """File name -> JSON text of every dashboard."""
+    encoder = JSONEncoder(sort_keys=True, indent=2)
+    return {f"{name}.json": encoder.encode(build().build()) + "\n" for name, build in BUILDERS.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT, help="directory to write to (default %(default)s)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, text in render().items():
+        (args.out / name).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
