@@ -197,6 +197,18 @@ def _categorical(ref: CategoricalRef, cur: np.ndarray) -> dict[str, float]:
     return {"psi": drift.psi(ref.counts, cur), "js": drift.js_distance(ref.counts, cur), "chi2": stat, "chi2_pvalue": p}
 
 
+def decision_method(model: ModelConfig, feature: str | None) -> str:
+    """The method that says whether a feature (None: the predictions) drifted: ``drift.method`` where it
+    applies, PSI where it does not (ks and wasserstein need numbers; classes and categories are not)."""
+    numeric = (
+        model.task == "regression"
+        if feature is None
+        else any(f.name == feature and f.type == "numeric" for f in model.features)
+    )
+    method = model.drift_method
+    return method if numeric or method in drift.CATEGORICAL_METHODS else "psi"
+
+
 def window_drift(
     model: ModelConfig, profile: Profile | None, totals: dict[str, np.ndarray], exclude: tuple[str, ...] = ()
 ) -> WindowDrift:
@@ -236,11 +248,10 @@ def window_drift(
         if n >= minimum and name not in exclude:
             result.features[name] = {**_categorical(ref, cur), "unseen": unseen}
     if result.features:
-        method = model.drift_method
         result.drifted = sum(
-            drift.over_threshold(method, values[method], model.drift_threshold(name, method))
+            drift.over_threshold(m, values[m], model.drift_threshold(name, m))
             for name, values in result.features.items()
-            if method in values
+            for m in (decision_method(model, name),)
         )
     result.prediction = _outcome(profile.prediction, totals["pred_bins"], totals.get("pred_out"), minimum)
     if model.is_classification and "confusion" in totals:

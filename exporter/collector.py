@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from exporter import __version__, quality
-from exporter.binning import window_drift
+from exporter.binning import decision_method, window_drift
 from exporter.config import ModelConfig
 from exporter.drift import CATEGORICAL_METHODS, CLASS_METHODS, NUMERIC_METHODS
 from exporter.state import Histogram, ModelSnapshot, ModelState, ServerReports
@@ -303,6 +303,12 @@ class _DriftFamilies:
             "p-value methods drift below theirs.",
             labels=["model", "feature", "method"],
         )
+        self.decision = GaugeMetricFamily(
+            "mlmon_drift_decision",
+            "1 for the method that decides whether a feature (feature empty: the predictions) drifted: drift.method, "
+            "or psi where it does not apply; the bundled drift alerts join it.",
+            labels=["model", "feature", "method"],
+        )
         self.missing = GaugeMetricFamily(
             "mlmon_feature_missing_ratio", "Share of the window's predictions with the feature missing.", labels=f
         )
@@ -350,6 +356,8 @@ class _DriftFamilies:
         for method in methods:
             if method != "chi2":
                 self.threshold.add_metric([model.name, "", method], model.drift_threshold(None, method))
+        for feature in [f.name for f in model.features] + [None]:
+            self.decision.add_metric([model.name, feature or "", decision_method(model, feature)], 1)
 
     def window(self, mvw: list[str], d) -> None:
         for feature, values in d.features.items():
@@ -377,6 +385,7 @@ class _DriftFamilies:
             self.label,
             self.drifted,
             self.threshold,
+            self.decision,
             self.missing,
             self.type_error,
             self.out_of_range,
