@@ -103,7 +103,7 @@ class Binner:
             col = self.names.index(name)
             for i, f in enumerate(features):
                 v = (f or {}).get(name)
-                if v is None:
+                if v is None or v == "":  # as in a reference CSV, an empty value is a missing one
                     missing_rows.append(np.array([i]))
                     missing_cols.append(np.array([col]))
                     continue

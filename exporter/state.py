@@ -139,7 +139,7 @@ class Segments:
         return [tuple(self._value(f, (e.features or {}).get(f)) for f in self.features) for e in events]
 
     def _value(self, feature: str, raw) -> str:
-        if raw is None:
+        if raw is None or raw == "":
             return self.OTHER
         value = category(raw)
         known = self.values[feature]

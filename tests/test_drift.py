@@ -422,3 +422,18 @@ def test_ks_pvalue_agrees_with_scipy_kstwo(n, m, d):
     got, p = drift.ks(ref, cur)
     assert got == pytest.approx(d)
     assert p == pytest.approx(kstwo.sf(d, round(n * m / (n + m))), abs=0.02)
+
+
+def test_an_empty_categorical_value_is_missing_as_in_the_reference_csv(tmp_path):
+    rng = np.random.default_rng(12)
+    app, _ = make_app(config(reference_csv(tmp_path, rng)))
+    client = app.test_client()
+    items = [
+        {"model": "m", "prediction": "no", "features": {"a": 0.1, "plan": "" if i % 4 == 0 else "basic"}}
+        for i in range(200)
+    ]
+    assert client.post("/api/v1/predictions", json={"predictions": items}).status_code == 202
+    m = scrape(client)
+    w = {"model": "m", "version": "default", "window": "5m"}
+    assert m.get("mlmon_feature_missing_ratio", feature="plan", **w) == 0.25
+    assert m.get("mlmon_feature_unseen_ratio", feature="plan", **w) == 0
