@@ -30,8 +30,9 @@ def http_rate(url: str, bodies: list[bytes], per_body: int, clients: int, second
         s = requests.Session()
         i = k
         while time.monotonic() < stop:
-            r = s.post(url + "/api/v1/predictions", data=bodies[i % len(bodies)],
-                       headers={"Content-Type": "application/json"})
+            r = s.post(
+                url + "/api/v1/predictions", data=bodies[i % len(bodies)], headers={"Content-Type": "application/json"}
+            )
             if r.status_code != 202:
                 errors.append(r.status_code)
                 return
@@ -83,8 +84,11 @@ def in_process(batch_size: int = 1000, rounds: int = 20) -> dict:
             orjson.loads(body)
         return rounds * batch_size / (time.perf_counter() - t)
 
-    return {"parse_validate_update": median_of(full), "window_update": median_of(window_only),
-            "json_parse": median_of(parse_only)}
+    return {
+        "parse_validate_update": median_of(full),
+        "window_update": median_of(window_only),
+        "json_parse": median_of(parse_only),
+    }
 
 
 def run(seconds: float = 5.0) -> dict:
