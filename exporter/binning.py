@@ -173,6 +173,23 @@ class WindowDrift:
     prediction: dict[str, float]
     label: dict[str, float]
     drifted: int | None  # features over their threshold (None: nothing to compare)
+    distribution: dict[str, dict[str, float]] = field(default_factory=dict)  # feature -> bin -> share
+
+
+def distribution_bins(ref) -> list[str]:
+    """Names of the coarse bins in which a feature's distribution is published: for numeric features the
+    reference deciles (q01..q10) between below_min and above_max; for categorical ones the tracked
+    categories and other."""
+    if isinstance(ref, NumericRef):
+        return ["below_min", *(f"q{i:02d}" for i in range(1, 11)), "above_max"]
+    return [*ref.categories, "other"]
+
+
+def distribution(ref, counts: np.ndarray) -> dict[str, float]:
+    """Shares of ``counts`` (fine bins of ``ref``) in the coarse bins of :func:`distribution_bins`."""
+    coarse = np.bincount(ref.psi_groups(), counts, 12) if isinstance(ref, NumericRef) else counts
+    total = coarse.sum()
+    return dict(zip(distribution_bins(ref), (coarse / total).tolist())) if total > 0 else {}
 
 
 def _numeric(ref: NumericRef, cur: np.ndarray, out_sums: np.ndarray) -> dict[str, float]:
@@ -237,6 +254,7 @@ def window_drift(
         result.quality["out_of_range"][name] = float(cur[0] + cur[-1]) / n
         if n >= minimum:
             result.features[name] = _numeric(ref, cur, totals["num_out"][j])
+            result.distribution[name] = distribution(ref, cur)
     for j, name in enumerate(categorical):
         ref = profile.features[name]
         cur = totals["cat_counts"][j, : len(ref.counts)].astype(np.float64)
@@ -247,6 +265,7 @@ def window_drift(
         result.quality["unseen"][name] = unseen
         if n >= minimum and name not in exclude:
             result.features[name] = {**_categorical(ref, cur), "unseen": unseen}
+            result.distribution[name] = distribution(ref, cur)
     if result.features:
         result.drifted = sum(
             drift.over_threshold(m, values[m], model.drift_threshold(name, m))

@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from exporter import __version__, quality
-from exporter.binning import decision_method, window_drift
+from exporter.binning import decision_method, distribution, window_drift
 from exporter.config import ModelConfig
 from exporter.drift import CATEGORICAL_METHODS, CLASS_METHODS, NUMERIC_METHODS
 from exporter.state import Histogram, ModelSnapshot, ModelState, ServerReports
@@ -137,6 +137,19 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
         name: GaugeMetricFamily(f"mlmon_{name}", text, labels=MVW + ["class"])
         for name, text in PER_CLASS_GAUGES.items()
     }
+    reliability = (
+        GaugeMetricFamily(
+            "mlmon_reliability_accuracy",
+            "Accuracy of the labelled, scored predictions whose top-label confidence falls in the bin (bin: its "
+            "upper edge); absent for an empty bin. With mlmon_reliability_confidence: the reliability diagram.",
+            labels=MVW + ["bin"],
+        ),
+        GaugeMetricFamily(
+            "mlmon_reliability_confidence",
+            "Mean top-label confidence of the labelled, scored predictions in the bin; absent for an empty bin.",
+            labels=MVW + ["bin"],
+        ),
+    )
     confusion = GaugeMetricFamily(
         "mlmon_confusion_matrix",
         "Labelled predictions in the window by actual and predicted class.",
@@ -211,7 +224,7 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
                 samples.add_metric(mvw + ["predictions"], float(totals["predictions"]))
                 samples.add_metric(mvw + ["labeled"], float(totals["labeled"]))
                 if model.is_classification:
-                    _classification_window(model.classes, mvw, totals, gauges, per_class, confusion)
+                    _classification_window(model.classes, mvw, totals, gauges, per_class, confusion, reliability)
                 else:
                     _regression_window(mvw, totals, gauges)
                 drift_families.window(mvw, window_drift(model, snap.profile, totals))
@@ -237,6 +250,7 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
         *gauges.values(),
         *per_class.values(),
         confusion,
+        *reliability,
         pending,
         early,
         dropped,
@@ -303,6 +317,17 @@ class _DriftFamilies:
             "p-value methods drift below theirs.",
             labels=["model", "feature", "method"],
         )
+        self.bins = GaugeMetricFamily(
+            "mlmon_feature_bin_ratio",
+            "Share of a feature's values in the window per coarse bin (numeric: reference deciles q01..q10, "
+            "below_min, above_max; categorical: tracked categories and other); beside mlmon_reference_bin_ratio.",
+            labels=f + ["bin"],
+        )
+        self.reference_bins = GaugeMetricFamily(
+            "mlmon_reference_bin_ratio",
+            "Share of a feature's reference values per coarse bin, as mlmon_feature_bin_ratio.",
+            labels=["model", "feature", "bin"],
+        )
         self.decision = GaugeMetricFamily(
             "mlmon_drift_decision",
             "1 for the method that decides whether a feature (feature empty: the predictions) drifted: drift.method, "
@@ -358,6 +383,9 @@ class _DriftFamilies:
                 self.threshold.add_metric([model.name, "", method], model.drift_threshold(None, method))
         for feature in [f.name for f in model.features] + [None]:
             self.decision.add_metric([model.name, feature or "", decision_method(model, feature)], 1)
+        for name, ref in snap.profile.features.items():
+            for bin_name, share in distribution(ref, ref.counts.astype(float)).items():
+                self.reference_bins.add_metric([model.name, name, bin_name], share)
 
     def window(self, mvw: list[str], d) -> None:
         for feature, values in d.features.items():
@@ -369,6 +397,9 @@ class _DriftFamilies:
             self.label.add_metric(mvw + [method], value)
         if d.drifted is not None:
             self.drifted.add_metric(mvw, d.drifted)
+        for feature, shares in d.distribution.items():
+            for bin_name, share in shares.items():
+                self.bins.add_metric(mvw + [feature, bin_name], share)
         for family, key in (
             (self.missing, "missing"),
             (self.type_error, "type_error"),
@@ -386,6 +417,8 @@ class _DriftFamilies:
             self.drifted,
             self.threshold,
             self.decision,
+            self.bins,
+            self.reference_bins,
             self.missing,
             self.type_error,
             self.out_of_range,
@@ -463,7 +496,7 @@ def _observe(family: HistogramMetricFamily, labels: list[str], hist: Histogram) 
     family.add_metric(labels, hist.buckets(), hist.sum)
 
 
-def _classification_window(classes, mvw, totals, gauges, per_class, confusion) -> None:
+def _classification_window(classes, mvw, totals, gauges, per_class, confusion, reliability=None) -> None:
     conf = totals["confusion"]
     for a, actual in enumerate(classes):
         for p, pred in enumerate(classes):
@@ -488,6 +521,12 @@ def _classification_window(classes, mvw, totals, gauges, per_class, confusion) -
     ece = quality.expected_calibration_error(totals["ece_count"], totals["ece_correct"], totals["ece_confidence"])
     if ece is not None:
         gauges["expected_calibration_error"].add_metric(mvw, ece)
+    if reliability is not None:
+        for b, n in enumerate(totals["ece_count"]):
+            if n > 0:
+                edge = f"{(b + 1) / quality.ECE_BINS:.1f}"
+                reliability[0].add_metric(mvw + [edge], float(totals["ece_correct"][b]) / float(n))
+                reliability[1].add_metric(mvw + [edge], float(totals["ece_confidence"][b]) / float(n))
 
 
 def _regression_window(mvw, totals, gauges) -> None:

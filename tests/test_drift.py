@@ -437,3 +437,24 @@ def test_an_empty_categorical_value_is_missing_as_in_the_reference_csv(tmp_path)
     w = {"model": "m", "version": "default", "window": "5m"}
     assert m.get("mlmon_feature_missing_ratio", feature="plan", **w) == 0.25
     assert m.get("mlmon_feature_unseen_ratio", feature="plan", **w) == 0
+
+
+def test_window_and_reference_distributions_are_published_per_bin(tmp_path):
+    rng = np.random.default_rng(13)
+    path = reference_csv(tmp_path, rng)
+    app, _ = make_app(config(path))
+    client = app.test_client()
+    items = send(client, rng, 1000, shift=(1,))
+    m = scrape(client)
+    profile = build_profile(_columns(path), parse_config(config(path)).models[0])
+    ref = profile.features["b"]
+    raw = np.array([i["features"]["b"] for i in items])
+    expected = np.bincount(ref.psi_groups(), binned(ref, raw), 12) / len(raw)
+    w = {"model": "m", "version": "default", "window": "5m", "feature": "b"}
+    names = ["below_min", *(f"q{i:02d}" for i in range(1, 11)), "above_max"]
+    got = [m.get("mlmon_feature_bin_ratio", bin=b, **w) for b in names]
+    assert got == pytest.approx(expected.tolist(), abs=SUMS)
+    deciles = [m.get("mlmon_reference_bin_ratio", model="m", feature="b", bin=f"q{i:02d}") for i in range(1, 11)]
+    assert deciles == pytest.approx([0.1] * 10, abs=0.01)  # deciles of the reference hold a tenth each
+    plans = {s.labels["bin"]: s.value for s in m.all("mlmon_reference_bin_ratio", model="m", feature="plan")}
+    assert plans["basic"] == pytest.approx(np.mean(np.array(_columns(path)["plan"]) == "basic"), abs=SUMS)

@@ -209,3 +209,24 @@ def test_window_holds_only_recent_labels(binary_data):
     assert m.get("mlmon_log_loss", **five) == pytest.approx(
         skm.log_loss(y_true[second] == "malignant", p[second]), abs=FLOAT_SUMS
     )
+
+
+def test_reliability_diagram_equals_sklearn_calibration_curve(binary_data):
+    """Per confidence bin: accuracy and mean confidence, as calibration_curve computes them on top labels."""
+    from sklearn.calibration import calibration_curve
+
+    y_true, y_pred, p = binary_data
+    app, _ = make_app(CONFIG)
+    client = app.test_client()
+    _send(client, "cancer", y_pred.tolist(), y_true.tolist(), [{"score": float(s)} for s in p])
+    m = scrape(client)
+    proba = np.column_stack([p, 1 - p])
+    conf = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == np.where(y_true == "malignant", 0, 1)
+    # calibration_curve bins [0, 1] uniformly; top-label confidences are >= 0.5, so bins 6..10 hold them.
+    acc, mean_conf = calibration_curve(correct, conf, n_bins=10, strategy="uniform")
+    got = {s.labels["bin"]: s.value for s in m.all("mlmon_reliability_accuracy", model="cancer", window="5m")}
+    got_conf = {s.labels["bin"]: s.value for s in m.all("mlmon_reliability_confidence", model="cancer", window="5m")}
+    edges = sorted(got, key=float)  # calibration_curve returns the non-empty bins in increasing order
+    assert [got[e] for e in edges] == pytest.approx(list(acc), abs=EXACT)
+    assert [got_conf[e] for e in edges] == pytest.approx(list(mean_conf), abs=FLOAT_SUMS)
