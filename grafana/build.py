@@ -337,6 +337,46 @@ def model():
             8,
         ),
         (
+            tbl(
+                "Reliability diagram",
+                "Top-label reliability diagram in the chosen window: for each confidence bin (`bin` = its upper "
+                "edge, 0.1 to 1.0) the accuracy of the labelled, scored predictions in it next to their mean "
+                "confidence. Perfectly calibrated means the two are equal in every bin; accuracy below confidence is "
+                "over-confidence, above it under-confidence. Empty bins are absent; a bin with few predictions is "
+                "noisy.",
+                "percentunit",
+                [
+                    query(
+                        f"max by (model, version, bin) (mlmon_reliability_accuracy{{{WINDOW}}})",
+                        instant=True,
+                        fmt="table",
+                    ),
+                    query(
+                        f"max by (model, version, bin) (mlmon_reliability_confidence{{{WINDOW}}})",
+                        instant=True,
+                        fmt="table",
+                    ),
+                ],
+                transformations=[
+                    ("merge", {}),
+                    (
+                        "organize",
+                        {
+                            "excludeByName": {"Time": True},
+                            "renameByName": {"Value #A": "accuracy", "Value #B": "confidence"},
+                        },
+                    ),
+                    ("sortBy", {"sort": [{"field": "bin"}]}),
+                ],
+                overrides=[
+                    ("accuracy", {"custom.cellOptions": {"type": "gauge", "mode": "basic"}}),
+                    ("confidence", {"custom.cellOptions": {"type": "gauge", "mode": "basic"}}),
+                ],
+            ),
+            8,
+            8,
+        ),
+        (
             heat(
                 "Confidence distribution",
                 "Top-label confidence of every prediction sent with scores (histogram mlmon_prediction_confidence), "
@@ -384,6 +424,18 @@ def model():
                         fmt="heatmap",
                     )
                 ],
+            ),
+            8,
+            8,
+        ),
+        (
+            ts(
+                "Labelled samples in the window",
+                "Predictions and labelled outcomes in the chosen window: quality figures from a handful of labels "
+                "are noise (alerts wait for min_labeled_samples).",
+                "short",
+                [query(f"mlmon_window_samples{{{WINDOW}}}", "{{kind}} " + mv)],
+                lo=0,
             ),
             8,
             8,
@@ -442,19 +494,7 @@ def model():
                     ("labels/s", {"unit": "reqps"}),
                 ],
             ),
-            16,
-            8,
-        ),
-        (
-            ts(
-                "Labelled samples in the window",
-                "Predictions and labelled outcomes in the chosen window: quality figures from a handful of labels "
-                "are noise (alerts wait for min_labeled_samples).",
-                "short",
-                [query(f"mlmon_window_samples{{{WINDOW}}}", "{{kind}} " + mv)],
-                lo=0,
-            ),
-            8,
+            24,
             8,
         ),
     ]
@@ -512,10 +552,9 @@ def drift():
             tbl(
                 "Drift by method per feature",
                 "Every drift statistic of every feature in the chosen window (psi, ks, ks_pvalue, js, wasserstein for "
-                "numeric features; psi, js, chi2, chi2_pvalue, unseen for categorical ones). mlmon publishes these "
-                "statistics, not the histograms behind them: the reference and current distributions themselves are "
-                "not metrics, so this table is how far apart they are, not what they look like. p-values drift below "
-                "their threshold, the others above.",
+                "numeric features; psi, js, chi2, chi2_pvalue, unseen for categorical ones): how far apart the "
+                "reference and current distributions are. The panel below shows what they look like. p-values drift "
+                "below their threshold, the others above.",
                 "short",
                 [query(f"max by (model, feature, method) (mlmon_feature_drift{{{fw}}})", instant=True, fmt="table")],
                 transformations=[
@@ -524,6 +563,44 @@ def drift():
             ),
             16,
             10,
+        ),
+        (
+            tbl(
+                "Reference vs current distribution",
+                "The chosen features' distribution in coarse bins, the reference's next to the chosen window's "
+                "(mlmon_reference_bin_ratio and mlmon_feature_bin_ratio): share of values per bin. Numeric features: "
+                "q01..q10 are the reference's deciles, so the reference holds about 10% in each and a drift-free "
+                "feature shows about 10% per decile in the window too; below_min and above_max hold the values "
+                "outside the reference's [min, max] (0% in the reference). Categorical features: the tracked "
+                "categories and `other`. Where the two columns part is where the feature drifted. Published with "
+                "the drift, once the window holds drift.min_samples values.",
+                "percentunit",
+                [
+                    query(
+                        f'max by (model, feature, bin) (mlmon_reference_bin_ratio{{{MODEL},feature=~"$feature"}})',
+                        instant=True,
+                        fmt="table",
+                    ),
+                    query(f"max by (model, feature, bin) (mlmon_feature_bin_ratio{{{fw}}})", instant=True, fmt="table"),
+                ],
+                transformations=[
+                    ("merge", {}),
+                    (
+                        "organize",
+                        {
+                            "excludeByName": {"Time": True},
+                            "indexByName": {"model": 0, "feature": 1, "bin": 2, "Value #A": 3, "Value #B": 4},
+                            "renameByName": {"Value #A": "reference", "Value #B": "current"},
+                        },
+                    ),
+                ],
+                overrides=[
+                    ("reference", {"custom.cellOptions": {"type": "gauge", "mode": "basic"}}),
+                    ("current", {"custom.cellOptions": {"type": "gauge", "mode": "basic"}}),
+                ],
+            ),
+            24,
+            12,
         ),
         (
             ts(
