@@ -254,7 +254,8 @@ def window_drift(
         result.quality["out_of_range"][name] = float(cur[0] + cur[-1]) / n
         if n >= minimum:
             result.features[name] = _numeric(ref, cur, totals["num_out"][j])
-            result.distribution[name] = distribution(ref, cur)
+            if model.drift_bins:
+                result.distribution[name] = distribution(ref, cur)
     for j, name in enumerate(categorical):
         ref = profile.features[name]
         cur = totals["cat_counts"][j, : len(ref.counts)].astype(np.float64)
@@ -265,7 +266,8 @@ def window_drift(
         result.quality["unseen"][name] = unseen
         if n >= minimum and name not in exclude:
             result.features[name] = {**_categorical(ref, cur), "unseen": unseen}
-            result.distribution[name] = distribution(ref, cur)
+            if model.drift_bins:
+                result.distribution[name] = distribution(ref, cur)
     if result.features:
         result.drifted = sum(
             drift.over_threshold(m, values[m], model.drift_threshold(name, m))

@@ -383,7 +383,7 @@ class _DriftFamilies:
                 self.threshold.add_metric([model.name, "", method], model.drift_threshold(None, method))
         for feature in [f.name for f in model.features] + [None]:
             self.decision.add_metric([model.name, feature or "", decision_method(model, feature)], 1)
-        for name, ref in snap.profile.features.items():
+        for name, ref in snap.profile.features.items() if model.drift_bins else ():
             for bin_name, share in distribution(ref, ref.counts.astype(float)).items():
                 self.reference_bins.add_metric([model.name, name, bin_name], share)
 

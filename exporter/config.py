@@ -93,6 +93,9 @@ class ModelConfig:
     drift_method: str = "psi"
     drift_min_samples: int = 100
     drift_thresholds: tuple[tuple[str, float], ...] = tuple(DRIFT_THRESHOLDS.items())
+    # Publish each feature's window and reference distributions in 12 coarse bins (mlmon_*_bin_ratio):
+    # off by default, since it adds 12 series per feature and window.
+    drift_bins: bool = False
     invalid_features: str = "reject"  # reject | count: unknown feature names and values of the wrong type
     segment_features: tuple[str, ...] = ()  # categorical features whose values split quality and drift
     segment_top: int = 10  # values per segment feature published one by one; the rest are "other"
@@ -262,9 +265,14 @@ def _drift_thresholds(ck: _Checker, path: str, node: _Node, base: dict[str, floa
     return out
 
 
-def _drift(ck: _Checker, path: str, node: _Node) -> tuple[str, int, dict[str, float]]:
-    method, min_samples, thresholds = "psi", 100, dict(DRIFT_THRESHOLDS)
-    m = ck.mapping(path, node, {"method", "min_samples", "thresholds"})
+def _drift(ck: _Checker, path: str, node: _Node) -> tuple[str, int, dict[str, float], bool]:
+    method, min_samples, thresholds, bins = "psi", 100, dict(DRIFT_THRESHOLDS), False
+    m = ck.mapping(path, node, {"method", "min_samples", "thresholds", "bins"})
+    if "bins" in m:
+        if not isinstance(m["bins"].value, bool):
+            ck.fail(f"{path}.bins", m["bins"], "must be true or false")
+        else:
+            bins = m["bins"].value
     if "method" in m:
         if m["method"].value not in DRIFT_METHODS:
             ck.fail(f"{path}.method", m["method"], f"must be one of {', '.join(DRIFT_METHODS)}")
@@ -274,7 +282,7 @@ def _drift(ck: _Checker, path: str, node: _Node) -> tuple[str, int, dict[str, fl
         min_samples = ck.positive_int(f"{path}.min_samples", m["min_samples"], 1, 10**9) or min_samples
     if "thresholds" in m:
         thresholds = _drift_thresholds(ck, f"{path}.thresholds", m["thresholds"], thresholds)
-    return method, min_samples, thresholds
+    return method, min_samples, thresholds, bins
 
 
 def _thresholds(ck: _Checker, path: str, node: _Node, base: dict[str, float]) -> dict[str, float]:
@@ -402,7 +410,7 @@ def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float], b
             reference = os.path.join(base_dir, rnode.value) if base_dir else rnode.value
             if not os.path.isfile(reference):
                 ck.fail(f"{path}.reference", rnode, f"no such file: {reference}")
-    drift = _drift(ck, f"{path}.drift", m["drift"]) if "drift" in m else ("psi", 100, dict(DRIFT_THRESHOLDS))
+    drift = _drift(ck, f"{path}.drift", m["drift"]) if "drift" in m else ("psi", 100, dict(DRIFT_THRESHOLDS), False)
     invalid = "reject"
     if "invalid_features" in m:
         if m["invalid_features"].value not in ("reject", "count"):
@@ -439,6 +447,7 @@ def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float], b
         drift[0],
         drift[1],
         tuple(drift[2].items()),
+        drift[3],
         invalid,
         segment_features,
         segment_top,

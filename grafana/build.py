@@ -573,7 +573,7 @@ def drift():
                 "feature shows about 10% per decile in the window too; below_min and above_max hold the values "
                 "outside the reference's [min, max] (0% in the reference). Categorical features: the tracked "
                 "categories and `other`. Where the two columns part is where the feature drifted. Published with "
-                "the drift, once the window holds drift.min_samples values.",
+                "the drift, once the window holds drift.min_samples values, for models with drift: {bins: true}.",
                 "percentunit",
                 [
                     query(

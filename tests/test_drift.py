@@ -442,7 +442,7 @@ def test_an_empty_categorical_value_is_missing_as_in_the_reference_csv(tmp_path)
 def test_window_and_reference_distributions_are_published_per_bin(tmp_path):
     rng = np.random.default_rng(13)
     path = reference_csv(tmp_path, rng)
-    app, _ = make_app(config(path))
+    app, _ = make_app(config(path) + "    drift: {bins: true}\n")
     client = app.test_client()
     items = send(client, rng, 1000, shift=(1,))
     m = scrape(client)
@@ -458,3 +458,13 @@ def test_window_and_reference_distributions_are_published_per_bin(tmp_path):
     assert deciles == pytest.approx([0.1] * 10, abs=0.01)  # deciles of the reference hold a tenth each
     plans = {s.labels["bin"]: s.value for s in m.all("mlmon_reference_bin_ratio", model="m", feature="plan")}
     assert plans["basic"] == pytest.approx(np.mean(np.array(_columns(path)["plan"]) == "basic"), abs=SUMS)
+
+
+def test_distributions_are_off_by_default(tmp_path):
+    rng = np.random.default_rng(14)
+    app, _ = make_app(config(reference_csv(tmp_path, rng)))
+    client = app.test_client()
+    send(client, rng, 300)
+    m = scrape(client)
+    assert m.all("mlmon_feature_bin_ratio") == [] and m.all("mlmon_reference_bin_ratio") == []
+    assert m.all("mlmon_feature_drift")  # drift itself is there
