@@ -169,20 +169,16 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
         if not port_text.isdigit():
             parser.error(f"--web.listen-address {args.listen!r} is not HOST:PORT")
         host, port = host.strip("[]") or "0.0.0.0", int(port_text)
-    try:
-        config = load_config(args.config)
-        from exporter import reference
-
-        reference.load_all(config)  # fail at start, naming the model, rather than in the app
-    except ConfigError as exc:
-        parser.exit(2, f"mlmon serve: invalid config\n{exc}\n")
-    logs.setup(args.log_level, args.log_format)
-
     import waitress
 
     from exporter.app import create_app
 
-    app = create_app(config)
+    try:
+        config = load_config(args.config)
+        app = create_app(config)  # loads the references: a bad one is a config error naming the model
+    except ConfigError as exc:
+        parser.exit(2, f"mlmon serve: invalid config\n{exc}\n")
+    logs.setup(args.log_level, args.log_format)
     mlmon = app.extensions["mlmon"]
     limit = config.limits.max_body_bytes
     # Waitress's own body limit sits above the app's, so the app answers 413 in its JSON shape.

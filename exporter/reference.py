@@ -53,7 +53,15 @@ class NumericRef:
         return b
 
     def psi_groups(self) -> np.ndarray:
-        """PSI bucket of each bin: 0 below, 1-10 the reference deciles, 11 above."""
+        """PSI bucket of each bin: 0 below, 1-10 the reference deciles, 11 above (computed once per profile:
+        every scrape asks for it, per feature and window)."""
+        cached = self.__dict__.get("_psi_groups")
+        if cached is None:
+            cached = self._groups()
+            object.__setattr__(self, "_psi_groups", cached)  # a frozen dataclass: derived, not state
+        return cached
+
+    def _groups(self) -> np.ndarray:
         inside = self.counts[1:-1].astype(np.float64)
         before = (np.cumsum(inside) - inside) / max(inside.sum(), 1.0)
         deciles = 1 + np.minimum(np.floor(before * 10 + 1e-9), 9).astype(np.int64)

@@ -289,8 +289,8 @@ class Validator:
             it.fail("features", "invalid_value", "must be an object of feature name to value")
             return None, ()
         types = self.features[model.name]
-        counting = model.invalid_features == "count"
-        bad: list[tuple[str, str]] = []
+        # (name, reason, message) of each bad value: rejected, or left out and counted (invalid_features: count).
+        bad: list[tuple[str, str, str]] = []
         # The hot loop of ingest: exact type checks first, the general (and error) path after.
         for name, value in features.items():
             kind = types.get(name)
@@ -299,32 +299,23 @@ class Validator:
                 if (vtype is float and value - value == 0.0) or vtype is int or value is None:
                     continue
                 if not _finite(value):
-                    if counting:
-                        bad.append((name, "type_error"))
-                    else:
-                        it.fail(
-                            f"features.{name}", "invalid_value", f"must be a finite number or null, got {_show(value)}"
-                        )
+                    bad.append((name, "type_error", f"must be a finite number or null, got {_show(value)}"))
             elif kind is None:
-                if counting:
-                    bad.append((name, "unknown_feature"))
-                else:
-                    it.fail(
-                        f"features.{str(name)[:100]}", "unknown_feature", f"is not a feature of model {model.name!r}"
-                    )
+                bad.append((name, "unknown_feature", f"is not a feature of model {model.name!r}"))
             elif vtype is str:
                 if len(value) > MAX_STRING_LENGTH:
                     it.fail(f"features.{name}", "invalid_value", f"must be at most {MAX_STRING_LENGTH} characters")
             elif not (value is None or vtype is bool or _finite(value)):
-                if counting:
-                    bad.append((name, "type_error"))
-                else:
-                    it.fail(f"features.{name}", "invalid_value", "must be a string, number, boolean or null")
+                bad.append((name, "type_error", "must be a string, number, boolean or null"))
         if not bad:
             return features, ()
-        dropped = {name for name, _ in bad}
+        if model.invalid_features != "count":
+            for name, reason, message in bad:
+                it.fail(f"features.{str(name)[:100]}", "invalid_value" if reason == "type_error" else reason, message)
+            return features, ()
+        dropped = {name for name, _, _ in bad}
         # Unknown names are counted without their name: label values stay bounded by the config.
-        errors = tuple(("" if reason == "unknown_feature" else name, reason) for name, reason in bad)
+        errors = tuple(("" if reason == "unknown_feature" else name, reason) for name, reason, _ in bad)
         return {k: v for k, v in features.items() if k not in dropped}, errors
 
     def _scores(self, it: _Item, model: ModelConfig, scores: Any, score: Any) -> tuple[float, ...] | None:
