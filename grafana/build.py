@@ -24,20 +24,42 @@ from lib import (  # noqa: E402 - lib sits next to this script, which is not a p
     VERSION,
     WARN,
     WINDOW,
+    WINDOW_KEY,
     Layout,
     bars,
     heat,
     model_link,
     new_dashboard,
     query,
+    shared,
     stat_panel,
     tbl,
     thresholds,
     ts,
+    weighted,
 )
 
 OUT = Path(__file__).resolve().parent / "dashboards"
 RATE = "$__rate_interval"
+
+
+def mx(by: str, expr: str) -> str:
+    """One series per `by` out of pooled series (several jobs may carry a model)."""
+    return f"max by ({by}) ({expr})"
+
+
+PSI_ONLY = 'method="psi"'
+
+
+def cm_weight(sel: str, by: str) -> str:
+    """Each replica's count of a class as predicted (`by="predicted"`) or actual, from its confusion matrix,
+    labelled `class`: the exact weight of its precision (predicted) and recall (actual)."""
+    other = "actual" if by == "predicted" else "predicted"
+    return f'label_replace(sum without ({other}) (mlmon_confusion_matrix{{{sel}}}), "class", "$1", "{by}", "(.*)")'
+
+
+def class_weighted(metric: str, sel: str, extra: str, weight: str) -> str:
+    return weighted(metric, sel, extra, weight=weight, key="job, instance, model, version, window, class")
 
 
 def p(q: float, metric: str, by: str, matchers: str) -> str:
@@ -58,13 +80,14 @@ def fleet():
         lay.place(
             tbl(
                 "Models",
-                "One row per model and version, from the chosen window: accuracy (classifiers) or MAE (regressors), "
+                "One row per model and version, from the chosen window, pooled over the exporter replicas serving it "
+                "(weighted by their samples, docs/scaling.md): accuracy (classifiers) or MAE (regressors), "
                 "the accuracy floor from the config, features drifting, predictions per second, p99 latency and "
                 "labels still pending. Click a model name to open its dashboard.",
                 "short",
                 [
-                    query(f"max by (model, version) (mlmon_accuracy{{{fw}}})", instant=True, fmt="table"),
-                    query(f"max by (model, version) (mlmon_mae{{{fw}}})", instant=True, fmt="table"),
+                    query(f"max by (model, version) ({weighted('mlmon_accuracy', fw)})", instant=True, fmt="table"),
+                    query(f"max by (model, version) ({weighted('mlmon_mae', fw)})", instant=True, fmt="table"),
                     query(
                         f'max by (model) (mlmon_alert_threshold{{{TARGET},threshold="accuracy_min"}})',
                         instant=True,
@@ -81,7 +104,7 @@ def fleet():
                         instant=True,
                         fmt="table",
                     ),
-                    query(f"sum by (model) (mlmon_pending_labels{{{TARGET}}})", instant=True, fmt="table"),
+                    query(f"sum by (model) ({shared('mlmon_pending_labels', TARGET)})", instant=True, fmt="table"),
                 ],
                 transformations=[
                     ("merge", {}),
@@ -138,7 +161,7 @@ def fleet():
                 "labels, is what pages.",
                 "percentunit",
                 [
-                    query(f"max by (model, version) (mlmon_accuracy{{{fw}}})", "{{model}} {{version}}"),
+                    query(f"max by (model, version) ({weighted('mlmon_accuracy', fw)})", "{{model}} {{version}}"),
                     query(
                         f'max by (model) (mlmon_alert_threshold{{{TARGET},threshold="accuracy_min"}})',
                         "{{model}} floor",
@@ -157,7 +180,7 @@ def fleet():
                 "Mean absolute error of each regression model version in the chosen window, in the label's unit. "
                 "Compare with the model's own history: there is no fixed floor.",
                 "short",
-                [query(f"max by (model, version) (mlmon_mae{{{fw}}})", "{{model}} {{version}}")],
+                [query(f"max by (model, version) ({weighted('mlmon_mae', fw)})", "{{model}} {{version}}")],
                 lo=0,
             ).data_links([model_link()]),
             12,
@@ -169,7 +192,8 @@ def fleet():
             bars(
                 "Drifting features",
                 "Features over their drift threshold (the config's drift.method, psi by default) per model version "
-                "in the chosen window. 0 is green; open the drift dashboard to see which.",
+                "in the chosen window. 0 is green; open the drift dashboard to see which. With several replicas "
+                "serving a model, the largest of their counts.",
                 "short",
                 [
                     query(
@@ -231,9 +255,10 @@ def fleet():
         lay.place(
             ts(
                 "Pending labels",
-                "Predictions waiting for their label, by model. Steady growth means labels stopped arriving.",
+                "Predictions waiting for their label, by model (one copy of the shared join store's count per job, "
+                "never the sum of the replicas'). Steady growth means labels stopped arriving.",
                 "short",
-                [query(f"sum by (model) (mlmon_pending_labels{{{TARGET}}})", "{{model}}")],
+                [query(f"sum by (model) ({shared('mlmon_pending_labels', TARGET)})", "{{model}}")],
                 lo=0,
             ).data_links([model_link()]),
             8,
@@ -266,6 +291,7 @@ def model():
     )
     lay = Layout()
     mv = "{{model}} {{version}}"
+    cls = 'class=~"$class"'
     panels = [
         (
             ts(
@@ -273,7 +299,7 @@ def model():
                 "Accuracy of the chosen versions in every window (1m/5m/1h... as configured): short windows react "
                 "first, long ones are steadier. Absent while a window holds no labelled prediction.",
                 "percentunit",
-                [query(f"mlmon_accuracy{{{VERSION}}}", "{{model}} {{version}} {{window}}")],
+                [query(weighted("mlmon_accuracy", VERSION), "{{model}} {{version}} {{window}}")],
                 thr=QUALITY,
             ),
             12,
@@ -286,8 +312,8 @@ def model():
                 "label's unit. RMSE well above MAE means a few large errors.",
                 "short",
                 [
-                    query(f"mlmon_mae{{{VERSION}}}", "MAE {{model}} {{version}} {{window}}"),
-                    query(f"mlmon_rmse{{{VERSION}}}", "RMSE {{model}} {{version}} {{window}}"),
+                    query(weighted("mlmon_mae", VERSION), "MAE {{model}} {{version}} {{window}}"),
+                    query(weighted("mlmon_rmse", VERSION, square=True), "RMSE {{model}} {{version}} {{window}}"),
                 ],
                 lo=0,
             ),
@@ -301,9 +327,24 @@ def model():
                 "others hold is being confused with another: see the confusion matrix.",
                 "percentunit",
                 [
-                    query(f'mlmon_precision{{{WINDOW},class=~"$class"}}', "precision {{class}} " + mv),
-                    query(f'mlmon_recall{{{WINDOW},class=~"$class"}}', "recall {{class}} " + mv),
-                    query(f'mlmon_f1{{{WINDOW},class=~"$class"}}', "F1 {{class}} " + mv),
+                    query(
+                        class_weighted("mlmon_precision", WINDOW, cls, cm_weight(WINDOW, "predicted")),
+                        "precision {{class}} " + mv,
+                    ),
+                    query(
+                        class_weighted("mlmon_recall", WINDOW, cls, cm_weight(WINDOW, "actual")),
+                        "recall {{class}} " + mv,
+                    ),
+                    query(
+                        class_weighted(
+                            "mlmon_f1",
+                            WINDOW,
+                            cls,
+                            f"({cm_weight(WINDOW, 'predicted')} + ignoring (predicted, actual) "
+                            f"{cm_weight(WINDOW, 'actual')})",
+                        ),
+                        "F1 {{class}} " + mv,
+                    ),
                 ],
                 thr=QUALITY,
             ),
@@ -330,7 +371,7 @@ def model():
                 "Top-label expected calibration error in the chosen window (10 bins): the gap between the "
                 "confidence the model claims and the accuracy it reaches. 0 is perfectly calibrated.",
                 "percentunit",
-                [query(f"mlmon_expected_calibration_error{{{WINDOW}}}", mv)],
+                [query(weighted("mlmon_expected_calibration_error", WINDOW), mv)],
                 thr=thresholds((None, GOOD), (0.05, WARN), (0.15, BAD)),
             ),
             8,
@@ -347,12 +388,12 @@ def model():
                 "percentunit",
                 [
                     query(
-                        f"max by (model, version, bin) (mlmon_reliability_accuracy{{{WINDOW}}})",
+                        f"max by (model, version, bin) ({weighted('mlmon_reliability_accuracy', WINDOW)})",
                         instant=True,
                         fmt="table",
                     ),
                     query(
-                        f"max by (model, version, bin) (mlmon_reliability_confidence{{{WINDOW}}})",
+                        f"max by (model, version, bin) ({weighted('mlmon_reliability_confidence', WINDOW)})",
                         instant=True,
                         fmt="table",
                     ),
@@ -434,7 +475,7 @@ def model():
                 "Predictions and labelled outcomes in the chosen window: quality figures from a handful of labels "
                 "are noise (alerts wait for min_labeled_samples).",
                 "short",
-                [query(f"mlmon_window_samples{{{WINDOW}}}", "{{kind}} " + mv)],
+                [query(f"sum without (instance) (mlmon_window_samples{{{WINDOW}}})", "{{kind}} " + mv)],
                 lo=0,
             ),
             8,
@@ -448,12 +489,14 @@ def model():
                 "short",
                 [
                     query(
-                        f'max by (model, version) (mlmon_accuracy{{{MODEL},window="$window"}})',
+                        mx("model, version", weighted("mlmon_accuracy", MODEL + ',window="$window"')),
                         instant=True,
                         fmt="table",
                     ),
                     query(
-                        f'max by (model, version) (mlmon_mae{{{MODEL},window="$window"}})', instant=True, fmt="table"
+                        mx("model, version", weighted("mlmon_mae", MODEL + ',window="$window"')),
+                        instant=True,
+                        fmt="table",
                     ),
                     query(
                         f"sum by (model, version) (rate(mlmon_predictions_total{{{MODEL}}}[{RATE}]))",
@@ -511,7 +554,7 @@ def drift():
         ["model", "version", "window", "feature", "segment"],
     )
     lay = Layout()
-    fw = WINDOW + ',feature=~"$feature"'
+    ff = 'feature=~"$feature"'
     panels = [
         (
             heat(
@@ -521,7 +564,10 @@ def drift():
                 "short",
                 [
                     query(
-                        f'max by (model, feature) (mlmon_feature_drift{{{fw},method="psi"}})',
+                        mx(
+                            "model, feature",
+                            weighted("mlmon_feature_drift", WINDOW, ff + "," + PSI_ONLY, kind="predictions"),
+                        ),
                         "{{model}} {{feature}}",
                     )
                 ],
@@ -537,7 +583,12 @@ def drift():
                 "short",
                 [
                     query(
-                        f'topk(10, max by (model, feature) (mlmon_feature_drift{{{fw},method="psi"}}))',
+                        "topk(10, "
+                        + mx(
+                            "model, feature",
+                            weighted("mlmon_feature_drift", WINDOW, ff + "," + PSI_ONLY, kind="predictions"),
+                        )
+                        + ")",
                         "{{model}} {{feature}}",
                         instant=True,
                     )
@@ -556,7 +607,13 @@ def drift():
                 "reference and current distributions are. The panel below shows what they look like. p-values drift "
                 "below their threshold, the others above.",
                 "short",
-                [query(f"max by (model, feature, method) (mlmon_feature_drift{{{fw}}})", instant=True, fmt="table")],
+                [
+                    query(
+                        mx("model, feature, method", weighted("mlmon_feature_drift", WINDOW, ff, kind="predictions")),
+                        instant=True,
+                        fmt="table",
+                    )
+                ],
                 transformations=[
                     ("groupingToMatrix", {"rowField": "feature", "columnField": "method", "valueField": "Value"}),
                 ],
@@ -581,7 +638,11 @@ def drift():
                         instant=True,
                         fmt="table",
                     ),
-                    query(f"max by (model, feature, bin) (mlmon_feature_bin_ratio{{{fw}}})", instant=True, fmt="table"),
+                    query(
+                        mx("model, feature, bin", weighted("mlmon_feature_bin_ratio", WINDOW, ff, kind="predictions")),
+                        instant=True,
+                        fmt="table",
+                    ),
                 ],
                 transformations=[
                     ("merge", {}),
@@ -610,11 +671,11 @@ def drift():
                 "short",
                 [
                     query(
-                        f'max by (model, version) (mlmon_prediction_drift{{{WINDOW},method="psi"}})',
+                        mx("model, version", weighted("mlmon_prediction_drift", WINDOW, PSI_ONLY, kind="predictions")),
                         "predictions {{model}} {{version}}",
                     ),
                     query(
-                        f'max by (model, version) (mlmon_label_drift{{{WINDOW},method="psi"}})',
+                        mx("model, version", weighted("mlmon_label_drift", WINDOW, PSI_ONLY)),
                         "labels {{model}} {{version}}",
                     ),
                 ],
@@ -628,7 +689,8 @@ def drift():
         (
             ts(
                 "Drifting features",
-                "Features over their threshold per model version in the chosen window.",
+                "Features over their threshold per model version in the chosen window. With several replicas serving a "
+                "model, the largest of their counts (the drift alerts read the weighted drift of each feature).",
                 "short",
                 [query(f"max by (model, version) (mlmon_drifted_features{{{WINDOW}}})", "{{model}} {{version}}")],
                 thr=thresholds((None, GOOD), (1, WARN), (3, BAD)),
@@ -642,7 +704,12 @@ def drift():
                 "Missing values",
                 "Share of the window's predictions without the feature (absent or null).",
                 "percentunit",
-                [query(f"max by (model, feature) (mlmon_feature_missing_ratio{{{fw}}})", "{{model}} {{feature}}")],
+                [
+                    query(
+                        mx("model, feature", weighted("mlmon_feature_missing_ratio", WINDOW, ff, kind="predictions")),
+                        "{{model}} {{feature}}",
+                    )
+                ],
                 thr=thresholds((None, GOOD), (0.05, WARN), (0.2, BAD)),
             ),
             8,
@@ -653,7 +720,15 @@ def drift():
                 "Out-of-range values",
                 "Numeric features: share of present values outside the reference's [min, max]. Needs a reference.",
                 "percentunit",
-                [query(f"max by (model, feature) (mlmon_feature_out_of_range_ratio{{{fw}}})", "{{model}} {{feature}}")],
+                [
+                    query(
+                        mx(
+                            "model, feature",
+                            weighted("mlmon_feature_out_of_range_ratio", WINDOW, ff, kind="predictions"),
+                        ),
+                        "{{model}} {{feature}}",
+                    )
+                ],
                 thr=thresholds((None, GOOD), (0.05, WARN), (0.2, BAD)),
             ),
             8,
@@ -665,7 +740,12 @@ def drift():
                 "Categorical features: share of present values never seen in the reference. Empty for models with "
                 "numeric features only.",
                 "percentunit",
-                [query(f"max by (model, feature) (mlmon_feature_unseen_ratio{{{fw}}})", "{{model}} {{feature}}")],
+                [
+                    query(
+                        mx("model, feature", weighted("mlmon_feature_unseen_ratio", WINDOW, ff, kind="predictions")),
+                        "{{model}} {{feature}}",
+                    )
+                ],
                 thr=thresholds((None, GOOD), (0.05, WARN), (0.2, BAD)),
             ),
             8,
@@ -698,8 +778,14 @@ def drift():
                 "percentunit",
                 [
                     query(
-                        f"max by (model, segment_feature, segment) (mlmon_segment_accuracy{{{WINDOW},"
-                        f'segment=~"$segment"}})',
+                        "max by (model, segment_feature, segment) ("
+                        + weighted(
+                            "mlmon_segment_accuracy",
+                            WINDOW + ',segment=~"$segment"',
+                            weight=f'mlmon_segment_window_samples{{{WINDOW},segment=~"$segment",kind="labeled"}}',
+                            key=f"{WINDOW_KEY}, segment_feature, segment",
+                        )
+                        + ")",
                         "{{model}} {{segment_feature}}={{segment}}",
                     )
                 ],
@@ -807,8 +893,8 @@ def operations():
                 "Predictions waiting for their label, and labels waiting for their prediction.",
                 "short",
                 [
-                    query(f"sum by (model) (mlmon_pending_labels{{{MODEL}}})", "pending {{model}}"),
-                    query(f"sum by (model) (mlmon_early_labels{{{MODEL}}})", "early {{model}}"),
+                    query(f"sum by (model) ({shared('mlmon_pending_labels', MODEL)})", "pending {{model}}"),
+                    query(f"sum by (model) ({shared('mlmon_early_labels', MODEL)})", "early {{model}}"),
                 ],
                 lo=0,
             ),

@@ -30,6 +30,40 @@ MODEL = TARGET + ',model=~"$model"'
 VERSION = MODEL + ',version=~"$version"'
 WINDOW = VERSION + ',window="$window"'
 
+# Labels that identify one replica's window: the join of a window gauge with its sample count.
+WINDOW_KEY = "job, instance, model, version, window"
+
+
+def weighted(
+    metric: str,
+    sel: str,
+    extra: str = "",
+    *,
+    kind: str = "labeled",
+    weight: str = "",
+    key: str = WINDOW_KEY,
+    square: bool = False,
+) -> str:
+    """A window gauge pooled over the replicas of a job, as the `:weighted` rules of
+    prometheus/rules/recording.yml: sum(G x N) / sum(N) over the replicas with G and N > 0, where two or more
+    replicas have G, and G itself where only one has it (one replica per model: exactly the exporter's figure).
+    N is mlmon_window_samples{kind} (or `weight`, joined on `key`); `square` pools an RMS (RMSE). Exact for
+    accuracy, MAE, mean error, RMSE, precision/recall/F1 and the missing ratio; an approximation for the rest
+    (docs/scaling.md). `sel` selects the replicas and window; `extra` narrows the gauge only."""
+    g = f"{metric}{{{sel}{',' + extra if extra else ''}}}"
+    n = weight or f'mlmon_window_samples{{{sel},kind="{kind}"}}'
+    on = f"on ({key}) group_left ()"
+    num = f"sum without (instance) ({g}{' ^ 2' if square else ''} * {on} ({n} > 0))"
+    den = f"sum without (instance) (0 * {g} + {on} ({n} > 0))"
+    pooled = f"sqrt({num} / {den})" if square else f"{num} / {den}"
+    return f"({pooled} and count without (instance) ({g}) > 1) or max without (instance) ({g})"
+
+
+def shared(metric: str, sel: str) -> str:
+    """A per-model gauge every replica reports identically (the shared join store's counts): one copy."""
+    return f"max without (instance) ({metric}{{{sel}}})"
+
+
 # Colours that mean something (CONVENTIONS 6.2): green is fine, orange needs a look, red is an alert.
 GOOD, WARN, BAD = "green", "orange", "red"
 

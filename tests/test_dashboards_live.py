@@ -182,7 +182,9 @@ def test_panel_query_parses_and_returns_data(prometheus, values, uid, title, ind
     d = next(d for d in dashboards() if d["uid"] == uid)
     target = next(p for p in d["panels"] if p["title"] == title)["targets"][index]
     expr = substitute(target["expr"], values[uid])
-    assert "$" not in expr, expr
+    # Every variable and macro is replaced; "$1" is label_replace's group reference (Grafana leaves it as it is:
+    # there is no variable named 1).
+    assert not re.search(r"\$(?!\d)", expr), expr
     data = prom_query(prometheus, expr)
     if (uid, title) in MAY_BE_EMPTY:
         return

@@ -259,13 +259,22 @@ def test_alertmanager_groups_by_alert_and_model_with_explicit_timings():
 
 
 def test_inhibition_equal_labels_are_on_every_source_and_target_alert():
-    """An `equal` label missing on both sides matches anything, so each must be on the alerts concerned."""
+    """An `equal` label missing on both sides matches anything, so each must be on the alerts concerned.
+
+    Model alerts are pooled over the replicas of a job and carry no `instance`: between two of them an
+    `instance` absent on both sides is fine (job, model and version still scope the pair). An exporter's
+    own alert has `instance` and a model alert has none, so MlmonExporterDown never mutes a model alert:
+    one replica down does not invalidate the figures the others still pool (docs/alerts.md, Inhibition).
+    """
     tested = [{**exp["exp_labels"], "alertname": name} for name, exp in expected_alerts()]
 
     def matching(matcher: str) -> list[dict]:
         key, op, value = re.fullmatch(r'(\w+)(=~|=)"([^"]*)"', matcher).groups()
         pattern = value if op == "=~" else re.escape(value)
         return [labels for labels in tested if re.fullmatch(pattern, labels.get(key, ""))]
+
+    def pooled(labels: dict) -> bool:
+        return labels["alertname"].startswith("MlmonModel")
 
     for rule in load(ALERTMANAGER_CONFIG)["inhibit_rules"]:
         (source,), (target,) = rule["source_matchers"], rule["target_matchers"]
@@ -276,10 +285,18 @@ def test_inhibition_equal_labels_are_on_every_source_and_target_alert():
             if "alertname" not in rule["equal"] or s["alertname"] == t["alertname"]
         ]
         assert pairs, f"{rule} mutes no alert of the tests"
-        # model is on every model alert and on none of the exporter's own: absent on both sides there.
-        needed = set(rule["equal"]) - {"alertname", "model"}
-        for s, t in pairs:
+        # Pairs that can match: every `equal` label on both sides, except model (absent on both for the
+        # exporter's own alerts) and instance (absent on both for pooled model alerts).
+        live = [(s, t) for s, t in pairs if pooled(s) == pooled(t)]
+        assert live, f"{rule} can mute no alert of the tests"
+        for s, t in live:
+            needed = set(rule["equal"]) - {"alertname", "model"} - ({"instance"} if pooled(s) else set())
             assert needed <= set(s) and needed <= set(t), f"{rule}: {s} / {t} lack some of {needed}"
+            assert "job" in rule["equal"] or rule["equal"] == ["job"], rule
+        # ...and a pooled model alert never has an instance, so a per-instance source cannot mute it wrongly.
+        for s, t in pairs:
+            for labels in (s, t):
+                assert not (pooled(labels) and "instance" in labels), labels
 
 
 # Prometheus config
@@ -348,8 +365,9 @@ def test_firing_tests_show_model_version_and_dashboard_variables():
     for name, exp in expected_alerts():
         labels, annotations = exp["exp_labels"], exp["exp_annotations"]
         if name.startswith("MlmonModel"):
-            # Alertmanager's inhibition needs job and instance on every model alert.
-            assert {"job", "instance", "model"} <= set(labels), (name, labels)
+            # Model alerts are pooled over the replicas of a job: one alert per job and model (and version),
+            # with no instance; Alertmanager's inhibition needs job and model on every one.
+            assert {"job", "model"} <= set(labels) and "instance" not in labels, (name, labels)
             assert re.search(rf"(?i:model) {re.escape(labels['model'])}\b", annotations["description"]), name
             assert f"var-model={quote_plus(labels['model'])}" in annotations["dashboard_url"], name
         if "version" in labels:
@@ -380,7 +398,17 @@ def test_dashboard_urls_point_at_known_dashboards():
 def test_one_test_file_per_rule_file():
     assert [unit_tests_of(r) for r in RULE_FILES] == TEST_FILES
     for rule_file in RULE_FILES:
-        assert load(unit_tests_of(rule_file))["rule_files"] == [f"../rules/{rule_file.name}"]
+        tests = load(unit_tests_of(rule_file))
+        # Alerts on pooled figures need the recording rules that pool them, evaluated first.
+        assert tests["rule_files"] in (
+            [f"../rules/{rule_file.name}"],
+            ["../rules/recording.yml", f"../rules/{rule_file.name}"],
+        )
+        if len(tests["rule_files"]) > 1 or len(load(rule_file)["groups"]) > 1:
+            own = [
+                g["name"] for path in tests["rule_files"] for g in load(rule_file.parent / Path(path).name)["groups"]
+            ]
+            assert sorted(tests["group_eval_order"]) == sorted(own), rule_file.name
 
 
 def test_every_alert_has_firing_and_silent_cases():
@@ -415,10 +443,30 @@ def test_recording_rules_are_named_and_aggregated_the_prometheus_way():
 
 
 def test_joins_keep_the_target_labels():
-    """Joins on model alone break as soon as two exporters carry the same model (many-to-many)."""
+    """Joins on model alone break as soon as two jobs carry the same model (many-to-many). A join without
+    instance is only for series pooled over the replicas (`without (instance)` or a recorded `:` series)."""
     for _, rule in [*alert_rules(), *recording_rules()]:
+        name = rule.get("alert") or rule.get("record")
         for on in re.findall(r"\bon\s*\(([^)]*)\)", rule["expr"]):
-            assert {"job", "instance"} <= {label.strip() for label in on.split(",")}, rule.get("alert")
+            labels = {label.strip() for label in on.split(",")}
+            assert "job" in labels, name
+            if "instance" not in labels:
+                assert re.search(r"without \(instance|\w+:mlmon_\w+:\w+", rule["expr"]), name
+
+
+def test_model_alerts_fire_once_per_model_on_pooled_figures():
+    """Model alerts aggregate instance away (issue 7): no selector of a window gauge or threshold is read
+    per instance, so N replicas of a model raise one alert, not N."""
+    per_instance = re.compile(
+        r"(?<![\w:])mlmon_(accuracy|mae|feature_drift|prediction_drift|feature_missing_ratio|"
+        r"window_samples|alert_threshold|drift_threshold|drift_decision)\b(?!\s*\))"
+    )
+    for _, rule in alert_rules():
+        if rule["alert"].startswith("MlmonModel"):
+            assert not per_instance.search(rule["expr"]), rule["alert"]
+            assert "instance" not in re.sub(
+                r"without \((instance|instance, [\w, ]+)\)|on \(job, instance\)", "", rule["expr"]
+            ), rule["alert"]
 
 
 def test_window_selectors_are_the_alert_and_baseline_windows():
