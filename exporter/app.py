@@ -7,7 +7,12 @@ refused by waitress itself, with its plain-text 413, before it is read.)
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import pickle
+import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +24,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
@@ -29,18 +35,47 @@ from prometheus_client import (
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from exporter import __version__, reference
+from exporter import __version__, reference, storage
 from exporter.collector import IngestErrors, MlmonCollector
 from exporter.config import Config
+from exporter.joins import JoinStoreUnavailable
 from exporter.openapi import openapi_document
 from exporter.state import ModelState, ServerReports
 from exporter.validation import Invalid, Problem, Validator
 
 log = logging.getLogger("mlmon.app")
 
+SNAPSHOT_FORMAT = 1
+THROTTLE_REASONS = ("queue_timeout", "journal_full", "storage_error", "join_store_unavailable")
+
+
+
+class AnsweredBefore(Exception):
+    """The Idempotency-Key was used before (on this replica or another): answer as then, apply nothing."""
+
+    def __init__(self, seen: storage.Seen):
+        super().__init__("answered before")
+        self.seen = seen
+
+
+class TakenOver(Exception):
+    """A journalled request that another replica applied (see RedisRequests)."""
+
+
+class Busy(Exception):
+    """Ingest cannot take this request now: answered 429 (or 503) with Retry-After, nothing was kept."""
+
+    def __init__(self, status: int, reason: str, message: str, retry_after: float):
+        super().__init__(message)
+        self.status, self.reason, self.message, self.retry_after = status, reason, message, retry_after
+
 
 class Mlmon:
-    """Everything one app instance owns: config, per-model state, counters and its private registry."""
+    """Everything one app instance owns: config, per-model state, counters, storage and its private registry.
+
+    Ingest is journalled, then applied, one request at a time under ``ingest_lock`` (exporter/storage.py):
+    the journal order is the order of the state changes, which is what makes a replay exact.
+    """
 
     def __init__(self, config: Config, clock: Callable[[], float] = time.time):
         self.config = config
@@ -51,8 +86,19 @@ class Mlmon:
         self.servers = ServerReports(config.limits.max_servers, config.limits.server_stale_seconds)
         self.ready = True
         self.maintenance_thread: threading.Thread | None = None
+        self.ingest_lock = threading.Lock()
+        self.checkpoint_due = threading.Event()
+        self.config_refs: dict[str, str] = {}  # model -> digest of the profile its config file names
         for name, profile in reference.load_all(config).items():
             self.models[name].set_reference(profile)
+            self.config_refs[name] = storage.digest(profile.dumps().encode()).hex()
+        self.shared_requests = None  # Idempotency-Keys in Redis, with joins.backend: redis
+        if config.joins.backend == "redis":
+            self._use_redis()
+        self.store = storage.Store(config.storage)
+        self.replica = self.store.replica
+        self.last_checkpoint = clock()
+        self.restored = self._restore()
 
         disable_created_metrics()
         self.registry = CollectorRegistry()
@@ -72,19 +118,263 @@ class Mlmon:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
+        self.throttled = Counter(
+            "mlmon_ingest_throttled",
+            "Ingest requests answered 429 or 503 with Retry-After, nothing kept, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in THROTTLE_REASONS:
+            self.throttled.labels(reason)
+        self.idempotent_replays = Counter(
+            "mlmon_idempotent_replays",
+            "Ingest requests answered from an earlier request with the same Idempotency-Key.",
+            registry=self.registry,
+        )
+        self.checkpoints = Counter(
+            "mlmon_storage_checkpoints", "Snapshots of the state written to the data directory.", registry=self.registry
+        )
+        self.checkpoint_seconds = Gauge(
+            "mlmon_storage_checkpoint_duration_seconds",
+            "Time the last checkpoint took (ingest waits for its first part, the copy of the state).",
+            registry=self.registry,
+        )
+        Gauge(
+            "mlmon_storage_journal_bytes",
+            "Bytes of request bodies in the journal since the last checkpoint.",
+            registry=self.registry,
+        ).set_function(lambda: self.store.journal_bytes)
+        Gauge(
+            "mlmon_storage_bytes", "Size of the database in the data directory, with its WAL.", registry=self.registry
+        ).set_function(self.store.size_bytes)
+
+    def _use_redis(self) -> None:
+        from exporter import redis_joins
+
+        settings = self.config.joins
+        client = redis_joins.connect(settings)
+        for name, state in self.models.items():
+            state.joins = redis_joins.RedisJoinStore(
+                client,
+                settings.redis_prefix,
+                name,
+                self.config.limits.pending_ttl_seconds,
+                self.config.limits.max_pending_per_model,
+            )
+        # A key is claimed before its request waits for its turn (at most limits.ingest_queue_timeout) and is
+        # journalled; the lease outlasts that by far, and bounds how long other replicas answer 409 for a
+        # request whose replica died before journalling it.
+        lease = 5 + 10 * self.config.limits.ingest_queue_timeout_seconds
+        ttl = self.config.storage.idempotency_ttl_seconds
+        self.shared_requests = redis_joins.RedisRequests(client, settings.redis_prefix, lease, ttl)
+
+    # -- ingest -------------------------------------------------------------------------------------
+
+    def token(self, key: str | None, seq: int) -> str:
+        """The name of a request for the join store: its Idempotency-Key, or its journal sequence."""
+        return f"{self.replica}:k:{key}" if key is not None else f"{self.replica}:s:{seq}"
+
+    def ingest(self, kind: str, raw: bytes, items: list, now: float, key: str | None, body_digest: bytes) -> dict:
+        """Journal a validated request, then apply it; raise Busy when it cannot be taken now."""
+        limits, settings = self.config.limits, self.config.storage
+        if self.store.journal_bytes > settings.max_journal_bytes:
+            self.checkpoint_due.set()
+            raise Busy(
+                429,
+                "journal_full",
+                f"the journal is over storage.max_journal_bytes ({settings.max_journal_bytes}); a checkpoint is due",
+                1.0,
+            )
+        if not self.ingest_lock.acquire(timeout=limits.ingest_queue_timeout_seconds):
+            raise Busy(
+                429,
+                "queue_timeout",
+                f"ingest is busy: waited {limits.ingest_queue_timeout_seconds:g}s "
+                "(limits.ingest_queue_timeout) for a turn; retry later",
+                1.0,
+            )
+        shared = self.shared_requests if key is not None else None
+        try:
+            if shared is not None:
+                self._claim(shared, key, body_digest)  # type: ignore[arg-type]
+            try:
+                seq = self.store.append(kind, now, "" if key is None else self.token(key, 0), raw, key, body_digest)
+            except sqlite3.Error as exc:
+                log.error("cannot write the journal: %s", exc)
+                raise Busy(503, "storage_error", f"cannot write the journal: {exc}", 5.0) from None
+            try:
+                if shared is not None:
+                    shared.confirm(key, self.replica)  # type: ignore[arg-type]
+                result = self._apply(kind, items, now, self.token(key, seq))
+            except JoinStoreUnavailable as exc:
+                self.store.abort(seq, key)
+                raise Busy(503, "join_store_unavailable", str(exc), 2.0) from None
+            response = orjson.dumps(result)
+            if key is not None:
+                self.store.set_response(key, response)
+            if shared is not None:
+                with contextlib.suppress(JoinStoreUnavailable):  # the replica's own table has it; others wait
+                    shared.respond(key, self.replica, response)  # type: ignore[arg-type]
+        except Busy:
+            if shared is not None:
+                with contextlib.suppress(JoinStoreUnavailable):
+                    shared.release(key, self.replica)  # type: ignore[arg-type]
+            raise
+        finally:
+            self.ingest_lock.release()
+        if self.store.journal_bytes >= settings.checkpoint_bytes:
+            self.checkpoint_due.set()
+        return result
+
+    def _claim(self, shared, key: str, body_digest: bytes) -> None:
+        """Take an Idempotency-Key for this replica, or answer as its owner did (another replica)."""
+        try:
+            state, response = shared.claim(key, self.replica, body_digest)
+        except JoinStoreUnavailable as exc:
+            raise Busy(503, "join_store_unavailable", str(exc), 2.0) from None
+        if state == "done":
+            raise AnsweredBefore(storage.Seen(body_digest, response))
+        if state == "conflict":
+            raise AnsweredBefore(storage.Seen(b"", response))
+        if state == "busy":
+            raise AnsweredBefore(storage.Seen(body_digest, None))
+
+    def _apply(self, kind: str, items: list, now: float, token: str) -> dict:
+        """Apply one request to the state: every join-store call first (they can fail), then the windows."""
+        if kind == "reference":
+            name, profile = items
+            self.models[name].set_reference(profile)
+            return {"model": name, "rows": profile.rows, "features": len(profile.features)}
+        groups = _by_model(items)
+        accepted = duplicates = 0
+        if kind == "predictions":
+            plans = {name: self.models[name].decide_predictions(batch, now, token) for name, batch in groups.items()}
+            for name, batch in groups.items():
+                a, d = self.models[name].add_predictions(batch, now, token, plans[name])
+                accepted, duplicates = accepted + a, duplicates + d
+        elif kind == "labels":
+            plans = {name: self.models[name].decide_labels(batch, now, token) for name, batch in groups.items()}
+            for name, batch in groups.items():
+                a, d = self.models[name].add_labels(batch, now, token, plans[name])
+                accepted, duplicates = accepted + a, duplicates + d
+        return {"accepted": accepted, "duplicates": duplicates}
+
+    def set_reference(self, name: str, profile: reference.Profile) -> dict:
+        """Replace a model's reference, durably (journalled like ingest; never throttled: an admin action)."""
+        raw = orjson.dumps({"model": name, "profile": profile.as_json()})
+        with self.ingest_lock:
+            self.store.append("reference", self.clock(), "", raw, None, b"")
+            return self._apply("reference", (name, profile), self.clock(), "")
+
+    # -- restart ------------------------------------------------------------------------------------
+
+    def _restore(self) -> dict:
+        """Load the snapshot and replay the journal after it; return what was done (logged by the server)."""
+        if not self.store.durable:
+            return {}
+        started = time.perf_counter()
+        seq, blob = self.store.load()
+        done = {"snapshot_seq": seq, "models_restored": 0, "models_reset": [], "replayed": 0, "skipped": 0}
+        if blob is not None:
+            snap = pickle.loads(blob)
+            if snap.get("format") != SNAPSHOT_FORMAT:
+                log.warning("the snapshot in %s has another format; starting from empty windows", self.store.file)
+            else:
+                for name, part in snap["models"].items():
+                    state = self.models.get(name)
+                    if state is None:
+                        continue  # the model left the config
+                    if not state.restore(part):
+                        done["models_reset"].append(name)
+                        continue
+                    done["models_restored"] += 1
+                    current = self.config_refs.get(name)
+                    if current is not None and snap["config_refs"].get(name) != current:
+                        # The config names another reference file than the snapshot knew: use it.
+                        state.set_reference(reference.load_all(self.config)[name])
+        for record in self.store.records(seq):
+            try:
+                self._replay(record)
+                done["replayed"] += 1
+            except (Invalid, reference.ReferenceError, orjson.JSONDecodeError, KeyError, TakenOver) as exc:
+                done["skipped"] += 1
+                log.warning("journal record %d (%s) skipped: %s", record.seq, record.kind, exc)
+        done["seconds"] = round(time.perf_counter() - started, 3)
+        return done
+
+    def _replay(self, record: storage.Record) -> None:
+        body = orjson.loads(record.body)
+        key = record.token.split(":k:", 1)[1] if ":k:" in record.token else None
+        token = self.token(key, record.seq)
+        if key is not None and self.shared_requests is not None:
+            owner = self.shared_requests.owner(key)
+            if owner not in (None, self.replica):
+                # This replica died before confirming the key; another one took it and counted the request.
+                raise TakenOver(f"Idempotency-Key {key!r} was applied by replica {owner}")
+            self.shared_requests.confirm(key, self.replica)
+        if record.kind == "predictions":
+            items = self.validator.predictions(body, record.at)
+        elif record.kind == "labels":
+            items = self.validator.labels(body)
+        elif record.kind == "reference":
+            name = body["model"]
+            items = (name, reference.from_json(body["profile"], self.models[name].model))
+        else:
+            raise KeyError(f"unknown record kind {record.kind!r}")
+        result = self._apply(record.kind, items, record.at, token)
+        if key is not None:
+            self.store.set_response(key, orjson.dumps(result))
+            if self.shared_requests is not None:
+                self.shared_requests.respond(key, self.replica, orjson.dumps(result))
+
+    def checkpoint(self) -> None:
+        """Snapshot the state and drop the journal it covers. Ingest waits while the state is copied."""
+        if not self.store.durable:
+            return
+        started = time.perf_counter()
+        with self.ingest_lock:
+            seq = self.store.last_seq
+            at = self.clock()
+            parts = {name: state.export() for name, state in self.models.items()}
+        blob = pickle.dumps(
+            {"format": SNAPSHOT_FORMAT, "models": parts, "config_refs": self.config_refs},
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+        self.store.checkpoint(seq, at, blob)
+        self.last_checkpoint = at
+        self.checkpoint_due.clear()
+        self.checkpoints.inc()
+        self.checkpoint_seconds.set(time.perf_counter() - started)
+
+    def close(self) -> None:
+        """A final checkpoint (the next start replays nothing) and the database closed."""
+        try:
+            self.checkpoint()
+        finally:
+            self.store.close()
+
+    # -- background work ----------------------------------------------------------------------------
 
     def maintain(self) -> None:
-        """Expire what outlived its TTL; run every few seconds by the server, by hand in tests."""
+        """Expire what outlived its TTL, checkpoint when due; run every few seconds by the server, by hand in tests."""
         now = self.clock()
         for state in self.models.values():
             state.expire(now)
         self.servers.expire(now)
+        self.store.forget_requests(now)
+        interval = self.config.storage.checkpoint_interval_seconds
+        if self.checkpoint_due.is_set() or now - self.last_checkpoint >= interval:
+            self.checkpoint()
 
     def start_maintenance(self, every: float = 5.0) -> threading.Event:
         stop = threading.Event()
+        every = min(every, self.config.storage.checkpoint_interval_seconds)
 
         def loop() -> None:
-            while not stop.wait(every):
+            while True:
+                self.checkpoint_due.wait(every)  # wakes early when the journal asks for a checkpoint
+                if stop.is_set():
+                    return
                 try:
                     self.maintain()
                 except Exception:  # keep expiring even if one pass fails
@@ -114,7 +404,10 @@ def _mlmon() -> Mlmon:
 
 def _json_body():
     """Parse the request body as JSON, counting and answering malformed input as 400."""
-    raw = request.get_data(cache=False)
+    return _parse_json(request.get_data(cache=False))
+
+
+def _parse_json(raw: bytes):
     try:
         # orjson: several times faster than json on ingest bodies, and strict: NaN, Infinity, numbers that
         # overflow to infinity, lone surrogates and nesting deeper than 1024 are all malformed JSON.
@@ -142,36 +435,81 @@ ops = Blueprint("ops", __name__)
 
 @api.post("/predictions")
 def post_predictions():
-    m = _mlmon()
-    body = _json_body()
-    try:
-        events = m.validator.predictions(body)
-    except Invalid as err:
-        _count_rejection(err)
-        raise APIError(err.status, err.message, err.problems) from None
-    accepted = duplicates = 0
-    now = m.clock()
-    for name, batch in _by_model(events).items():
-        a, d = m.models[name].add_predictions(batch, now)
-        accepted, duplicates = accepted + a, duplicates + d
-    return jsonify({"accepted": accepted, "duplicates": duplicates}), 202
+    return _ingest("predictions")
 
 
 @api.post("/labels")
 def post_labels():
+    return _ingest("labels")
+
+
+def _ingest(kind: str):
+    """Shared path of predictions and labels: idempotency, validation, then journal and apply."""
     m = _mlmon()
-    body = _json_body()
+    raw = request.get_data(cache=False)
+    key = _idempotency_key()
+    body_digest = storage.digest(raw)
+    if key is not None:
+        seen = m.store.seen(key)
+        if seen is not None:
+            return _replayed(m, key, seen, body_digest)
+    now = m.clock()
+    body = _parse_json(raw)
     try:
-        labels = m.validator.labels(body)
+        items = m.validator.predictions(body, now) if kind == "predictions" else m.validator.labels(body)
     except Invalid as err:
         _count_rejection(err)
         raise APIError(err.status, err.message, err.problems) from None
-    accepted = duplicates = 0
-    now = m.clock()
-    for name, batch in _by_model(labels).items():
-        a, d = m.models[name].add_labels(batch, now)
-        accepted, duplicates = accepted + a, duplicates + d
-    return jsonify({"accepted": accepted, "duplicates": duplicates}), 202
+    try:
+        result = m.ingest(kind, raw, items, now, key, body_digest)
+    except Busy as busy:
+        m.throttled.labels(busy.reason).inc()
+        response, status = error_body(busy.status, _status_name(busy.status), busy.message)
+        response.headers["Retry-After"] = str(max(1, math.ceil(busy.retry_after)))
+        return response, status
+    except AnsweredBefore as before:
+        return _replayed(m, key, before.seen, body_digest)
+    except sqlite3.IntegrityError:  # the same Idempotency-Key raced in on another thread: answer as a retry
+        return _replayed(m, key, m.store.seen(key), body_digest)
+    return jsonify(result), 202
+
+
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def _idempotency_key() -> str | None:
+    """The Idempotency-Key header (IETF draft-ietf-httpapi-idempotency-key-header), if the client sent one."""
+    value = request.headers.get("Idempotency-Key")
+    if value is None:
+        return None
+    value = value.strip().strip('"')  # the draft's form is a quoted string; a bare token is accepted too
+    if not IDEMPOTENCY_KEY.match(value):
+        _mlmon().errors.inc("", "invalid_idempotency_key")
+        raise APIError(
+            400,
+            "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
+            [Problem(0, "Idempotency-Key", "invalid_idempotency_key", "1 to 255 visible ASCII characters")],
+        )
+    return value
+
+
+def _replayed(m: Mlmon, key: str, seen: storage.Seen | None, body_digest: bytes):
+    """Answer a request whose Idempotency-Key was used before, without applying it again."""
+    if seen is not None and seen.digest != body_digest:
+        m.errors.inc("", "idempotency_key_reused")
+        raise APIError(
+            422,
+            "this Idempotency-Key was used with another body; use a new key for a new request",
+            [Problem(0, "Idempotency-Key", "idempotency_key_reused", "the body differs from the first request's")],
+        )
+    if seen is None or seen.response is None:
+        response, status = error_body(409, "Conflict", "a request with this Idempotency-Key is still being processed")
+        response.headers["Retry-After"] = "1"
+        return response, status
+    m.idempotent_replays.inc()
+    response = current_app.response_class(seen.response, status=202, mimetype="application/json")
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 @api.post("/resources")
@@ -251,7 +589,7 @@ def put_reference(name: str):
         raise APIError(
             400, f"invalid reference: {exc}", [Problem(0, "", "invalid_reference", str(exc)[:500])]
         ) from None
-    state.set_reference(profile)
+    m.set_reference(name, profile)
     log.info("reference replaced", extra={"fields": {"model": name, "rows": profile.rows}})
     return jsonify({"model": name, "rows": profile.rows, "features": len(profile.features)})
 

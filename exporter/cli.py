@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -47,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="listen",
         metavar="HOST:PORT",
         help="address and port in one, Prometheus style; overrides --host and --port",
+    )
+    serve.add_argument(
+        "--storage.path",
+        dest="storage_path",
+        default=_env("STORAGE_PATH"),
+        metavar="DIR",
+        help="data directory, overriding storage.path of the config (env MLMON_STORAGE_PATH)",
     )
     serve.add_argument(
         "--threads",
@@ -107,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return demo.run(args)
     return _serve(parser, args)
+
+
+def _flat(fields: dict) -> dict:
+    return {k: ",".join(v) if isinstance(v, list) else v for k, v in fields.items()}
 
 
 def _reference_build(args) -> int:
@@ -172,14 +184,24 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
     import waitress
 
     from exporter.app import create_app
+    from exporter.joins import JoinStoreUnavailable
+    from exporter.storage import StorageError
 
+    logs.setup(args.log_level, args.log_format)
     try:
         config = load_config(args.config)
+        if args.storage_path:
+            config = dataclasses.replace(config, storage=dataclasses.replace(config.storage, path=args.storage_path))
         app = create_app(config)  # loads the references: a bad one is a config error naming the model
     except ConfigError as exc:
         parser.exit(2, f"mlmon serve: invalid config\n{exc}\n")
-    logs.setup(args.log_level, args.log_format)
+    except StorageError as exc:
+        parser.exit(2, f"mlmon serve: cannot open the data directory\n{exc}\n")
+    except JoinStoreUnavailable as exc:
+        parser.exit(2, f"mlmon serve: {exc}\n")
     mlmon = app.extensions["mlmon"]
+    if mlmon.store.durable:
+        log.info("state restored", extra={"fields": {"data": mlmon.store.file, **_flat(mlmon.restored)}})
     limit = config.limits.max_body_bytes
     # Waitress's own body limit sits above the app's, so the app answers 413 in its JSON shape.
     server = waitress.create_server(
@@ -216,5 +238,9 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
         server.run()  # returns after SystemExit, once in-flight requests are done (waitress drains its queue)
     finally:
         stop_maintenance.set()
+        mlmon.checkpoint_due.set()  # wakes the maintenance thread, which sees the stop
+        if mlmon.maintenance_thread is not None:
+            mlmon.maintenance_thread.join(timeout=30)
+        mlmon.close()  # a last checkpoint: the next start has no journal to replay
     log.info("stopped")
     return 0

@@ -40,6 +40,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 import weakref
 from collections import deque
 from collections.abc import Mapping
@@ -167,7 +168,8 @@ def _parse_retry_after(header: str | None) -> float | None:
 
 
 def _retryable(status: int) -> bool:
-    return status == 408 or status == 429 or status >= 500
+    # 409: the exporter is still applying an earlier send of the same body (same Idempotency-Key).
+    return status in (408, 409, 429) or status >= 500
 
 
 # --------------------------------------------------------------------------- process resources
@@ -623,11 +625,14 @@ class Client:
             self._stop.wait(wait)
         deadline = time.monotonic() + self._max_retry_seconds
         attempt = 0
+        # One key per body, the same on every retry: the exporter applies a body once, however often it
+        # arrives (a retry after a lost answer or an exporter restart is answered, not counted again).
+        idempotency_key = uuid.uuid4().hex
         while True:
             attempt += 1
             if attempt > 1:
                 self._count("retries", 1)
-            status, retry_after, detail = self._post(path, body)
+            status, retry_after, detail = self._post(path, body, idempotency_key)
             if status is not None and 200 <= status < 300:
                 self._failures = 0
                 self._count("sent", n)
@@ -683,15 +688,16 @@ class Client:
                 self._count("dropped_retries_exhausted", n)
                 return
 
-    def _post(self, path: str, body: bytes) -> tuple[int | None, float | None, str]:
+    def _post(self, path: str, body: bytes, idempotency_key: str | None = None) -> tuple[int | None, float | None, str]:
         """One HTTP POST: (status or None on connection error, Retry-After seconds, detail).
 
         After a rejection, ``self._bad_items`` holds the indexes of the items the exporter named as
         invalid (or None when the whole body was at fault).
         """
         self._bad_items = None
+        headers = self._headers if idempotency_key is None else {**self._headers, "Idempotency-Key": idempotency_key}
         try:
-            resp = self._session.post(self.url + path, data=body, headers=self._headers, timeout=self._timeout)
+            resp = self._session.post(self.url + path, data=body, headers=headers, timeout=self._timeout)
         except Exception as exc:  # requests errors and anything else
             return None, None, f"{type(exc).__name__}: {exc}"
         try:

@@ -130,6 +130,32 @@ class Limits:
     max_versions_per_model: int = 10
     max_servers: int = 100
     server_stale_seconds: int = 600
+    # How long an ingest request may wait for its turn before it is answered 429 with Retry-After.
+    ingest_queue_timeout_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where acknowledged events and window state survive a restart (docs/durability.md)."""
+
+    backend: str = "sqlite"  # sqlite | memory
+    path: str = "data"  # the data directory (relative paths: to the config file's directory)
+    sync: str = "normal"  # normal: survives a process crash; full: also a power loss (fsync per request)
+    checkpoint_interval_seconds: int = 60
+    checkpoint_bytes: int = 64 * 1024 * 1024  # journal size that triggers a checkpoint before the interval
+    max_journal_bytes: int = 1024 * 1024 * 1024  # over this, ingest answers 429 until a checkpoint catches up
+    idempotency_ttl_seconds: int = 86400  # how long an Idempotency-Key is remembered
+    max_idempotency_keys: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class Joins:
+    """Where predictions wait for their labels: in the process (default) or shared by replicas in Redis."""
+
+    backend: str = "local"  # local | redis
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "mlmon"
+    redis_timeout_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +167,8 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     latency_buckets: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS
     label_delay_buckets: tuple[float, ...] = DEFAULT_LABEL_DELAY_BUCKETS
+    storage: Storage = field(default_factory=Storage)
+    joins: Joins = field(default_factory=Joins)
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
@@ -219,6 +247,22 @@ class _Checker:
         except ValueError as exc:
             self.fail(path, node, str(exc))
             return None
+
+    def fine_duration(self, path: str, node: _Node, low: float, high: float) -> float | None:
+        """A duration that may be under a second: ``250ms``, ``2s``, ``1m``."""
+        v = node.value
+        try:
+            if isinstance(v, str) and v.endswith("ms") and v[:-2].isdigit():
+                seconds = int(v[:-2]) / 1000
+            else:
+                seconds = float(parse_duration(v))
+        except ValueError as exc:
+            self.fail(path, node, f"{exc} (or milliseconds such as 250ms)")
+            return None
+        if not low <= seconds <= high:
+            self.fail(path, node, f"must be from {low}s to {high}s, got {v}")
+            return None
+        return seconds
 
     def buckets(self, path: str, node: _Node) -> tuple[float, ...] | None:
         v = node.value
@@ -470,7 +514,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Con
     top = ck.mapping(
         "",
         tree,
-        {"windows", "buckets_per_window", "limits", "histograms", "thresholds", "models"},
+        {"windows", "buckets_per_window", "limits", "histograms", "thresholds", "models", "storage", "joins"},
         required=("models",),
     )
 
@@ -504,20 +548,20 @@ def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Con
             "max_versions_per_model": ("int", 1, 1000),
             "max_servers": ("int", 1, 100_000),
             "server_stale": ("duration", 10, 86400),
+            "ingest_queue_timeout": ("seconds", 0, 600),
         }
         lm = ck.mapping("limits", top["limits"], set(spec))
         values: dict[str, int] = {}
         for key, sub in lm.items():
             kind, low, high = spec[key]
-            v = (
-                ck.duration(f"limits.{key}", sub, low, high)
-                if kind == "duration"
-                else ck.positive_int(f"limits.{key}", sub, low, high)
-            )
+            if kind == "seconds":
+                v = ck.fine_duration(f"limits.{key}", sub, low, high)
+            elif kind == "duration":
+                v = ck.duration(f"limits.{key}", sub, low, high)
+            else:
+                v = ck.positive_int(f"limits.{key}", sub, low, high)
             if v is not None:
-                values[
-                    key.replace("pending_ttl", "pending_ttl_seconds").replace("server_stale", "server_stale_seconds")
-                ] = v
+                values[key + "_seconds" if kind != "int" else key] = v
         limits = Limits(**values)
 
     latency, delay = DEFAULT_LATENCY_BUCKETS, DEFAULT_LABEL_DELAY_BUCKETS
@@ -548,9 +592,94 @@ def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Con
                 names.add(model.name)
                 models.append(model)
 
+    storage = _storage(ck, top["storage"], base_dir) if "storage" in top else _storage_default(base_dir)
+    join_store = _joins(ck, top["joins"]) if "joins" in top else Joins()
+
     if ck.problems:
         raise ConfigError(ck.problems, source)
-    return Config(tuple(models), windows, window_seconds, bpw, limits, latency, delay)
+    return Config(tuple(models), windows, window_seconds, bpw, limits, latency, delay, storage, join_store)
+
+
+def _storage_default(base_dir: str) -> Storage:
+    return Storage(path=os.path.join(base_dir, Storage.path) if base_dir else Storage.path)
+
+
+def _storage(ck: _Checker, node: _Node, base_dir: str) -> Storage:
+    sm = ck.mapping(
+        "storage",
+        node,
+        {
+            "backend",
+            "path",
+            "sync",
+            "checkpoint_interval",
+            "checkpoint_bytes",
+            "max_journal_bytes",
+            "idempotency_ttl",
+            "max_idempotency_keys",
+        },
+    )
+    values: dict[str, Any] = {}
+    for key, allowed in (("backend", ("sqlite", "memory")), ("sync", ("normal", "full"))):
+        if key in sm:
+            v = sm[key].value
+            if v not in allowed:
+                ck.fail(f"storage.{key}", sm[key], f"must be one of {', '.join(allowed)}, got {v!r}")
+            else:
+                values[key] = v
+    path = Storage.path
+    if "path" in sm:
+        if not isinstance(sm["path"].value, str) or not sm["path"].value.strip():
+            ck.fail("storage.path", sm["path"], "must be a directory path")
+        else:
+            path = sm["path"].value
+    values["path"] = os.path.join(base_dir, path) if base_dir and not os.path.isabs(path) else path
+    for key, low, high in (("checkpoint_interval", 1, 86400), ("idempotency_ttl", 0, 30 * 86400)):
+        if key in sm:
+            v = ck.duration(f"storage.{key}", sm[key], low, high)
+            if v is not None:
+                values[key + "_seconds"] = v
+    for key, low, high in (
+        ("checkpoint_bytes", 1 << 16, 1 << 40),
+        ("max_journal_bytes", 1 << 16, 1 << 42),
+        ("max_idempotency_keys", 0, 100_000_000),
+    ):
+        if key in sm:
+            v = ck.positive_int(f"storage.{key}", sm[key], low, high)
+            if v is not None:
+                values[key] = v
+    storage = Storage(**values)
+    if storage.max_journal_bytes < storage.checkpoint_bytes:
+        ck.fail("storage.max_journal_bytes", node, "must be at least storage.checkpoint_bytes")
+    return storage
+
+
+def _joins(ck: _Checker, node: _Node) -> Joins:
+    jm = ck.mapping("joins", node, {"backend", "redis_url", "redis_prefix", "redis_timeout"})
+    values: dict[str, Any] = {}
+    if "backend" in jm:
+        v = jm["backend"].value
+        if v not in ("local", "redis"):
+            ck.fail("joins.backend", jm["backend"], f"must be local or redis, got {v!r}")
+        else:
+            values["backend"] = v
+    if "redis_url" in jm:
+        v = jm["redis_url"].value
+        if not isinstance(v, str) or not v.startswith(("redis://", "rediss://", "unix://")):
+            ck.fail("joins.redis_url", jm["redis_url"], "must be a redis://, rediss:// or unix:// URL")
+        else:
+            values["redis_url"] = v
+    if "redis_prefix" in jm:
+        v = jm["redis_prefix"].value
+        if not isinstance(v, str) or not v or not v.replace("_", "").replace("-", "").replace(".", "").isalnum():
+            ck.fail("joins.redis_prefix", jm["redis_prefix"], "must be letters, digits, '_', '-' or '.'")
+        else:
+            values["redis_prefix"] = v
+    if "redis_timeout" in jm:
+        v = ck.fine_duration("joins.redis_timeout", jm["redis_timeout"], 0.01, 600)
+        if v is not None:
+            values["redis_timeout_seconds"] = v
+    return Joins(**values)
 
 
 def load_config(path: str) -> Config:

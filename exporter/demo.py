@@ -360,7 +360,17 @@ def run(args) -> int:
         print(f"[demo] starting the exporter on {exporter} (config {os.path.relpath(DEMO_CONFIG, ROOT)})", flush=True)
         stack.start(
             "exporter",
-            [sys.executable, "-m", "exporter", "serve", "--config", DEMO_CONFIG, "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "serve",
+                "--config",
+                DEMO_CONFIG,
+                "--port",
+                str(port),
+                f"--storage.path={workdir}/mlmon-data",
+            ],
             f"{exporter}/readyz",
         )
         ms_port = free_port()

@@ -24,6 +24,10 @@ DROP_REASONS = (
 )
 
 
+class JoinStoreUnavailable(Exception):
+    """A shared join store cannot be reached; the request is answered 503 with Retry-After, nothing kept."""
+
+
 @dataclass(slots=True)
 class Pending:
     """What a prediction leaves behind until its label arrives."""
@@ -42,7 +46,25 @@ class EarlyLabel:
     label: Any
 
 
+# What a join store decided for one item (the first element of each result tuple).
+DUP = "dup"  # the id was seen already: nothing to count
+DUP_JOIN = "dup_join"  # a repeated prediction carried the label its waiting first copy lacked: (DUP_JOIN, first)
+INLINE = "inline"  # a new prediction with its label: (INLINE, whether an early label was dropped as duplicate)
+EARLY = "early"  # a new prediction met the label that came first: (EARLY, EarlyLabel)
+WAITING = "waiting"  # a new prediction now waits for its label; or a label now waits for its prediction
+JOINED = "joined"  # a label met its waiting prediction: (JOINED, Pending)
+
+
 class JoinStore:
+    """The in-process join store (also what the SQLite store snapshots); see RedisJoinStore for the shared one.
+
+    ``join_predictions`` and ``join_labels`` are the whole interface the model state uses: they take a batch
+    and decide, item by item and in order, what each one joins. ``token`` names the request (the shared store
+    uses it to answer a replayed request exactly as the first time); this store ignores it.
+    """
+
+    shared = False
+
     def __init__(self, ttl_seconds: float, cap: int):
         self.ttl = ttl_seconds
         self.cap = cap
@@ -50,6 +72,59 @@ class JoinStore:
         self._early: OrderedDict[str, EarlyLabel] = OrderedDict()
         self._joined: OrderedDict[str, float] = OrderedDict()  # id -> time of the join
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
+
+    def join_predictions(self, items: list[tuple[str, Pending, Any]], now: float, token: str = "") -> list[tuple]:
+        """``items``: (id, what the prediction leaves behind, inline label or None) per prediction with an id."""
+        out: list[tuple] = []
+        for pid, pending, label in items:
+            if pid in self._joined:
+                out.append((DUP, None))
+                continue
+            first = self._waiting.get(pid)
+            if first is not None:
+                if label is None:
+                    out.append((DUP, None))
+                else:
+                    del self._waiting[pid]
+                    self.mark_joined(pid, now)
+                    out.append((DUP_JOIN, first))
+                continue
+            early = self._early.pop(pid, None)
+            if label is not None:
+                self.mark_joined(pid, now)
+                out.append((INLINE, early is not None))
+            elif early is not None:
+                self.mark_joined(pid, now)
+                out.append((EARLY, early))
+            else:
+                self.put_waiting(pid, pending)
+                out.append((WAITING, None))
+        return out
+
+    def join_labels(self, items: list[tuple[str, Any]], now: float, token: str = "") -> list[tuple]:
+        """``items``: (id, label) per label. The first label of an id stays; a correction does not replace it."""
+        out: list[tuple] = []
+        for pid, label in items:
+            if pid in self._joined or pid in self._early:
+                out.append((DUP, None))
+                continue
+            pending = self._waiting.pop(pid, None)
+            if pending is None:
+                self.put_early(pid, label, now)
+                out.append((WAITING, None))
+            else:
+                self.mark_joined(pid, now)
+                out.append((JOINED, pending))
+        return out
+
+    def counts(self) -> tuple[int, int]:
+        """(predictions waiting for their label, labels waiting for their prediction)."""
+        return len(self._waiting), len(self._early)
+
+    def take_dropped(self) -> dict:
+        """Drops counted since the last call (the model state adds them to its counters)."""
+        dropped, self.dropped = self.dropped, dict.fromkeys(DROP_REASONS, 0)
+        return dropped
 
     @property
     def waiting_predictions(self) -> int:

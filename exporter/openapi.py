@@ -94,21 +94,34 @@ ACCEPTED = {
 }
 
 
-def _error_responses(*codes: int) -> dict:
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before sending the same request again.",
+        "schema": {"type": "integer"},
+    }
+}
+
+
+def _error_responses(*codes: int, text: dict[int, str] | None = None) -> dict:
     text = {
         400: "Invalid input; nothing was accepted.",
         404: "Unknown model.",
+        409: "A request with this Idempotency-Key is still being applied; retry after Retry-After.",
         413: "Body or batch too large.",
+        422: "This Idempotency-Key was used with another body.",
         429: "Too many reporters.",
         503: "Not ready.",
+        **(text or {}),
     }
-    return {
-        str(c): {
+    out = {}
+    for c in codes:
+        out[str(c)] = {
             "description": text[c],
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
         }
-        for c in codes
-    }
+        if c in (409, 429, 503):
+            out[str(c)]["headers"] = _RETRY_AFTER
+    return out
 
 
 def _ingest(item: str, key: str, summary: str) -> dict:
@@ -116,6 +129,16 @@ def _ingest(item: str, key: str, summary: str) -> dict:
     return {
         "post": {
             "summary": summary,
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "description": "A unique value per body, the same on every retry of it: the body is applied "
+                    "once however often it arrives (docs/api.md#retries-and-idempotency-key).",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+                }
+            ],
             "requestBody": {
                 "required": True,
                 "content": {
@@ -136,10 +159,30 @@ def _ingest(item: str, key: str, summary: str) -> dict:
             },
             "responses": {
                 "202": {
-                    "description": "Accepted.",
+                    "description": "Accepted (journalled before this answer); Idempotent-Replayed: true when it "
+                    "answers a retry of a request applied before.",
+                    "headers": {
+                        "Idempotent-Replayed": {
+                            "description": "true when this is the first answer again.",
+                            "schema": {"type": "string", "enum": ["true"]},
+                        }
+                    },
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}},
                 },
-                **_error_responses(400, 404, 413),
+                **_error_responses(
+                    400,
+                    404,
+                    409,
+                    413,
+                    422,
+                    429,
+                    503,
+                    text={
+                        429: "Ingest is busy or the journal is full; nothing was kept; retry after Retry-After.",
+                        503: "The journal or the shared join store is unavailable; nothing was kept; retry after "
+                        "Retry-After.",
+                    },
+                ),
             },
         }
     }

@@ -7,12 +7,14 @@ the windows when the label arrives (its arrival time), prediction statistics at 
 
 from __future__ import annotations
 
+import json
+import pickle
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from exporter import quality
+from exporter import joins, quality, reference
 from exporter.binning import REFERENCE_ARRAYS, Binner, drift_schema, scatter
 from exporter.config import Config, ModelConfig
 from exporter.joins import JoinStore, Pending
@@ -387,6 +389,7 @@ class ModelState:
         self.lock = threading.Lock()
         self.versions: dict[str, VersionState] = {}
         self.joins = JoinStore(config.limits.pending_ttl_seconds, config.limits.max_pending_per_model)
+        self.dropped = dict.fromkeys(joins.DROP_REASONS, 0)
         self.duplicates = {"prediction": 0, "label": 0}
         self.retired_versions = 0
         self.profile: Profile | None = None
@@ -421,47 +424,54 @@ class ModelState:
             state.last_seen = now
         return state
 
-    def add_predictions(self, events: list[Prediction], now: float) -> tuple[int, int]:
+    def decide_predictions(self, events: list[Prediction], now: float, token: str = "") -> tuple:
+        """Ask the join store what each prediction with an id joins (the only step that can fail: a shared
+        store may be unreachable); ``add_predictions`` then applies the plan. ``token`` names the request."""
+        with self.lock:
+            keys = self.segments.keys(events)
+            with_id = [
+                (e.id, _pending(e, now, keys[i] if keys else None), e.label)
+                for i, e in enumerate(events)
+                if e.id is not None
+            ]
+            decisions = self.joins.join_predictions(with_id, now, token) if with_id else []
+            self._collect_dropped()
+            return keys, decisions
+
+    def add_predictions(self, events: list[Prediction], now: float, token: str = "", plan=None) -> tuple[int, int]:
         """Ingest validated predictions of this model; return (accepted, duplicates).
 
         A prediction that repeats a known id is a duplicate; if it carries a label and its first copy
         still waits, the label is joined to that first copy (a retry that now knows the truth).
         """
+        if plan is None:
+            plan = self.decide_predictions(events, now, token)
         with self.lock:
-            joins = self.joins
-            fresh: dict[str, tuple[list[Prediction], list]] = {}
-            outcomes = _Outcomes()
-            dups = dup_labels = 0
-            keys = self.segments.keys(events)
+            keys, decided = plan
+            decisions = iter(decided)
             for e in events:
                 for error in e.feature_errors:
                     self.feature_errors[error] += 1
+            fresh: dict[str, tuple[list[Prediction], list]] = {}
+            outcomes = _Outcomes()
+            dups = dup_labels = 0
             for i, e in enumerate(events):
-                pid, label = e.id, e.label
+                label = e.label
                 seg = keys[i] if keys else None
-                if pid is not None:
-                    if joins.is_joined(pid):
+                if e.id is not None:
+                    kind, detail = next(decisions)
+                    if kind == joins.DUP:
                         dups += 1
                         continue
-                    first = joins.get_waiting(pid)
-                    if first is not None:
+                    if kind == joins.DUP_JOIN:
                         dups += 1
-                        if label is not None:
-                            joins.take_waiting(pid)
-                            joins.mark_joined(pid, now)
-                            outcomes.add(first, label, now)
+                        outcomes.add(detail, label, now)
                         continue
-                    early = joins.take_early(pid)
-                    if label is not None:
-                        dup_labels += early is not None  # the label sent with the prediction wins
-                        joins.mark_joined(pid, now)
-                    elif early is not None:
-                        label = early.label
-                        joins.mark_joined(pid, now)
-                        outcomes.add(_pending(e, now, seg), label, early.arrival)
+                    if kind == joins.INLINE:
+                        dup_labels += detail  # the label sent with the prediction wins over an early one
+                    elif kind == joins.EARLY:
+                        outcomes.add(_pending(e, now, seg), detail.label, detail.arrival)
                         label = None  # added already, with the early label's arrival time
-                    else:
-                        joins.put_waiting(pid, _pending(e, now, seg))
                 if label is not None:
                     outcomes.add(_pending(e, now, seg), label, now)
                 batch, batch_keys = fresh.setdefault(e.version, ([], []))
@@ -474,64 +484,125 @@ class ModelState:
             self.duplicates["label"] += dup_labels
             return len(events) - dups, dups
 
-    def add_labels(self, labels: list[Label], now: float) -> tuple[int, int]:
-        """Ingest validated labels of this model; return (accepted, duplicates)."""
+    def decide_labels(self, labels: list[Label], now: float, token: str = "") -> list:
         with self.lock:
-            joins = self.joins
+            decisions = self.joins.join_labels([(item.id, item.label) for item in labels], now, token)
+            self._collect_dropped()
+            return decisions
+
+    def add_labels(self, labels: list[Label], now: float, token: str = "", plan=None) -> tuple[int, int]:
+        """Ingest validated labels of this model; return (accepted, duplicates)."""
+        if plan is None:
+            plan = self.decide_labels(labels, now, token)
+        with self.lock:
+            decisions = plan
             outcomes = _Outcomes()
             dups = 0
-            for item in labels:
-                pid = item.id
-                if joins.is_joined(pid) or joins.has_early(pid):
-                    dups += 1  # the first label stays; a correction does not replace it
-                    continue
-                pending = joins.take_waiting(pid)
-                if pending is None:
-                    joins.put_early(pid, item.label, now)
-                    continue
-                joins.mark_joined(pid, now)
-                outcomes.add(pending, item.label, now)
+            for item, (kind, pending) in zip(labels, decisions):
+                if kind == joins.DUP:
+                    dups += 1
+                elif kind == joins.JOINED:
+                    outcomes.add(pending, item.label, now)
             self._add_outcomes(outcomes, now)
             self.duplicates["label"] += dups
             return len(labels) - dups, dups
 
+    def _collect_dropped(self) -> None:
+        for key, n in self.joins.take_dropped().items():
+            if n:
+                self.dropped[key] += n
+
     def _add_outcomes(self, outcomes: _Outcomes, now: float) -> None:
         for version, columns in outcomes.by_version.items():
             state = self.versions.get(version)
+            if state is None and self.joins.shared:
+                # Its predictions went to another replica: this one learns of the version from the label.
+                state = self._version(version, now)
             if state is None:
                 # The version was retired (limits.max_versions_per_model) while its predictions waited.
-                self.joins.dropped["prediction", "version_retired"] += len(columns[0])
+                self.dropped["prediction", "version_retired"] += len(columns[0])
                 continue
             state.add_outcomes(*columns, now)
 
     def expire(self, now: float) -> None:
         with self.lock:
             self.joins.expire(now)
+            self._collect_dropped()
 
     def snapshot(self, now: float) -> ModelSnapshot:
         with self.lock:
+            waiting, early = self.joins.counts()
             return ModelSnapshot(
                 self.model,
                 [v.snapshot(now) for v in self.versions.values()],
-                self.joins.waiting_predictions,
-                self.joins.waiting_labels,
-                dict(self.joins.dropped),
+                waiting,
+                early,
+                dict(self.dropped),
                 dict(self.duplicates),
                 self.retired_versions,
                 self.profile,
                 dict(self.feature_errors),
             )
 
+    # -- durability (exporter/storage.py) ------------------------------------------------------------
+
+    def export(self) -> bytes:
+        """Everything this model's windows and counters hold, as bytes for a snapshot.
+
+        The caller holds the ingest lock, so that the snapshot and the journal sequence agree. A shared join
+        store lives in Redis and is not part of it.
+        """
+        with self.lock:
+            return pickle.dumps(
+                {
+                    "fingerprint": fingerprint(self.model, self.config),
+                    "versions": self.versions,
+                    "joins": None if self.joins.shared else self.joins,
+                    "dropped": self.dropped,
+                    "duplicates": self.duplicates,
+                    "retired_versions": self.retired_versions,
+                    "profile": self.profile.dumps() if self.profile is not None else None,
+                    "segments": (self.segments.values, self.segments.from_reference),
+                    "feature_errors": self.feature_errors,
+                },
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
+
+    def restore(self, blob: bytes) -> bool:
+        """Take back what ``export`` saved; False (and nothing changed) if the model's config changed shape."""
+        data = pickle.loads(blob)
+        if data["fingerprint"] != fingerprint(self.model, self.config):
+            return False
+        with self.lock:
+            for version in data["versions"].values():
+                version.model = self.model
+                version.window_names = self.config.windows
+            self.versions = data["versions"]
+            if data["joins"] is not None and not self.joins.shared:
+                self.joins = data["joins"]
+                self.joins.ttl = self.config.limits.pending_ttl_seconds
+                self.joins.cap = self.config.limits.max_pending_per_model
+            self.dropped = data["dropped"]
+            self.duplicates = data["duplicates"]
+            self.retired_versions = data["retired_versions"]
+            if data["profile"] is not None:
+                self.profile = reference.from_json(json.loads(data["profile"]), self.model)
+                self.binner = Binner(self.model, self.profile)
+            self.segments.values, self.segments.from_reference = data["segments"]
+            self.feature_errors = data["feature_errors"]
+            return True
+
     def summary(self, now: float) -> dict:
         """The JSON shape of one model in GET /api/v1/models."""
         with self.lock:
+            waiting, early = self.joins.counts()
             return {
                 "name": self.model.name,
                 "task": self.model.task,
                 "classes": list(self.model.classes),
                 "features": [{"name": f.name, "type": f.type} for f in self.model.features],
-                "pending_labels": self.joins.waiting_predictions,
-                "early_labels": self.joins.waiting_labels,
+                "pending_labels": waiting,
+                "early_labels": early,
                 "versions": [
                     {
                         "version": v.version,
@@ -547,6 +618,30 @@ class ModelState:
                     for v in self.versions.values()
                 ],
             }
+
+
+def fingerprint(model: ModelConfig, config: Config) -> str:
+    """What the shape of a model's state depends on: a snapshot taken under another shape is not restored.
+
+    Thresholds, drift methods and limits are not in it: changing them keeps the windows.
+    """
+    schema = {name: (shape, np.dtype(dtype).str) for name, (shape, dtype) in ring_schema(model).items()}
+    return repr(
+        (
+            model.task,
+            model.classes,
+            model.positive_class,
+            [(f.name, f.type) for f in model.features],
+            model.prediction_buckets,
+            model.segment_features,
+            model.segment_top,
+            sorted(schema.items()),
+            config.window_seconds,
+            config.buckets_per_window,
+            config.latency_buckets,
+            config.label_delay_buckets,
+        )
+    )
 
 
 def _pending(e: Prediction, now: float, segments: tuple[str, ...] | None) -> Pending:

@@ -27,6 +27,8 @@ REASONS = (
     "unknown_class",
     "unknown_feature",
     "invalid_reference",
+    "invalid_idempotency_key",
+    "idempotency_key_reused",
 )
 
 MAX_ID_LENGTH = 256
@@ -209,12 +211,16 @@ class Validator:
 
     # -- predictions ------------------------------------------------------------------------------
 
-    def predictions(self, body: Any) -> list[Prediction]:
-        """Validate a prediction payload; raise :class:`Invalid` listing every problem."""
+    def predictions(self, body: Any, now: float | None = None) -> list[Prediction]:
+        """Validate a prediction payload; raise :class:`Invalid` listing every problem.
+
+        ``now`` (default: the clock) stamps predictions without a timestamp; a journal replay passes the
+        request's arrival time so that the replay is exactly the first run.
+        """
         items = self._items(body, "predictions")
         problems: list[Problem] = []
         out: list[Prediction] = []
-        now = self.clock()
+        now = self.clock() if now is None else now
         for index, item in enumerate(items):
             it = _Item(index, problems)
             before = len(problems)

@@ -71,6 +71,12 @@ def make_app(config_text: str = BASIC_CONFIG, clock: Clock | None = None):
     return app, clock
 
 
+@pytest.fixture(autouse=True)
+def _private_workdir(tmp_path, monkeypatch):
+    """Run every test in its own directory: the default storage.path ("data") lands there, not in the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()

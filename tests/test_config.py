@@ -5,10 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from exporter.config import ConfigError, parse_config, parse_duration
+
+ROOT = Path(__file__).resolve().parent.parent
 
 ISSUE_FORM = """
 windows: ["5m", "1h", "1d"]          # the default
@@ -47,7 +50,10 @@ def test_documented_form_is_accepted_with_defaults():
 
 def test_example_config_is_valid():
     result = subprocess.run(
-        [sys.executable, "-m", "exporter", "check-config", "examples/config.yml"], capture_output=True, text=True
+        [sys.executable, "-m", "exporter", "check-config", "examples/config.yml"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout

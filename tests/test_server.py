@@ -10,12 +10,15 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
 
 from exporter.client import Client
 from tests.conftest import Metrics
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -39,7 +42,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
 
 
 @pytest.fixture
-def exporter():
+def exporter(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -53,10 +56,13 @@ def exporter():
             str(port),
             "--log.format",
             "json",
+            "--storage.path",
+            str(tmp_path / "data"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        cwd=ROOT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -156,7 +162,9 @@ def test_sigterm_stops_gracefully_with_structured_logs(exporter):
     assert proc.wait(15) == 0
     lines = [json.loads(line) for line in proc.stderr.read().splitlines() if line.strip()]
     messages = [e["msg"] for e in lines]
-    assert messages[0] == "listening" and "stopping" in messages and messages[-1] == "stopped"
+    assert messages[:2] == ["state restored", "listening"] and "stopping" in messages and messages[-1] == "stopped"
+    restored = lines[0]
+    assert restored["replayed"] == 0 and restored["snapshot_seq"] == 0  # a first start on an empty directory
     assert all({"ts", "level", "logger", "msg"} <= set(e) for e in lines)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/healthz", timeout=2)

@@ -1,0 +1,250 @@
+"""Durable state in one SQLite database (WAL mode) in the data directory: a journal and a snapshot.
+
+Every ingest request that is acknowledged was first appended to the *journal* (its raw body, arrival time
+and join token), in the same transaction as its Idempotency-Key, and applied to memory in journal order
+under one lock. Every ``storage.checkpoint_interval`` (or ``storage.checkpoint_bytes`` of journal) the whole
+in-memory state is written as one *snapshot* together with the last journal sequence it contains, and the
+journal up to that sequence is deleted in the same transaction. A restart loads the snapshot and replays
+the journal after it with the recorded arrival times, so the windows come back exactly as they were: an
+acknowledged event is never lost, and never counted twice.
+
+What survives what (docs/durability.md): with ``storage.sync: normal`` (default) a commit is in the
+operating system's cache before the request is answered, so a crash of the process (``kill -9``, OOM
+killer) loses nothing; a power loss or kernel crash can lose the last commits. ``sync: full`` makes SQLite
+fsync the write-ahead log on every commit, which survives a power loss too at the cost of one fsync per
+request.
+
+The ``memory`` backend keeps the same interface (idempotency keys included) without a file: nothing
+survives a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from exporter.config import Storage
+
+log = logging.getLogger("mlmon.storage")
+
+DB_NAME = "mlmon.db"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a sequence is never reused after a checkpoint
+    kind TEXT NOT NULL,
+    at REAL NOT NULL,
+    token TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshot (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    state BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS requests (
+    key TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    digest BLOB NOT NULL,
+    response BLOB
+);
+CREATE INDEX IF NOT EXISTS requests_at ON requests (at);
+"""
+
+
+class StorageError(Exception):
+    """The data directory or its database cannot be used (the message says why and where)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    seq: int
+    kind: str
+    at: float
+    token: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Seen:
+    """An Idempotency-Key already used: the digest of its body and the response it got (None until applied)."""
+
+    digest: bytes
+    response: bytes | None
+
+
+def digest(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=16).digest()
+
+
+class Store:
+    """The journal, the snapshot and the Idempotency-Keys; thread-safe (one connection behind a lock)."""
+
+    def __init__(self, settings: Storage):
+        self.settings = settings
+        self.durable = settings.backend == "sqlite"
+        if self.durable:
+            path = os.path.abspath(settings.path)
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create the data directory {path} (storage.path): {exc.strerror}") from None
+            self.file = os.path.join(path, DB_NAME)
+        else:
+            self.file = ":memory:"
+        self.lock = threading.Lock()
+        try:
+            self.db = sqlite3.connect(self.file, isolation_level=None, check_same_thread=False, timeout=30)
+            if self.durable:
+                mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode.lower() != "wal":
+                    raise StorageError(f"{self.file}: SQLite refused WAL mode (got {mode})")
+                self.db.execute(f"PRAGMA synchronous={settings.sync.upper()}")
+            self.db.executescript(_SCHEMA)
+            self._check_schema()
+            self.replica = self._replica_id()
+            self.last_seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()[0]
+            self.journal_bytes = self.db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM journal").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.file}: {exc}") from None
+
+    # -- opening ------------------------------------------------------------------------------------
+
+    def _check_schema(self) -> None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.file} has storage schema {row[0]}, this mlmon uses {SCHEMA_VERSION}; "
+                "move the data directory away to start afresh"
+            )
+
+    def _replica_id(self) -> str:
+        """A name for this data directory, stable across restarts: it tells replicas' join tokens apart."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'replica'").fetchone()
+        if row is not None:
+            return row[0]
+        replica = uuid.uuid4().hex[:16]
+        self.db.execute("INSERT INTO meta VALUES ('replica', ?)", (replica,))
+        return replica
+
+    def load(self) -> tuple[int, bytes | None]:
+        """The snapshot: (last journal sequence it holds, its bytes), or (0, None) on a first start."""
+        with self.lock:
+            row = self.db.execute("SELECT seq, state FROM snapshot WHERE id = 1").fetchone()
+        return (row[0], row[1]) if row else (0, None)
+
+    def records(self, after: int) -> Iterator[Record]:
+        """Journal records after sequence ``after``, in order (read in pages: the journal can be large)."""
+        seq = after
+        while True:
+            with self.lock:
+                rows = self.db.execute(
+                    "SELECT seq, kind, at, token, body FROM journal WHERE seq > ? ORDER BY seq LIMIT 256", (seq,)
+                ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield Record(row[0], row[1], row[2], row[3], bytes(row[4]))
+            seq = rows[-1][0]
+
+    # -- the request path ---------------------------------------------------------------------------
+
+    def seen(self, key: str) -> Seen | None:
+        with self.lock:
+            row = self.db.execute("SELECT digest, response FROM requests WHERE key = ?", (key,)).fetchone()
+        return Seen(bytes(row[0]), None if row[1] is None else bytes(row[1])) if row else None
+
+    def append(self, kind: str, at: float, token: str, body: bytes, key: str | None, body_digest: bytes) -> int:
+        """Journal one request (and remember its Idempotency-Key) in one transaction; return its sequence.
+
+        The memory backend journals nothing (sequence numbers still count up, for the join tokens).
+        """
+        with self.lock:
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                if self.durable:
+                    seq = self.db.execute(
+                        "INSERT INTO journal (kind, at, token, body) VALUES (?, ?, ?, ?)", (kind, at, token, body)
+                    ).lastrowid
+                else:
+                    seq = self.last_seq + 1
+                if key is not None:
+                    self.db.execute("INSERT INTO requests VALUES (?, ?, ?, NULL)", (key, at, body_digest))
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+            self.last_seq = seq
+            if self.durable:
+                self.journal_bytes += len(body)
+            return seq
+
+    def abort(self, seq: int, key: str | None) -> None:
+        """Take back a journalled request that could not be applied (it is answered with an error)."""
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM journal WHERE seq = ?", (seq,))
+            if key is not None:
+                self.db.execute("DELETE FROM requests WHERE key = ?", (key,))
+            self.db.execute("COMMIT")
+            self.journal_bytes = self.db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM journal").fetchone()[0]
+
+    def set_response(self, key: str, response: bytes) -> None:
+        """Remember what an Idempotency-Key was answered (lost in a crash: the replay sets it again)."""
+        with self.lock:
+            self.db.execute("UPDATE requests SET response = ? WHERE key = ?", (response, key))
+
+    # -- maintenance --------------------------------------------------------------------------------
+
+    def checkpoint(self, seq: int, at: float, state: bytes) -> None:
+        """Store a snapshot holding every record up to ``seq`` and drop those records, atomically."""
+        if not self.durable:
+            return
+        with self.lock:
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.execute("INSERT OR REPLACE INTO snapshot VALUES (1, ?, ?, ?)", (seq, at, state))
+                self.db.execute("DELETE FROM journal WHERE seq <= ?", (seq,))
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+            self.journal_bytes = self.db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM journal").fetchone()[0]
+            # Fold the write-ahead log back into the database so that it does not grow with the snapshots.
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def forget_requests(self, now: float) -> int:
+        """Drop Idempotency-Keys past storage.idempotency_ttl, and the oldest over max_idempotency_keys."""
+        ttl, cap = self.settings.idempotency_ttl_seconds, self.settings.max_idempotency_keys
+        with self.lock:
+            gone = self.db.execute("DELETE FROM requests WHERE at < ?", (now - ttl,)).rowcount
+            count = self.db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+            if count > cap:
+                gone += self.db.execute(
+                    "DELETE FROM requests WHERE key IN (SELECT key FROM requests ORDER BY at LIMIT ?)",
+                    (count - cap,),
+                ).rowcount
+        return gone
+
+    def size_bytes(self) -> int:
+        """Bytes on disk: the database and its write-ahead log."""
+        if not self.durable:
+            return 0
+        return sum(os.path.getsize(f) for f in (self.file, self.file + "-wal") if os.path.exists(f))
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
