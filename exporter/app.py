@@ -199,6 +199,8 @@ class Mlmon:
                 self._claim(shared, key, body_digest)  # type: ignore[arg-type]
             try:
                 seq = self.store.append(kind, now, "" if key is None else self.token(key, 0), raw, key, body_digest)
+            except sqlite3.IntegrityError:
+                raise  # the same Idempotency-Key, journalled by a concurrent request: answered as a retry
             except sqlite3.Error as exc:
                 log.error("cannot write the journal: %s", exc)
                 raise Busy(503, "storage_error", f"cannot write the journal: {exc}", 5.0) from None
@@ -371,14 +373,15 @@ class Mlmon:
         every = min(every, self.config.storage.checkpoint_interval_seconds)
 
         def loop() -> None:
-            while True:
+            while not stop.is_set():
                 self.checkpoint_due.wait(every)  # wakes early when the journal asks for a checkpoint
                 if stop.is_set():
                     return
                 try:
                     self.maintain()
-                except Exception:  # keep expiring even if one pass fails
+                except Exception:  # keep expiring even if one pass fails (a full disk: retry, do not spin)
                     log.exception("maintenance pass failed")
+                    stop.wait(every)
 
         self.maintenance_thread = threading.Thread(target=loop, name="mlmon-maintenance", daemon=True)
         self.maintenance_thread.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -286,3 +287,27 @@ def test_memory_backend_keeps_nothing_but_still_honours_keys(tmp_path):
         assert client.post("/api/v1/predictions", json=body, headers={"Idempotency-Key": "m"}).status_code == 202
     assert scrape(client).get("mlmon_predictions_total", model="price", version="default") == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_the_same_key_twice_at_once_is_applied_once(tmp_path):
+    """Two concurrent sends of one body with one key: one is applied, the other answered (202 or 409)."""
+    app = build(tmp_path, Clock())
+    m = app.extensions["mlmon"]
+    body = {"predictions": [{"model": "price", "prediction": float(i)} for i in range(50)]}
+    codes = []
+    barrier = threading.Barrier(8)
+
+    def send() -> None:
+        barrier.wait()
+        r = app.test_client().post("/api/v1/predictions", json=body, headers={"Idempotency-Key": "race"})
+        codes.append(r.status_code)
+
+    with m.ingest_lock:  # hold every request at the lock so that they all pass the first key lookup
+        threads = [threading.Thread(target=send) for _ in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert set(codes) <= {202, 409} and codes.count(202) >= 1, codes
+    assert scrape(app.test_client()).get("mlmon_predictions_total", model="price", version="default") == 50
