@@ -3,6 +3,12 @@
 #   docker build -t mlmon:local .
 #   docker run --rm -p 127.0.0.1:8490:8490 mlmon:local            # serves examples/config.yml
 #   docker run --rm -p 127.0.0.1:8490:8490 -v "$PWD/my.yml:/etc/mlmon/mlmon.yml:ro" mlmon:local
+#   docker run -d -p 127.0.0.1:8490:8490 -v mlmon-data:/var/lib/mlmon mlmon:local   # state kept in a volume
+#
+# The exporter keeps its state (journal and snapshots, docs/durability.md) in /var/lib/mlmon
+# (MLMON_STORAGE_PATH, which overrides storage.path of the config). Mount a named volume there: Docker
+# initialises a new one with the directory's owner (uid 10001) and mode. A bind mount must be writable by
+# uid 10001 (chown 10001:10001 DIR).
 #
 # The same image runs `python examples/model_server.py` and `python examples/traffic.py` (override the
 # entrypoint with `python`); docker-compose.yml does that.
@@ -10,7 +16,8 @@
 # Both stages use the same base, pinned by exact tag: Python 3.11 on Debian bookworm, the Debian release
 # the tests run on. Bump both lines together (tests/test_compose.py checks that they agree).
 
-# --- build: install the package and its `demo` extra (scikit-learn) into a virtualenv -------------------
+# --- build: install the package, its `demo` extra (scikit-learn) and its `redis` extra (the shared join
+# store, joins.backend: redis) into a virtualenv ---------------------------------------------------------------
 FROM python:3.11.15-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -23,8 +30,9 @@ COPY pyproject.toml README.md ./
 COPY exporter ./exporter
 # No lock file: the version ranges of pyproject.toml apply, as for `pip install mlmon`.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir '.[demo]' \
-    && mlmon --version
+RUN pip install --no-cache-dir '.[demo,redis]' \
+    && mlmon --version \
+    && python -c 'import redis'
 
 # --- runtime: the virtualenv and the examples, run as an unprivileged user ---------------------------------
 FROM python:3.11.15-slim-bookworm AS runtime
@@ -34,9 +42,13 @@ LABEL org.opencontainers.image.title="mlmon" \
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    HOME=/app
+    HOME=/app \
+    MLMON_STORAGE_PATH=/var/lib/mlmon
+# The data directory belongs to the exporter's user alone (the snapshot is a pickle mlmon trusts). No VOLUME
+# instruction: it would leave an anonymous volume behind every `docker run`; mount a named one instead.
 RUN groupadd --system --gid 10001 mlmon \
-    && useradd --system --uid 10001 --gid mlmon --home-dir /app --no-create-home --shell /usr/sbin/nologin mlmon
+    && useradd --system --uid 10001 --gid mlmon --home-dir /app --no-create-home --shell /usr/sbin/nologin mlmon \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/mlmon
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY examples ./examples

@@ -49,7 +49,6 @@ SNAPSHOT_FORMAT = 1
 THROTTLE_REASONS = ("queue_timeout", "journal_full", "storage_error", "join_store_unavailable")
 
 
-
 class AnsweredBefore(Exception):
     """The Idempotency-Key was used before (on this replica or another): answer as then, apply nothing."""
 
@@ -147,6 +146,16 @@ class Mlmon:
         Gauge(
             "mlmon_storage_bytes", "Size of the database in the data directory, with its WAL.", registry=self.registry
         ).set_function(self.store.size_bytes)
+        Gauge(
+            "mlmon_storage_last_checkpoint_timestamp_seconds",
+            "Time of the last checkpoint (of the start, before the first one).",
+            registry=self.registry,
+        ).set_function(lambda: self.last_checkpoint)
+        Gauge(
+            "mlmon_storage_checkpoint_interval_seconds",
+            "storage.checkpoint_interval from the config.",
+            registry=self.registry,
+        ).set(config.storage.checkpoint_interval_seconds)
 
     def _use_redis(self) -> None:
         from exporter import redis_joins

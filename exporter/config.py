@@ -156,6 +156,7 @@ class Joins:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "mlmon"
     redis_timeout_seconds: float = 5.0
+    redis_password_file: str = ""  # the password, read at start (keeps it out of the config file)
 
 
 @dataclass(frozen=True)
@@ -655,7 +656,7 @@ def _storage(ck: _Checker, node: _Node, base_dir: str) -> Storage:
 
 
 def _joins(ck: _Checker, node: _Node) -> Joins:
-    jm = ck.mapping("joins", node, {"backend", "redis_url", "redis_prefix", "redis_timeout"})
+    jm = ck.mapping("joins", node, {"backend", "redis_url", "redis_prefix", "redis_timeout", "redis_password_file"})
     values: dict[str, Any] = {}
     if "backend" in jm:
         v = jm["backend"].value
@@ -675,6 +676,12 @@ def _joins(ck: _Checker, node: _Node) -> Joins:
             ck.fail("joins.redis_prefix", jm["redis_prefix"], "must be letters, digits, '_', '-' or '.'")
         else:
             values["redis_prefix"] = v
+    if "redis_password_file" in jm:
+        v = jm["redis_password_file"].value
+        if not isinstance(v, str) or not v:
+            ck.fail("joins.redis_password_file", jm["redis_password_file"], "must be a file path")
+        else:
+            values["redis_password_file"] = v
     if "redis_timeout" in jm:
         v = ck.fine_duration("joins.redis_timeout", jm["redis_timeout"], 0.01, 600)
         if v is not None:

@@ -249,8 +249,18 @@ def connect(joins_config: Joins) -> redis.Redis:
     if redis is None:
         raise RuntimeError("joins.backend: redis needs the redis package (pip install 'mlmon[redis]')")
     timeout = joins_config.redis_timeout_seconds
+    extra = {}
+    if joins_config.redis_password_file:
+        try:
+            with open(joins_config.redis_password_file, encoding="utf-8") as fh:
+                extra["password"] = fh.read().strip()
+        except OSError as exc:
+            raise JoinStoreUnavailable(
+                f"cannot read joins.redis_password_file {joins_config.redis_password_file}: {exc.strerror}"
+            ) from None
     return redis.Redis.from_url(
         joins_config.redis_url,
+        **extra,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 1),

@@ -1,13 +1,16 @@
-"""The container bundle, checked without a Docker engine: docker-compose.yml, Dockerfile, .dockerignore and
-the Grafana provisioning files agree with each other and with the files the other tests exercise."""
+"""The container bundle, checked without a Docker engine: docker-compose.yml, its scale-out override
+(deploy/compose/scale-out.yml), Dockerfile, .dockerignore and the Grafana provisioning files agree with each
+other and with the files the other tests exercise."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -16,12 +19,19 @@ from exporter.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+SCALE_OUT_FILE = ROOT / "deploy" / "compose" / "scale-out.yml"
 SERVICES = {"exporter", "model-server", "traffic", "prometheus", "alertmanager", "grafana", "node-exporter"}
+# The scale-out example: a second exporter replica, a load balancer in front of both, Redis for the joins.
+REPLICAS = ("exporter", "exporter-2")
+SCALE_OUT_SERVICES = SERVICES | {"exporter-2", "exporter-lb", "redis"}
 # The versions the tests run (Debian bookworm's packages, CONVENTIONS.md §0).
 TESTED_IMAGES = {"prometheus": "prom/prometheus:v2.42.0", "alertmanager": "prom/alertmanager:v0.25.0"}
 # Where each image listens inside its container.
 LISTEN_PORTS = {
     "exporter": 8490,
+    "exporter-2": 8490,
+    "exporter-lb": 8490,
+    "redis": 6379,
     "model-server": 5000,
     "prometheus": 9090,
     "alertmanager": 9093,
@@ -32,6 +42,8 @@ LISTEN_PORTS = {
 HOST_MOUNTS = {"node-exporter": {"/proc", "/sys", "/"}}
 EXACT_TAG = re.compile(r"^v?\d+\.\d+\.\d+(-[A-Za-z0-9.]+)?$")
 LOOPBACK = {"127.0.0.1", "localhost"}
+# Where the exporter keeps its state in the image and in compose (MLMON_STORAGE_PATH).
+DATA_DIR = "/var/lib/mlmon"
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +54,54 @@ def compose() -> dict:
 @pytest.fixture(scope="module")
 def services(compose) -> dict:
     return compose["services"]
+
+
+def merge_service(base: dict, override: dict) -> dict:
+    """Docker Compose's merge of one service from an override file (the parts these files use): mappings key
+    by key, `volumes` and `secrets` by mount target, `ports` added, other sequences and scalars replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        if key in ("volumes", "secrets") and key in out:
+
+            def target(entry):
+                return entry.split(":")[1] if isinstance(entry, str) else entry["target"]
+
+            kept = [e for e in out[key] if target(e) not in {target(v) for v in value}]
+            out[key] = kept + list(value)
+        elif key == "ports" and key in out:
+            out[key] = list(out[key]) + [p for p in value if p not in out[key]]
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_service(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def merge_compose(base: dict, override: dict) -> dict:
+    out = {k: v for k, v in base.items()}
+    for key, value in override.items():
+        if key == "services":
+            services = dict(base.get("services") or {})
+            for name, service in value.items():
+                services[name] = merge_service(services.get(name, {}), service)
+            out["services"] = services
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = {**base[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def scale_out(compose) -> dict:
+    """The stack `docker compose -f docker-compose.yml -f deploy/compose/scale-out.yml` runs."""
+    return merge_compose(compose, yaml.safe_load(SCALE_OUT_FILE.read_text()))
+
+
+@pytest.fixture(scope="module", params=["base", "scale-out"])
+def stack(request, compose) -> dict:
+    """Each stack a user can bring up: the checks that hold for every compose file run on both."""
+    return compose if request.param == "base" else request.getfixturevalue("scale_out")
 
 
 def bind_mounts(service: dict) -> list[tuple[str, str, bool]]:
@@ -92,7 +152,8 @@ def test_compose_file_defines_the_stack(compose):
     assert set(compose["services"]) == SERVICES
 
 
-def test_every_image_is_pinned_to_an_exact_version(services):
+def test_every_image_is_pinned_to_an_exact_version(stack):
+    services = stack["services"]
     built = {s["image"] for s in services.values() if "build" in s}
     for name, service in services.items():
         image = service["image"]
@@ -117,7 +178,8 @@ def test_grafana_reads_the_dashboard_schema_the_generator_writes(services):
         assert 39 <= schema <= 42, f"{path.name}: schemaVersion {schema}"
 
 
-def test_every_service_has_a_healthcheck(services):
+def test_every_service_has_a_healthcheck(stack):
+    services = stack["services"]
     for name, service in services.items():
         check = service.get("healthcheck", {})
         assert check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
@@ -127,19 +189,26 @@ def test_every_service_has_a_healthcheck(services):
         "prometheus": "/-/ready",
         "alertmanager": "/-/ready",
         "grafana": "/api/health",
+        "exporter-2": "/readyz",
+        "exporter-lb": "/readyz",
+        "redis": "ping",
     }
     for name, path in probes.items():
+        if name not in services:
+            continue
         assert any(path in part for part in services[name]["healthcheck"]["test"]), f"{name} does not probe {path}"
 
 
-def test_published_ports_bind_loopback_only(services):
+def test_published_ports_bind_loopback_only(stack):
+    services = stack["services"]
     for name, service in services.items():
         for port in service.get("ports", []):
             host_ip = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
             assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond 127.0.0.1"
 
 
-def test_bind_mounted_host_paths_exist(services):
+def test_bind_mounted_host_paths_exist(stack):
+    services = stack["services"]
     for name, service in services.items():
         for source, _, read_only in bind_mounts(service):
             if source.startswith("/"):
@@ -149,7 +218,8 @@ def test_bind_mounted_host_paths_exist(services):
                 assert repo_path(source).exists(), f"{name} mounts {source}, which is not in the repo"
 
 
-def test_mounts_inside_read_only_mounts_have_their_mount_point(services):
+def test_mounts_inside_read_only_mounts_have_their_mount_point(stack):
+    services = stack["services"]
     # Docker cannot create a mount point inside a read-only bind mount: it must exist in the repo already.
     for name, service in services.items():
         mounts = bind_mounts(service)
@@ -163,8 +233,9 @@ def test_mounts_inside_read_only_mounts_have_their_mount_point(services):
                     assert inside.exists(), f"{name}: {target} needs {inside.relative_to(ROOT)} in the repo"
 
 
-def test_named_volumes_are_declared(compose, services):
-    declared = set(compose.get("volumes") or {})
+def test_named_volumes_are_declared(stack):
+    services = stack["services"]
+    declared = set(stack.get("volumes") or {})
     for name, service in services.items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
@@ -212,6 +283,23 @@ def test_the_exporter_has_every_window_the_rules_read(services):
     assert read <= windows, f"the rules read windows {sorted(read - windows)} that examples/demo/mlmon.yml lacks"
 
 
+def test_the_exporter_keeps_its_state_in_a_named_volume(compose, services):
+    exporter = services["exporter"]
+    assert exporter["environment"]["MLMON_STORAGE_PATH"] == DATA_DIR == dockerfile_env()["MLMON_STORAGE_PATH"]
+    (volume,) = [v for v in exporter["volumes"] if isinstance(v, str) and v.split(":")[1] == DATA_DIR]
+    source = volume.split(":")[0]
+    # A named volume, not a bind mount: Docker gives a new one the owner of the image's directory (uid 10001).
+    assert not source.startswith((".", "/")) and source in compose["volumes"], volume
+    assert not volume.endswith(":ro"), "the data directory must be writable"
+    # Time for the last checkpoint on SIGTERM, which the exporter allows 30 s.
+    assert seconds(exporter["stop_grace_period"]) >= 30
+
+
+def seconds(duration: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([smh])", duration))
+
+
 def test_the_example_services_run_the_examples_with_their_own_flags(services):
     for name, script in (("model-server", "examples/model_server.py"), ("traffic", "examples/traffic.py")):
         service = services[name]
@@ -245,12 +333,13 @@ def test_prometheus_reads_the_tested_configuration(services):
     assert mount_of(prometheus, "./deploy/compose/targets")[1:] == ("/etc/prometheus/targets", True)
 
 
-def test_compose_targets_mirror_the_committed_targets():
+@pytest.mark.parametrize("folder", ["deploy/compose/targets", "deploy/compose/scale-out/targets"])
+def test_compose_targets_mirror_the_committed_targets(folder):
     committed = {p.name: yaml.safe_load(p.read_text()) for p in (ROOT / "prometheus" / "targets").glob("*.yml")}
-    compose = {p.name: yaml.safe_load(p.read_text()) for p in (ROOT / "deploy" / "compose" / "targets").glob("*.yml")}
+    compose = {p.name: yaml.safe_load(p.read_text()) for p in (ROOT / folder).glob("*.yml")}
     if not committed:
         pytest.skip("prometheus/targets/ has no target files yet")
-    assert set(compose) == set(committed), "deploy/compose/targets/ must have one file per prometheus/targets/ file"
+    assert set(compose) == set(committed), f"{folder}/ must have one file per prometheus/targets/ file"
     for name, groups in committed.items():
         assert [dict(g, targets=None) for g in compose[name]] == [dict(g, targets=None) for g in groups], name
         for group in compose[name]:
@@ -259,7 +348,8 @@ def test_compose_targets_mirror_the_committed_targets():
                 assert LISTEN_PORTS.get(host) == int(port), f"{name}: {target} is no compose service"
 
 
-def test_prometheus_reaches_every_static_address_it_names(services):
+def test_prometheus_reaches_every_static_address_it_names(stack):
+    services = stack["services"]
     config = load_yaml(ROOT / "prometheus" / "prometheus.yml")
     # On 127.0.0.1 Prometheus finds itself and whatever shares its network namespace.
     loopback = {LISTEN_PORTS[name] for name in services if netns(services, name) == "prometheus"}
@@ -340,6 +430,110 @@ def test_grafana_dashboard_provider_reads_the_mounted_dashboards(services):
     assert provider["options"]["path"] == mount_of(services["grafana"], "./grafana/dashboards")[1]
 
 
+# --- the scale-out example ------------------------------------------------------------------------------------
+
+SCALE_OUT_CONFIG = "./deploy/compose/scale-out/mlmon.yml"
+
+
+def test_scale_out_adds_replicas_a_load_balancer_and_redis(scale_out, compose):
+    assert set(scale_out["services"]) == SCALE_OUT_SERVICES
+
+    # Nothing new is reachable from the host: Redis, the load balancer and replica 2 stay on the compose network.
+    def published(stack):
+        return {(name, str(p)) for name, s in stack["services"].items() for p in s.get("ports", [])}
+
+    assert published(scale_out) == published(compose)
+    assert not scale_out["services"]["redis"].get("ports") and not scale_out["services"]["redis"].get("network_mode")
+
+
+def test_scale_out_replicas_run_one_config_with_redis_joins_and_their_own_data(scale_out):
+    services = scale_out["services"]
+    demo = yaml.safe_load((ROOT / "examples/demo/mlmon.yml").read_text())
+    shared = yaml.safe_load(repo_path(SCALE_OUT_CONFIG).read_text())
+    # The demo config plus joins: same models, windows and thresholds, so the rules see what they see in the
+    # base stack, and every replica publishes the same thresholds (the rules keep one copy per job).
+    assert {k: v for k, v in shared.items() if k != "joins"} == demo
+    config = load_config(str(repo_path(SCALE_OUT_CONFIG)))
+    assert config.joins.backend == "redis"
+    url = urlsplit(config.joins.redis_url)
+    assert (url.scheme, url.hostname, url.port) == ("redis", "redis", LISTEN_PORTS["redis"])
+
+    data_volumes = []
+    for name in REPLICAS:
+        replica = services[name]
+        assert replica["image"] == services["exporter"]["image"] == "mlmon:local"
+        assert mount_of(replica, SCALE_OUT_CONFIG)[1:] == ("/etc/mlmon/mlmon.yml", True)
+        # The override's config mount replaced the demo config's: one file at the target.
+        assert [t for _, t, _ in bind_mounts(replica)].count("/etc/mlmon/mlmon.yml") == 1
+        assert replica["environment"]["MLMON_STORAGE_PATH"] == DATA_DIR
+        (volume,) = [v for v in replica["volumes"] if isinstance(v, str) and v.split(":")[1] == DATA_DIR]
+        data_volumes.append(volume.split(":")[0])
+        assert replica["depends_on"]["redis"]["condition"] == "service_healthy"
+        for key in ("healthcheck", "security_opt", "cap_drop", "restart", "stop_grace_period"):
+            assert replica[key] == services["exporter"][key], f"{name}: {key} differs from exporter's"
+    # A data directory belongs to one process (docs/durability.md).
+    assert len(set(data_volumes)) == len(REPLICAS), data_volumes
+    assert services["exporter-2"]["pull_policy"] == "never"
+
+
+def test_scale_out_prometheus_scrapes_both_replicas_with_the_same_rules(scale_out, services):
+    prometheus = scale_out["services"]["prometheus"]
+    assert mount_of(prometheus, "./prometheus")[1:] == ("/etc/prometheus", True)
+    assert prometheus["command"] == services["prometheus"]["command"]
+    targets = [(s, t) for s, t, _ in bind_mounts(prometheus) if t == "/etc/prometheus/targets"]
+    assert [s for s, _ in targets] == ["./deploy/compose/scale-out/targets"], targets
+    groups = yaml.safe_load((ROOT / "deploy/compose/scale-out/targets/mlmon.yml").read_text())
+    assert sorted(t for g in groups for t in g["targets"]) == sorted(f"{r}:{LISTEN_PORTS[r]}" for r in REPLICAS)
+
+
+def haproxy_config() -> str:
+    lines = (ROOT / "deploy/compose/scale-out/haproxy.cfg").read_text().splitlines()
+    return "\n".join(line.split("#")[0].rstrip() for line in lines)
+
+
+def test_scale_out_load_balancer_spreads_ingest_over_the_scraped_replicas(scale_out, services):
+    base_services = services
+    services = scale_out["services"]
+    balancer = services["exporter-lb"]
+    assert mount_of(balancer, "./deploy/compose/scale-out/haproxy.cfg")[1:] == (
+        "/usr/local/etc/haproxy/haproxy.cfg",
+        True,
+    )
+    config = haproxy_config()
+    assert re.search(rf"^\s*bind :{LISTEN_PORTS['exporter-lb']}$", config, re.M)
+    assert re.search(r"^\s*balance roundrobin$", config, re.M)
+    assert re.search(r"^\s*option httpchk GET /readyz$", config, re.M)
+    servers = re.findall(r"^\s*server (\S+) (\S+)", config, re.M)
+    assert sorted(address for _, address in servers) == sorted(f"{r}:{LISTEN_PORTS[r]}" for r in REPLICAS)
+    for replica in REPLICAS:
+        assert balancer["depends_on"][replica]["condition"] == "service_healthy"
+
+    model_server = services["model-server"]
+    command = model_server["command"]
+    url = f"http://exporter-lb:{LISTEN_PORTS['exporter-lb']}"
+    assert command[command.index("--mlmon-url") + 1] == url == model_server["environment"]["MLMON_URL"]
+    assert model_server["depends_on"]["exporter-lb"]["condition"] == "service_healthy"
+    # The rest of the model server's command is the base stack's.
+    base = base_services["model-server"]["command"]
+    i, j = command.index("--mlmon-url"), base.index("--mlmon-url")
+    assert (command[:i], command[i + 2 :]) == (base[:j], base[j + 2 :])
+
+
+def test_scale_out_redis_persists_every_write_and_never_evicts(scale_out):
+    redis = scale_out["services"]["redis"]
+    assert redis["image"].startswith("redis:") and EXACT_TAG.match(image_tag(redis["image"]))
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert options["--appendonly"] == "yes" and options["--appendfsync"] == "everysec"
+    assert options["--maxmemory-policy"] == "noeviction"
+    assert "--maxmemory" in options, "without a limit, noeviction never applies and the kernel kills Redis instead"
+    # Non-root, so that its entrypoint needs none of the dropped capabilities.
+    assert redis["user"].split(":")[0] not in {"root", "0"}
+    assert redis["cap_drop"] == ["ALL"]
+    assert "redis-data:/data" in redis["volumes"]
+
+
 # --- the image ------------------------------------------------------------------------------------------------
 
 
@@ -347,6 +541,40 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
     lines = (line.strip() for line in text.splitlines())
     return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in lines if ln and not ln.startswith("#")]
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The runtime stage's ENV, as KEY=VALUE pairs."""
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (op, _) in enumerate(instructions) if op == "FROM")
+    pairs = [p for op, args in instructions[last_from:] if op == "ENV" for p in shlex.split(args)]
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def test_dockerfile_gives_the_data_directory_to_the_runtime_user():
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (op, _) in enumerate(instructions) if op == "FROM")
+    runtime = instructions[last_from:]
+    assert dockerfile_env()["MLMON_STORAGE_PATH"] == DATA_DIR
+    user = [args for op, args in runtime if op == "USER"][-1]
+    made = [
+        m.groups()
+        for op, args in runtime
+        if op == "RUN"
+        for m in re.finditer(r"install -d -o (\S+) -g (\S+) -m (\S+) (\S+)", args)
+    ]
+    assert made, f"the runtime stage must create {DATA_DIR} for its user"
+    owner, group, mode, path = made[0]
+    assert path == DATA_DIR and f"{owner}:{group}" == user, (made, user)
+    assert int(mode, 8) & 0o077 == 0, "the data directory is the exporter's alone"
+
+
+def test_the_image_installs_the_redis_extra():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r"^redis = \[", pyproject, re.M), "pyproject.toml has no redis extra"
+    installs = [args for op, args in dockerfile_instructions() if op == "RUN" and "pip install" in args]
+    extras = {e.strip() for args in installs for e in re.findall(r"'\.\[([^\]]*)\]'", args)[0].split(",")}
+    assert {"demo", "redis"} <= extras, extras
 
 
 def test_dockerfile_pins_one_base_image():
@@ -416,11 +644,11 @@ def test_dockerignore_sends_only_what_the_image_needs():
 # --- the real check, where Docker Compose exists ------------------------------------------------------------------
 
 
-def test_docker_compose_config_accepts_the_file():
+@pytest.mark.parametrize("files", [[COMPOSE_FILE], [COMPOSE_FILE, SCALE_OUT_FILE]], ids=["base", "scale-out"])
+def test_docker_compose_config_accepts_the_file(files):
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
         pytest.skip("the Docker Compose plugin is not installed")
-    result = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE_FILE), "config", "-q"], cwd=ROOT, capture_output=True, text=True
-    )
+    args = [a for f in files for a in ("-f", str(f))]
+    result = subprocess.run([docker, "compose", *args, "config", "-q"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -379,3 +379,23 @@ def test_a_redis_that_forgot_the_scripts_gets_them_again(client):
     assert store.join_labels([("a", 1)], T, "1") == [(WAITING, None)]
     client.script_flush()
     assert store.counts() == (0, 1)
+
+
+def test_the_password_comes_from_a_file(redis_url, tmp_path):
+    """joins.redis_password_file: the password reaches Redis (a wrong one is refused), never the config."""
+    admin = redis.Redis.from_url(redis_url)
+    admin.config_set("requirepass", "s3cret")
+    try:
+        secret = tmp_path / "redis_password"
+        secret.write_text("s3cret\n")
+        good = connect(Joins(backend="redis", redis_url=redis_url, redis_password_file=str(secret)))
+        assert good.ping()
+        secret.write_text("wrong\n")
+        bad = connect(Joins(backend="redis", redis_url=redis_url, redis_password_file=str(secret)))
+        with pytest.raises(redis.AuthenticationError):
+            bad.ping()
+        with pytest.raises(JoinStoreUnavailable, match="redis_password_file"):
+            connect(Joins(backend="redis", redis_url=redis_url, redis_password_file=str(tmp_path / "none")))
+    finally:
+        admin = redis.Redis.from_url(redis_url, password="s3cret")
+        admin.config_set("requirepass", "")
