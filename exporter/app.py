@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import pickle
 import re
 import sqlite3
@@ -36,6 +37,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from exporter import __version__, reference, storage
+from exporter.audit import AuditLog
+from exporter.auth import Authenticator
 from exporter.collector import IngestErrors, MlmonCollector
 from exporter.config import Config
 from exporter.joins import JoinStoreUnavailable
@@ -44,8 +47,20 @@ from exporter.state import ModelState, ServerReports
 from exporter.validation import Invalid, Problem, Validator
 
 log = logging.getLogger("mlmon.app")
+access_log = logging.getLogger("mlmon.access")
 
 SNAPSHOT_FORMAT = 1
+AUTH_FAILURE_REASONS = ("missing_token", "invalid_token", "forbidden")
+# The action each endpoint needs when authentication is on (exporter/auth.py); others are open.
+ENDPOINT_ACTIONS = {
+    "api_v1.post_predictions": "write",
+    "api_v1.post_labels": "write",
+    "api_v1.post_resources": "write",
+    "api_v1.list_models": "read",
+    "api_v1.get_model": "read",
+    "api_v1.put_reference": "admin",
+    "api_v1.reset_model": "admin",
+}
 THROTTLE_REASONS = ("queue_timeout", "journal_full", "storage_error", "join_store_unavailable")
 
 
@@ -96,6 +111,8 @@ class Mlmon:
             self._use_redis()
         self.store = storage.Store(config.storage)
         self.replica = self.store.replica
+        self.auth = Authenticator(config.auth.tokens, config.auth.enabled)
+        self.audit = AuditLog(config.auth.audit_path or self._default_audit_path())
         self.last_checkpoint = clock()
         self.restored = self._restore()
 
@@ -125,6 +142,14 @@ class Mlmon:
         )
         for reason in THROTTLE_REASONS:
             self.throttled.labels(reason)
+        self.auth_failures = Counter(
+            "mlmon_auth_failures",
+            "API requests refused: 401 without a valid bearer token, 403 outside the token's models or actions.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in AUTH_FAILURE_REASONS:
+            self.auth_failures.labels(reason)
         self.idempotent_replays = Counter(
             "mlmon_idempotent_replays",
             "Ingest requests answered from an earlier request with the same Idempotency-Key.",
@@ -156,6 +181,10 @@ class Mlmon:
             "storage.checkpoint_interval from the config.",
             registry=self.registry,
         ).set(config.storage.checkpoint_interval_seconds)
+
+    def _default_audit_path(self) -> str:
+        """audit.log in the data directory; stderr when nothing is kept on disk (storage.backend: memory)."""
+        return os.path.join(self.config.storage.path, "audit.log") if self.store.durable else "-"
 
     def _use_redis(self) -> None:
         from exporter import redis_joins
@@ -256,6 +285,9 @@ class Mlmon:
             name, profile = items
             self.models[name].set_reference(profile)
             return {"model": name, "rows": profile.rows, "features": len(profile.features)}
+        if kind == "reset":
+            self.models[items].reset()
+            return {"model": items, "reset": True}
         groups = _by_model(items)
         accepted = duplicates = 0
         if kind == "predictions":
@@ -276,6 +308,12 @@ class Mlmon:
         with self.ingest_lock:
             self.store.append("reference", self.clock(), "", raw, None, b"")
             return self._apply("reference", (name, profile), self.clock(), "")
+
+    def reset(self, name: str) -> dict:
+        """Forget a model's windows, counters and waiting predictions (its reference stays), durably."""
+        with self.ingest_lock:
+            self.store.append("reset", self.clock(), "", orjson.dumps({"model": name}), None, b"")
+            return self._apply("reset", name, self.clock(), "")
 
     # -- restart ------------------------------------------------------------------------------------
 
@@ -330,6 +368,9 @@ class Mlmon:
         elif record.kind == "reference":
             name = body["model"]
             items = (name, reference.from_json(body["profile"], self.models[name].model))
+        elif record.kind == "reset":
+            items = body["model"]
+            self.models[items]  # noqa: B018 - a KeyError skips a reset of a model that left the config
         else:
             raise KeyError(f"unknown record kind {record.kind!r}")
         result = self._apply(record.kind, items, record.at, token)
@@ -363,6 +404,7 @@ class Mlmon:
             self.checkpoint()
         finally:
             self.store.close()
+            self.audit.close()
 
     # -- background work ----------------------------------------------------------------------------
 
@@ -398,9 +440,10 @@ class Mlmon:
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, problems: list[Problem] | None = None):
+    def __init__(self, status: int, message: str, problems: list[Problem] | None = None, headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.problems = status, message, problems or []
+        self.headers = headers or {}
 
 
 def error_body(status: int, name: str, message: str, problems: list[Problem] | None = None):
@@ -460,6 +503,9 @@ def _ingest(kind: str):
     m = _mlmon()
     raw = request.get_data(cache=False)
     key = _idempotency_key()
+    if key is not None and g.get("token") is not None:
+        # Keys are per token: one client cannot read another's answers by guessing its keys.
+        key = f"{len(g.token.name)}:{g.token.name}:{key}"
     body_digest = storage.digest(raw)
     if key is not None:
         seen = m.store.seen(key)
@@ -472,6 +518,7 @@ def _ingest(kind: str):
     except Invalid as err:
         _count_rejection(err)
         raise APIError(err.status, err.message, err.problems) from None
+    _require("write", {item.model for item in items})
     try:
         result = m.ingest(kind, raw, items, now, key, body_digest)
     except Busy as busy:
@@ -555,6 +602,7 @@ def post_resources():
         for p in problems[:1]:
             m.errors.inc("", p.reason)
         raise APIError(400, "invalid resource report", problems)
+    _require("write", set(models))
     if not m.servers.report(
         server,
         tuple(dict.fromkeys(models)),
@@ -570,7 +618,9 @@ def post_resources():
 def list_models():
     m = _mlmon()
     now = m.clock()
-    return jsonify({"models": [s.summary(now) for s in m.models.values()]})
+    token = g.get("token")
+    visible = [s for name, s in m.models.items() if token is None or token.allows("read", name)]
+    return jsonify({"models": [s.summary(now) for s in visible]})
 
 
 def _model_state(name: str) -> ModelState:
@@ -583,7 +633,9 @@ def _model_state(name: str) -> ModelState:
 
 @api.get("/models/<name>")
 def get_model(name: str):
-    return jsonify(_model_state(name).summary(_mlmon().clock()))
+    state = _model_state(name)
+    _require("read", {name})
+    return jsonify(state.summary(_mlmon().clock()))
 
 
 @api.put("/models/<name>/reference")
@@ -591,6 +643,7 @@ def put_reference(name: str):
     """Replace a model's reference: a CSV of raw rows (Content-Type text/csv) or a profile (JSON)."""
     m = _mlmon()
     state = _model_state(name)
+    _require("admin", {name})
     try:
         if request.mimetype == "text/csv":
             profile = reference.from_csv(request.get_data(cache=False).decode("utf-8", "replace"), state.model)
@@ -603,7 +656,73 @@ def put_reference(name: str):
         ) from None
     m.set_reference(name, profile)
     log.info("reference replaced", extra={"fields": {"model": name, "rows": profile.rows}})
+    _audit("reference_replaced", 200, model=name, rows=profile.rows)
     return jsonify({"model": name, "rows": profile.rows, "features": len(profile.features)})
+
+
+@api.post("/models/<name>/reset")
+def reset_model(name: str):
+    """Forget a model's windows, counters and waiting predictions; its reference stays."""
+    m = _mlmon()
+    _model_state(name)
+    _require("admin", {name})
+    result = m.reset(name)
+    log.info("model reset", extra={"fields": {"model": name}})
+    _audit("model_reset", 200, model=name)
+    return jsonify(result)
+
+
+def _client() -> str:
+    return request.remote_addr or ""
+
+
+def _audit(event: str, status: int, **fields) -> None:
+    token = g.get("token")
+    _mlmon().audit.write(
+        event,
+        client=_client(),
+        token=token.name if token is not None else None,
+        method=request.method,
+        path=request.path,
+        status=status,
+        **fields,
+    )
+
+
+def _require(action: str, models: set[str]) -> None:
+    """403 unless the request's token may do ``action`` on every model in ``models``."""
+    m = _mlmon()
+    token = g.get("token")
+    if not m.auth.enabled or token is None:
+        return
+    denied = sorted(x for x in models if not token.allows(action, x))
+    if denied:
+        m.auth_failures.labels("forbidden").inc()
+        _audit("forbidden", 403, action=action, models=denied[:20])
+        message = f"token {token.name!r} may not {action} model(s) {', '.join(map(repr, denied[:20]))}"
+        raise APIError(403, message, [Problem(0, "", "forbidden", message)])
+
+
+def _authenticate() -> None:
+    """Before every request: an endpoint that needs an action needs a valid bearer token (when auth is on)."""
+    m = _mlmon()
+    g.token = None
+    action = ENDPOINT_ACTIONS.get(request.endpoint or "")
+    if action is None or not m.auth.enabled:
+        return
+    token, reason = m.auth.identify(request.headers.get("Authorization"))
+    if token is None:
+        m.auth_failures.labels(reason).inc()
+        _audit("auth_failure", 401, reason=reason)
+        message = "a bearer token is required" if reason == "missing_token" else "the bearer token is not valid"
+        raise APIError(
+            401, message, [Problem(0, "Authorization", reason, message)], {"WWW-Authenticate": _challenge(reason)}
+        )
+    g.token = token
+
+
+def _challenge(reason: str) -> str:
+    return 'Bearer realm="mlmon"' + (', error="invalid_token"' if reason == "invalid_token" else "")
 
 
 @api.get("/openapi.json")
@@ -667,6 +786,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> Fla
     @app.before_request
     def _start_timer():
         g.started = time.perf_counter()
+        _authenticate()
 
     @app.after_request
     def _count_request(response):
@@ -674,11 +794,28 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> Fla
         m.http_requests.labels(rule, str(response.status_code)).inc()
         if "started" in g:
             m.http_duration.labels(rule).observe(time.perf_counter() - g.started)
+        if access_log.isEnabledFor(logging.DEBUG):  # the access log: --log.level debug
+            token = g.get("token")
+            access_log.debug(
+                "request",
+                extra={
+                    "fields": {
+                        "method": request.method,
+                        "path": request.path,
+                        "status": response.status_code,
+                        "client": request.remote_addr or "",
+                        "token": token.name if token is not None else "",  # its name, never its value
+                        "seconds": round(time.perf_counter() - g.started, 6) if "started" in g else None,
+                    }
+                },
+            )
         return response
 
     @app.errorhandler(APIError)
     def _api_error(err: APIError):
-        return error_body(err.status, _status_name(err.status), err.message, err.problems)
+        response, status = error_body(err.status, _status_name(err.status), err.message, err.problems)
+        response.headers.update(err.headers)
+        return response, status
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):

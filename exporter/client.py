@@ -167,6 +167,18 @@ def _parse_retry_after(header: str | None) -> float | None:
     return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
 
 
+def _token_file() -> str | None:
+    """The token in the file named by ``MLMON_TOKEN_FILE`` (a compose or Kubernetes secret)."""
+    path = os.environ.get("MLMON_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError as exc:
+        raise ValueError(f"MLMON_TOKEN_FILE={path}: {exc.strerror}") from None
+
+
 def _retryable(status: int) -> bool:
     # 409: the exporter is still applying an earlier send of the same body (same Idempotency-Key).
     return status in (408, 409, 429) or status >= 500
@@ -213,7 +225,8 @@ class Client:
 
     Args:
         url: exporter base URL; default env ``MLMON_URL``, else ``http://127.0.0.1:8490``.
-        token: bearer token sent as ``Authorization: Bearer <token>``; default env ``MLMON_TOKEN``.
+        token: bearer token sent as ``Authorization: Bearer <token>``; default env ``MLMON_TOKEN``, or the
+            file named by ``MLMON_TOKEN_FILE``.
         batch_size: maximum events per HTTP request (predictions and labels are batched apart).
         flush_interval: seconds after which a partial batch is sent.
         max_queue: maximum events waiting in memory; beyond it ``log_*`` drop and return False.
@@ -255,7 +268,7 @@ class Client:
         if "://" not in url:
             url = "http://" + url
         self.url = url
-        token = token if token is not None else os.environ.get("MLMON_TOKEN") or None
+        token = token if token is not None else os.environ.get("MLMON_TOKEN") or _token_file() or None
         self._headers = {"Content-Type": "application/json", "User-Agent": _USER_AGENT}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"

@@ -149,6 +149,15 @@ class Storage:
 
 
 @dataclass(frozen=True)
+class Auth:
+    """Bearer tokens of the API (exporter/auth.py); only their SHA-256 digests are kept."""
+
+    enabled: bool = False
+    tokens: tuple = ()  # exporter.auth.Token
+    audit_path: str = ""  # JSON lines of admin actions and authentication failures; "" = in the data directory
+
+
+@dataclass(frozen=True)
 class Joins:
     """Where predictions wait for their labels: in the process (default) or shared by replicas in Redis."""
 
@@ -170,6 +179,7 @@ class Config:
     label_delay_buckets: tuple[float, ...] = DEFAULT_LABEL_DELAY_BUCKETS
     storage: Storage = field(default_factory=Storage)
     joins: Joins = field(default_factory=Joins)
+    auth: Auth = field(default_factory=Auth)
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
@@ -515,7 +525,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Con
     top = ck.mapping(
         "",
         tree,
-        {"windows", "buckets_per_window", "limits", "histograms", "thresholds", "models", "storage", "joins"},
+        {"windows", "buckets_per_window", "limits", "histograms", "thresholds", "models", "storage", "joins", "auth"},
         required=("models",),
     )
 
@@ -595,10 +605,120 @@ def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Con
 
     storage = _storage(ck, top["storage"], base_dir) if "storage" in top else _storage_default(base_dir)
     join_store = _joins(ck, top["joins"]) if "joins" in top else Joins()
+    auth = _auth(ck, top["auth"], base_dir, {m.name for m in models}) if "auth" in top else Auth()
 
     if ck.problems:
         raise ConfigError(ck.problems, source)
-    return Config(tuple(models), windows, window_seconds, bpw, limits, latency, delay, storage, join_store)
+    return Config(tuple(models), windows, window_seconds, bpw, limits, latency, delay, storage, join_store, auth)
+
+
+MIN_TOKEN_LENGTH = 16
+
+
+def _auth(ck: _Checker, node: _Node, base_dir: str, model_names: set[str]) -> Auth:
+    """auth: {enabled, tokens: [{name, token_file | token_env | sha256, models, actions}], audit_log}."""
+    from exporter.auth import ACTIONS, ALL_MODELS, Token, digest
+
+    am = ck.mapping("auth", node, {"enabled", "tokens", "audit_log"})
+    tokens: list[Token] = []
+    names: set[str] = set()
+    tn = am.get("tokens")
+    if tn is not None:
+        if not isinstance(tn.value, list):
+            ck.fail("auth.tokens", tn, "must be a list of tokens")
+        else:
+            for i, item in enumerate(tn.value):
+                path = f"auth.tokens[{i}]"
+                tm = ck.mapping(
+                    path, item, {"name", "token_file", "token_env", "sha256", "models", "actions"}, ("name", "actions")
+                )
+                if not tm:
+                    continue
+                name = tm["name"].value if "name" in tm else None
+                if not isinstance(name, str) or not name.isprintable() or not 0 < len(name) <= 64:
+                    ck.fail(f"{path}.name", tm.get("name", item), "must be a printable name of 1 to 64 characters")
+                    continue
+                if name in names:
+                    ck.fail(f"{path}.name", tm["name"], f"duplicate token name {name!r}")
+                names.add(name)
+                sources = [k for k in ("token_file", "token_env", "sha256") if k in tm]
+                if len(sources) != 1:
+                    ck.fail(path, item, "needs exactly one of token_file, token_env, sha256")
+                    continue
+                token_digest = _token_digest(ck, f"{path}.{sources[0]}", sources[0], tm[sources[0]], base_dir, digest)
+                models = _string_list(ck, f"{path}.models", tm.get("models"), default=[ALL_MODELS])
+                for m in models:
+                    if m != ALL_MODELS and m not in model_names:
+                        ck.fail(f"{path}.models", tm["models"], f"unknown model {m!r}")
+                actions = _string_list(ck, f"{path}.actions", tm["actions"], default=[])
+                for a in actions:
+                    if a not in ACTIONS:
+                        ck.fail(
+                            f"{path}.actions", tm["actions"], f"unknown action {a!r}; allowed: {', '.join(ACTIONS)}"
+                        )
+                if not actions:
+                    ck.fail(f"{path}.actions", tm["actions"], f"must list actions from {', '.join(ACTIONS)}")
+                if token_digest is not None:
+                    tokens.append(Token(name, token_digest, frozenset(models), frozenset(actions)))
+    enabled = bool(tokens) or tn is not None
+    if "enabled" in am:
+        v = am["enabled"].value
+        if not isinstance(v, bool):
+            ck.fail("auth.enabled", am["enabled"], "must be true or false")
+        else:
+            enabled = v
+    if enabled and not tokens and not ck.problems:
+        ck.fail("auth.tokens", node, "authentication is enabled but no token is configured")
+    audit = ""
+    if "audit_log" in am:
+        v = am["audit_log"].value
+        if not isinstance(v, str) or not v:
+            ck.fail("auth.audit_log", am["audit_log"], 'must be a file path, or "-" for stderr')
+        else:
+            audit = v if v == "-" or os.path.isabs(v) or not base_dir else os.path.join(base_dir, v)
+    return Auth(enabled, tuple(tokens), audit)
+
+
+def _token_digest(ck: _Checker, path: str, kind: str, node: _Node, base_dir: str, digest) -> bytes | None:
+    v = node.value
+    if not isinstance(v, str) or not v:
+        ck.fail(path, node, "must be a non-empty string")
+        return None
+    if kind == "sha256":
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", v):
+            ck.fail(path, node, "must be the 64 hex digits of the token's SHA-256 (sha256sum)")
+            return None
+        return bytes.fromhex(v)
+    if kind == "token_env":
+        value = os.environ.get(v)
+        if value is None:
+            ck.fail(path, node, f"the environment variable {v} is not set")
+            return None
+    else:
+        file = v if os.path.isabs(v) or not base_dir else os.path.join(base_dir, v)
+        try:
+            with open(file, encoding="utf-8") as fh:
+                value = fh.read()
+        except OSError as exc:
+            ck.fail(path, node, f"cannot read {file}: {exc.strerror}")
+            return None
+    value = value.strip()
+    if len(value) < MIN_TOKEN_LENGTH:
+        # The value itself is never echoed: only its length.
+        ck.fail(
+            path, node, f"the token is {len(value)} characters; use at least {MIN_TOKEN_LENGTH} (openssl rand -hex 32)"
+        )
+        return None
+    return digest(value)
+
+
+def _string_list(ck: _Checker, path: str, node: _Node | None, default: list[str]) -> list[str]:
+    if node is None:
+        return default
+    if not isinstance(node.value, list) or not all(isinstance(x.value, str) for x in node.value):
+        ck.fail(path, node, "must be a list of strings")
+        return []
+    return [x.value for x in node.value]
 
 
 def _storage_default(base_dir: str) -> Storage:

@@ -117,6 +117,12 @@ class JoinStore:
                 out.append((JOINED, pending))
         return out
 
+    def clear(self) -> None:
+        """Forget every entry (a model reset); nothing is counted as dropped."""
+        self._waiting.clear()
+        self._early.clear()
+        self._joined.clear()
+
     def counts(self) -> tuple[int, int]:
         """(predictions waiting for their label, labels waiting for their prediction)."""
         return len(self._waiting), len(self._early)

@@ -356,6 +356,15 @@ class RedisJoinStore:
             if not int(more):
                 return
 
+    def clear(self) -> None:
+        """Forget every entry of the model, for every replica (a model reset); nothing is counted."""
+        try:
+            self.client.delete(*self.keys)
+        except redis.RedisError as exc:
+            raise JoinStoreUnavailable(
+                f"the shared join store at {describe(self.client)} is unavailable: {exc}"
+            ) from exc
+
     def _head(self, now: float, token: str, n: int) -> list:
         life_ms = max(1, math.ceil(2 * self.ttl * 1000))
         return [repr(float(now)), self.cap, life_ms, token, n]

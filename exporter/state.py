@@ -413,6 +413,16 @@ class ModelState:
                         if name in ring.arrays:
                             ring.arrays[name][:] = 0
 
+    def reset(self) -> None:
+        """Forget the windows, counters and waiting predictions (an admin action); the reference stays."""
+        with self.lock:
+            self.versions = {}
+            self.joins.clear()
+            self.dropped = dict.fromkeys(joins.DROP_REASONS, 0)
+            self.duplicates = {"prediction": 0, "label": 0}
+            self.retired_versions = 0
+            self.feature_errors = dict.fromkeys(self.feature_errors, 0)
+
     def _version(self, name: str, now: float) -> VersionState:
         state = self.versions.get(name)
         if state is None:
