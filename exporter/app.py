@@ -158,6 +158,11 @@ class Mlmon:
         self.checkpoints = Counter(
             "mlmon_storage_checkpoints", "Snapshots of the state written to the data directory.", registry=self.registry
         )
+        self.checkpoint_stall = Gauge(
+            "mlmon_storage_checkpoint_stall_seconds",
+            "Time ingest waited for the last checkpoint's copy of the state.",
+            registry=self.registry,
+        )
         self.checkpoint_seconds = Gauge(
             "mlmon_storage_checkpoint_duration_seconds",
             "Time the last checkpoint took (ingest waits for its first part, the copy of the state).",
@@ -384,10 +389,13 @@ class Mlmon:
         if not self.store.durable:
             return
         started = time.perf_counter()
-        with self.ingest_lock:
+        with self.ingest_lock:  # ingest waits only for the copy; the pickling is done outside
             seq = self.store.last_seq
             at = self.clock()
-            parts = {name: state.export() for name, state in self.models.items()}
+            captured = {name: state.capture() for name, state in self.models.items()}
+        self.checkpoint_stall.set(time.perf_counter() - started)
+        parts = {name: ModelState.dumps(c) for name, c in captured.items()}
+        del captured
         blob = pickle.dumps(
             {"format": SNAPSHOT_FORMAT, "models": parts, "config_refs": self.config_refs},
             protocol=pickle.HIGHEST_PROTOCOL,
@@ -577,6 +585,7 @@ def post_resources():
     body = _json_body()
     problems = []
     if not isinstance(body, dict):
+        m.errors.inc("", "invalid_body")
         raise APIError(400, "the body must be a JSON object", [Problem(0, "", "invalid_body", "must be an object")])
     allowed = {"server", "models", "cpu_seconds_total", "resident_memory_bytes"}
     for key in body:

@@ -21,7 +21,10 @@ PREDICTION = {
         "version": {"type": "string", "pattern": "^[A-Za-z0-9_.+:@-]{1,64}$", "default": "default"},
         "id": {**_ID, "description": "Needed to join a label sent later."},
         "timestamp": {
-            "oneOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "format": "date-time"}],
+            "oneOf": [
+                {"type": "number", "minimum": 0, "exclusiveMinimum": True},
+                {"type": "string", "format": "date-time"},
+            ],
             "description": "Unix seconds or RFC 3339 with a time zone; default: arrival time. At most 300 s "
             "in the future.",
         },
@@ -92,6 +95,83 @@ ACCEPTED = {
     "required": ["accepted"],
     "properties": {"accepted": {"type": "integer"}, "duplicates": {"type": "integer"}},
 }
+
+
+MODEL = {
+    "type": "object",
+    "required": ["name", "task", "classes", "features", "pending_labels", "early_labels", "versions"],
+    "properties": {
+        "name": {"type": "string"},
+        "task": {"type": "string", "enum": ["binary", "multiclass", "regression"]},
+        "classes": {"type": "array", "items": {"type": "string"}, "description": "[] for regression."},
+        "features": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "type"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "type": {"type": "string", "enum": ["numeric", "categorical"]},
+                },
+            },
+        },
+        "pending_labels": {"type": "integer", "minimum": 0},
+        "early_labels": {"type": "integer", "minimum": 0},
+        "versions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "version",
+                    "predictions",
+                    "labels",
+                    "last_prediction_timestamp",
+                    "last_label_timestamp",
+                    "windows",
+                ],
+                "properties": {
+                    "version": {"type": "string"},
+                    "predictions": {"type": "integer", "minimum": 0},
+                    "labels": {"type": "integer", "minimum": 0},
+                    "last_prediction_timestamp": {"type": "number", "nullable": True},
+                    "last_label_timestamp": {"type": "number", "nullable": True},
+                    "windows": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "object",
+                            "required": ["predictions", "labeled"],
+                            "properties": {
+                                "predictions": {"type": "integer", "minimum": 0},
+                                "labeled": {"type": "integer", "minimum": 0},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+REFERENCE_RESULT = {
+    "type": "object",
+    "required": ["model", "rows", "features"],
+    "properties": {"model": {"type": "string"}, "rows": {"type": "integer"}, "features": {"type": "integer"}},
+}
+STATUS = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "string"},
+        "problems": {"type": "array", "items": {"type": "string"}},
+    },
+    "description": "Health and readiness answers: not the Error shape.",
+}
+
+
+def _json(schema: str, description: str = "OK") -> dict:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
 
 
 _RETRY_AFTER = {
@@ -188,7 +268,7 @@ def _ingest(item: str, key: str, summary: str) -> dict:
     }
 
 
-def openapi_document() -> dict:
+def _document() -> dict:
     json_ok = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
     return {
         "openapi": "3.0.3",
@@ -221,20 +301,35 @@ def openapi_document() -> dict:
                             }
                         },
                     },
-                    "responses": {"202": {"description": "Accepted."}, **_error_responses(400, 413, 429)},
+                    "responses": {"202": _json("Accepted", "Accepted."), **_error_responses(400, 413, 429)},
                 }
             },
             "/api/v1/models": {
                 "get": {
                     "summary": "Configured models with their versions, counts, pending labels and window sample sizes.",
-                    "responses": {"200": json_ok},
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["models"],
+                                        "properties": {
+                                            "models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}
+                                        },
+                                    }
+                                }
+                            },
+                        }
+                    },
                 }
             },
             "/api/v1/models/{name}": {
                 "get": {
                     "summary": "One model.",
                     "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
-                    "responses": {"200": json_ok, **_error_responses(404)},
+                    "responses": {"200": _json("Model"), **_error_responses(404)},
                 }
             },
             "/api/v1/models/{name}/reference": {
@@ -249,18 +344,114 @@ def openapi_document() -> dict:
                             "application/json": {"schema": {"type": "object"}},
                         },
                     },
-                    "responses": {"200": json_ok, **_error_responses(400, 404, 413)},
+                    "responses": {"200": _json("ReferenceResult"), **_error_responses(400, 404, 413)},
+                }
+            },
+            "/api/v1/models/{name}/reset": {
+                "post": {
+                    "summary": "Forget the model's windows, counters and waiting predictions; its reference stays.",
+                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {
+                            "description": "Reset.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["model", "reset"],
+                                        "properties": {"model": {"type": "string"}, "reset": {"type": "boolean"}},
+                                    }
+                                }
+                            },
+                        },
+                        **_error_responses(404),
+                    },
                 }
             },
             "/api/v1/openapi.json": {"get": {"summary": "This document.", "responses": {"200": json_ok}}},
-            "/healthz": {"get": {"summary": "Liveness.", "responses": {"200": json_ok, **_error_responses(503)}}},
-            "/readyz": {"get": {"summary": "Readiness.", "responses": {"200": json_ok, **_error_responses(503)}}},
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness.",
+                    "responses": {
+                        "200": _json("Status"),
+                        "503": _json("Status", "Unhealthy: the problems are listed."),
+                    },
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness.",
+                    "responses": {"200": _json("Status"), "503": _json("Status", "Shutting down.")},
+                }
+            },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics (text or OpenMetrics).",
-                    "responses": {"200": {"description": "Metrics."}},
+                    "responses": {
+                        "200": {
+                            "description": "Metrics: Prometheus text 0.0.4, or OpenMetrics 1.0.0 when asked for.",
+                            "content": {
+                                "text/plain": {"schema": {"type": "string"}},
+                                "application/openmetrics-text": {"schema": {"type": "string"}},
+                            },
+                        }
+                    },
                 }
             },
         },
-        "components": {"schemas": {"Prediction": PREDICTION, "Label": LABEL, "Error": ERROR, "Accepted": ACCEPTED}},
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A token from the config's auth.tokens, scoped to models and actions "
+                    "(docs/security.md). Not needed when authentication is off.",
+                }
+            },
+            "schemas": {
+                "Prediction": PREDICTION,
+                "Label": LABEL,
+                "Error": ERROR,
+                "Accepted": ACCEPTED,
+                "Model": MODEL,
+                "ReferenceResult": REFERENCE_RESULT,
+                "Status": STATUS,
+            },
+        },
     }
+
+
+# The operations that need a bearer token when authentication is on (exporter/app.py ENDPOINT_ACTIONS).
+SECURED = {
+    ("/api/v1/predictions", "post"): "write",
+    ("/api/v1/labels", "post"): "write",
+    ("/api/v1/resources", "post"): "write",
+    ("/api/v1/models", "get"): "read",
+    ("/api/v1/models/{name}", "get"): "read",
+    ("/api/v1/models/{name}/reference", "put"): "admin",
+    ("/api/v1/models/{name}/reset", "post"): "admin",
+}
+
+
+def openapi_document() -> dict:
+    """The OpenAPI document: the operations, plus bearer security, 401 and 403 where a token is needed."""
+    doc = _document()
+    for (path, method), action in SECURED.items():
+        op = doc["paths"][path][method]
+        # Either a bearer token or none: authentication can be off (auth.tokens not configured).
+        op["security"] = [{"bearer": []}, {}]
+        op["description"] = (op.get("description", "") + f" Needs a token with the `{action}` action.").strip()
+        op["responses"].update(
+            {
+                "401": {
+                    "description": "No valid bearer token (authentication is on).",
+                    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                },
+                "403": {
+                    "description": f"The token may not {action} this model.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                },
+            }
+        )
+    return doc

@@ -246,14 +246,20 @@ def read_csv(text: str) -> dict[str, list]:
         header = next(reader)
     except StopIteration:
         raise ReferenceError("the CSV is empty") from None
+    except csv.Error as exc:
+        raise ReferenceError(f"the CSV header is malformed: {exc}") from None
     if len(set(header)) != len(header):
         raise ReferenceError("the CSV header has duplicate columns")
     columns: dict[str, list] = {h: [] for h in header}
-    for line, row in enumerate(reader, start=2):
-        if len(row) != len(header):
-            raise ReferenceError(f"row {line}: {len(row)} fields, the header has {len(header)}")
-        for h, v in zip(header, row):
-            columns[h].append(v)
+    line = 1
+    try:
+        for line, row in enumerate(reader, start=2):
+            if len(row) != len(header):
+                raise ReferenceError(f"row {line}: {len(row)} fields, the header has {len(header)}")
+            for h, v in zip(header, row):
+                columns[h].append(v)
+    except csv.Error as exc:  # a lone carriage return in a field, a field over the csv module's limit...
+        raise ReferenceError(f"the CSV is malformed near row {line + 1}: {exc}") from None
     return columns
 
 
@@ -281,7 +287,7 @@ def _ref_from_json(data, where: str, model: ModelConfig, kind: str | None) -> Re
         if len(counts) != len(categories) + 1 or len(categories) > TOP_CATEGORIES:
             raise ValueError(f"needs one count per category plus 'other', at most {TOP_CATEGORIES} categories")
         return CategoricalRef(categories, counts, frozenset(str(c) for c in data["known"]), int(data["missing"]))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ReferenceError(f"{where}: {exc}") from None
 
 
@@ -305,7 +311,10 @@ def from_json(data, model: ModelConfig) -> Profile:
     for key, ref in extra.items():
         if isinstance(ref, CategoricalRef) and ref.categories != model.classes:
             raise ReferenceError(f"{key}: categories must be the model's classes {list(model.classes)}")
-    return Profile(model.name, int(data.get("rows", 0)), refs, extra.get("prediction"), extra.get("label"))
+    rows = data.get("rows", 0)
+    if isinstance(rows, bool) or not isinstance(rows, int) or not 0 <= rows < 2**62:
+        raise ReferenceError("'rows' must be a whole number of rows")
+    return Profile(model.name, rows, refs, extra.get("prediction"), extra.get("label"))
 
 
 def load_all(config) -> dict[str, Profile]:

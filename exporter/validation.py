@@ -35,7 +35,8 @@ MAX_ID_LENGTH = 256
 MAX_STRING_LENGTH = 1024
 FUTURE_SKEW_SECONDS = 300.0
 SCORE_SUM_TOLERANCE = 0.01
-_VERSION_RE = re.compile(r"^[A-Za-z0-9_.+:@\-]{1,64}$")
+# fullmatch, not match: "$" also matches before a trailing newline, so "v1\n" would pass.
+_VERSION_RE = re.compile(r"[A-Za-z0-9_.+:@\-]{1,64}")
 
 PREDICTION_FIELDS = frozenset(
     {"model", "version", "id", "timestamp", "features", "prediction", "scores", "score", "latency_seconds", "label"}
@@ -86,17 +87,22 @@ class Label:
     label: Any
 
 
+# ASCII digits only ("\d" also takes other scripts' digits, which int() reads), matched in full (fullmatch:
+# "$" would also match before a trailing newline).
 _RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
 
 
 def parse_rfc3339(text: str) -> float | None:
     """Unix seconds of an RFC 3339 date-time with a time zone (the same on every Python), or None."""
-    m = _RFC3339.match(text)
+    m = _RFC3339.fullmatch(text)
     if not m:
         return None
     year, month, day, hour, minute, second, frac, zulu, sign, tzh, tzm = m.groups()
+    if not zulu and (int(tzh) > 23 or int(tzm) > 59):  # "+00:99" is not an offset of 1h39m
+        return None
     try:
         offset = 0 if zulu else (1 if sign == "+" else -1) * (int(tzh) * 60 + int(tzm))
         tz = timezone(timedelta(minutes=offset))
@@ -108,6 +114,16 @@ def parse_rfc3339(text: str) -> float | None:
 
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# Numbers mlmon sums (regression predictions and labels, latencies, numeric features) must stay within
+# this magnitude: their squares and sums then never overflow a double, so one absurd value cannot turn a
+# counter or a window into infinity.
+MAX_MAGNITUDE = 1e100
+
+
+def _bounded(v: Any) -> bool:
+    return _finite(v) and -MAX_MAGNITUDE <= v <= MAX_MAGNITUDE
 
 
 def _class_key(v: Any) -> str | None:
@@ -199,8 +215,12 @@ class Validator:
     def _outcome(self, it: _Item, model: ModelConfig, field: str, value: Any) -> Any:
         """A class index for classification, a float for regression."""
         if model.task == "regression":
-            if not _finite(value):
-                it.fail(field, "invalid_value", f"must be a finite number for a regression model, got {_show(value)}")
+            if not _bounded(value):
+                it.fail(
+                    field,
+                    "invalid_value",
+                    f"must be a finite number within ±1e100 for a regression model, got {_show(value)}",
+                )
                 return None
             return float(value)
         key = _class_key(value)
@@ -228,7 +248,7 @@ class Validator:
             if model is None:
                 continue
             version = item.get("version", "default")
-            if not isinstance(version, str) or not _VERSION_RE.match(version):
+            if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
                 it.fail("version", "invalid_value", "must be 1-64 characters of letters, digits and _.+:@-")
             pid = self._id(it, item.get("id"), required=False)
             ts = self._timestamp(it, item.get("timestamp"), now)
@@ -240,8 +260,8 @@ class Validator:
                 pred = self._outcome(it, model, "prediction", item["prediction"])
             scores = self._scores(it, model, item.get("scores"), item.get("score"))
             latency = item.get("latency_seconds")
-            if latency is not None and not (_finite(latency) and latency >= 0):
-                it.fail("latency_seconds", "invalid_value", f"must be a finite number >= 0, got {_show(latency)}")
+            if latency is not None and not (_bounded(latency) and latency >= 0):
+                it.fail("latency_seconds", "invalid_value", f"must be a number from 0 to 1e100, got {_show(latency)}")
             label = self._outcome(it, model, "label", item["label"]) if item.get("label") is not None else None
             if len(problems) == before:
                 out.append(
@@ -302,10 +322,13 @@ class Validator:
             kind = types.get(name)
             vtype = type(value)
             if kind == "numeric":
-                if (vtype is float and value - value == 0.0) or vtype is int or value is None:
+                # A chained comparison is False for NaN too: the fast path takes finite, bounded floats only.
+                if (vtype is float and -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE) or vtype is int or value is None:
                     continue
-                if not _finite(value):
-                    bad.append((name, "type_error", f"must be a finite number or null, got {_show(value)}"))
+                if not _bounded(value):
+                    bad.append(
+                        (name, "type_error", f"must be a finite number within ±1e100 or null, got {_show(value)}")
+                    )
             elif kind is None:
                 bad.append((name, "unknown_feature", f"is not a feature of model {model.name!r}"))
             elif vtype is str:

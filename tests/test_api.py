@@ -379,3 +379,35 @@ def test_alert_thresholds_are_published_for_every_model(client):
         "error_rise",
         "latency_p99_seconds",
     }
+
+
+# Found by tests/test_fuzz.py (issue 8).
+
+
+@pytest.mark.parametrize("version", ["v1\n", "a" * 64 + "\n"])
+def test_version_with_a_trailing_newline_is_rejected(client, version):
+    r = client.post("/api/v1/predictions", json=churn(version=version))
+    assert r.status_code == 400
+    assert r.get_json()["error"]["details"][0]["field"] == "version"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["٢٠٢٦-01-01T00:00:00Z", "2026-01-01T00:00:00+00:99", "2026-01-01T00:00:00Z\n", "2026-01-01T00:00:00+00:60"],
+)
+def test_rfc3339_rejects_non_ascii_digits_bad_offsets_and_a_trailing_newline(client, text):
+    from exporter.validation import parse_rfc3339
+
+    assert parse_rfc3339(text) is None
+    r = client.post("/api/v1/predictions", json=churn(timestamp=text))
+    assert r.status_code == 400 and r.get_json()["error"]["details"][0]["field"] == "timestamp"
+
+
+def test_openapi_document_is_valid_openapi_3_0(client):
+    doc = client.get("/api/v1/openapi.json").get_json()
+    timestamp = doc["components"]["schemas"]["Prediction"]["properties"]["timestamp"]["oneOf"][0]
+    assert timestamp["exclusiveMinimum"] is True and timestamp["minimum"] == 0  # a boolean in 3.0, not a number
+    for path in ("/healthz", "/readyz"):  # their 503 is {"status": ...}, not the error shape
+        assert doc["paths"][path]["get"]["responses"]["503"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Status"
+        }
