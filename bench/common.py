@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -17,15 +20,35 @@ import requests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def scratch_dir(prefix: str = "mlmon-bench-") -> str:
+    """A fresh temporary directory, removed when the benchmark process exits (never inside the repo)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def config_text(
     models: int = 1,
     features: int = 30,
     windows=("5m", "1h", "1d"),
     task: str = "binary",
     reference_dir: str | None = None,
+    limits: dict | None = None,
+    storage: dict | None = None,
+    joins: dict | None = None,
 ) -> str:
-    """A config of `models` models; with `reference_dir`, each gets a reference CSV written there (drift on)."""
-    lines = [f"windows: {list(windows)}", "limits: {max_batch_size: 10000, max_body_bytes: 67108864}", "models:"]
+    """A config of `models` models; with `reference_dir`, each gets a reference CSV written there (drift on).
+
+    Storage is the default (SQLite, sync normal) unless `storage` says otherwise, always with its data
+    directory in a fresh temporary directory: `mlmon serve` (Served) and `create_app` on the parsed text
+    would otherwise write `data/` into the working directory, the repo. `limits` and `joins` add settings.
+    """
+    limit = {"max_batch_size": 10000, "max_body_bytes": 67108864, **(limits or {})}
+    store = {"path": scratch_dir("mlmon-bench-data-"), **(storage or {})}
+    lines = [f"windows: {list(windows)}", f"limits: {json.dumps(limit)}", f"storage: {json.dumps(store)}"]
+    if joins:
+        lines.append(f"joins: {json.dumps(joins)}")
+    lines.append("models:")
     for m in range(models):
         lines.append(f"  - name: model{m}")
         lines.append(f"    task: {task}")
@@ -95,7 +118,8 @@ def free_port() -> int:
 
 
 class Served:
-    """`mlmon serve` in a subprocess on loopback, for as long as the with-block lasts."""
+    """`mlmon serve` in a subprocess on loopback, for as long as the with-block lasts; its data directory
+    (`--storage.path`) is in the temporary directory that also holds the config, removed at the end."""
 
     def __init__(self, config: str, threads: int = 8):
         self.config = config
@@ -120,6 +144,8 @@ class Served:
                 str(self.port),
                 "--threads",
                 str(self.threads),
+                "--storage.path",
+                os.path.join(self.dir.name, "data"),
                 "--log.level",
                 "warn",
             ],

@@ -117,6 +117,15 @@ class JoinStore:
                 out.append((JOINED, pending))
         return out
 
+    def copy(self) -> JoinStore:
+        """A copy for a snapshot: new dicts, the same (never modified) entries."""
+        other = JoinStore(self.ttl, self.cap)
+        other._waiting = OrderedDict(self._waiting)
+        other._early = OrderedDict(self._early)
+        other._joined = OrderedDict(self._joined)
+        other.dropped = dict(self.dropped)
+        return other
+
     def clear(self) -> None:
         """Forget every entry (a model reset); nothing is counted as dropped."""
         self._waiting.clear()

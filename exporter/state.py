@@ -7,6 +7,7 @@ the windows when the label arrives (its arrival time), prediction statistics at 
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 import threading
@@ -556,27 +557,38 @@ class ModelState:
 
     # -- durability (exporter/storage.py) ------------------------------------------------------------
 
-    def export(self) -> bytes:
-        """Everything this model's windows and counters hold, as bytes for a snapshot.
+    def capture(self) -> dict:
+        """A copy of everything this model's windows and counters hold, for a snapshot.
 
-        The caller holds the ingest lock, so that the snapshot and the journal sequence agree. A shared join
-        store lives in Redis and is not part of it.
+        Cheap on purpose: the caller holds the ingest lock (so that the snapshot and the journal sequence
+        agree) and ingest waits meanwhile. Arrays are copied; waiting predictions are shared, since an entry
+        is only ever added or removed, never changed. Pickling happens later, outside the locks. A shared
+        join store lives in Redis and is not part of it.
         """
         with self.lock:
-            return pickle.dumps(
-                {
-                    "fingerprint": fingerprint(self.model, self.config),
-                    "versions": self.versions,
-                    "joins": None if self.joins.shared else self.joins,
-                    "dropped": self.dropped,
-                    "duplicates": self.duplicates,
-                    "retired_versions": self.retired_versions,
-                    "profile": self.profile.dumps() if self.profile is not None else None,
-                    "segments": (self.segments.values, self.segments.from_reference),
-                    "feature_errors": self.feature_errors,
-                },
-                protocol=pickle.HIGHEST_PROTOCOL,
-            )
+            keep = {id(self.model): self.model, id(self.config): self.config}
+            return {
+                "fingerprint": fingerprint(self.model, self.config),
+                "versions": copy.deepcopy(self.versions, keep),
+                "joins": None if self.joins.shared else self.joins.copy(),
+                "dropped": dict(self.dropped),
+                "duplicates": dict(self.duplicates),
+                "retired_versions": self.retired_versions,
+                "profile": self.profile,
+                "segments": ({f: set(v) for f, v in self.segments.values.items()}, self.segments.from_reference),
+                "feature_errors": dict(self.feature_errors),
+            }
+
+    @staticmethod
+    def dumps(captured: dict) -> bytes:
+        """The bytes of a snapshot of ``capture()``'s copy (the profile as its JSON, which restore validates)."""
+        profile = captured["profile"]
+        return pickle.dumps(
+            {**captured, "profile": profile.dumps() if profile is not None else None}, protocol=pickle.HIGHEST_PROTOCOL
+        )
+
+    def export(self) -> bytes:
+        return self.dumps(self.capture())
 
     def restore(self, blob: bytes) -> bool:
         """Take back what ``export`` saved; False (and nothing changed) if the model's config changed shape."""

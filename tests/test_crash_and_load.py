@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -228,15 +229,21 @@ def test_load_concurrent_clients_zero_errors_and_flat_memory(tmp_path):
         assert total(metrics, "mlmon_storage_checkpoints_total") >= 5
         assert metrics.get("mlmon_pending_labels", model="churn") <= 20_000
         assert total(metrics, "mlmon_pending_dropped_total", model="churn", reason="evicted") > 0
-        # Memory is flat once the pending store is full: the last half of the run grows by under 10%.
-        half = rss[len(rss) // 2 :]
-        growth = max(half) / half[0] - 1
+        # Memory is flat once the pending store is full: after the first quarter (warm-up), the median of the
+        # last half of the samples is within 8% of the median of the first half; checkpoints (a copy of the
+        # state, then its pickle) make short peaks, bounded too.
+        steady = rss[len(rss) // 4 :]
+        first = statistics.median(steady[: len(steady) // 2])
+        last = statistics.median(steady[len(steady) // 2 :])
+        growth, peak = last / first - 1, max(steady) / first - 1
         rate = total(metrics, "mlmon_predictions_total") / 20
         print(
             f"\nload: {rate:,.0f} predictions/s, {results[202]} accepted requests, {results[429]} answered 429; "
-            f"RSS {half[0] / 2**20:.0f} -> {max(half) / 2**20:.0f} MiB ({growth:+.1%})"
+            f"RSS median {first / 2**20:.0f} -> {last / 2**20:.0f} MiB ({growth:+.1%}), peak {peak:+.1%}"
         )
-        assert growth < 0.10, [f"{x / 2**20:.0f}" for x in rss]
+        mib = [f"{x / 2**20:.0f}" for x in rss]
+        assert growth < 0.08, mib
+        assert peak < 0.30, mib
     finally:
         stop.set()
         exporter.stop()
