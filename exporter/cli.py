@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="address and port in one, Prometheus style; overrides --host and --port",
     )
     serve.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        default=_env("WEB_CONFIG_FILE"),
+        metavar="FILE",
+        help="exporter-toolkit web config: TLS, basic auth on /metrics, response headers "
+        "(env MLMON_WEB_CONFIG_FILE; docs/security.md)",
+    )
+    serve.add_argument(
         "--storage.path",
         dest="storage_path",
         default=_env("STORAGE_PATH"),
@@ -84,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE")
 
+    check_web = sub.add_parser(
+        "check-web-config",
+        help="validate a web config file (--web.config.file) and exit",
+        description="Validate a web config file as `mlmon serve` reads it (certificates included); exit 0 if it "
+        "is valid, 1 if not.",
+    )
+    check_web.add_argument("file", metavar="FILE")
+
     ref = sub.add_parser("reference", help="build a reference profile", description="Reference profiles.")
     ref_sub = ref.add_subparsers(dest="reference_command", required=True, metavar="COMMAND")
     build = ref_sub.add_parser(
@@ -108,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "check-web-config":
+        return _check_web_config(args.file)
     if args.command == "reference":
         return _reference_build(args)
     if args.command == "demo":
@@ -167,6 +185,20 @@ def _check_config(path: str) -> int:
     return 0
 
 
+def _check_web_config(path: str) -> int:
+    from exporter import webconfig
+
+    try:
+        config = webconfig.load(path)
+    except webconfig.WebConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    parts = [f"TLS ({config.tls.client_auth_type}, {config.tls.min_version}+)" if config.tls else "no TLS"]
+    parts.append(f"{len(config.users)} basic auth user(s)" if config.users else "no basic auth")
+    print(f"{path}: OK: {', '.join(parts)}")
+    return 0
+
+
 def _serve(parser: argparse.ArgumentParser, args) -> int:
     if not args.config:
         parser.error("serve needs --config FILE (or MLMON_CONFIG)")
@@ -183,11 +215,26 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
         host, port = host.strip("[]") or "0.0.0.0", int(port_text)
     import waitress
 
+    from exporter import webconfig
     from exporter.app import create_app
     from exporter.joins import JoinStoreUnavailable
     from exporter.storage import StorageError
 
     logs.setup(args.log_level, args.log_format)
+    web: webconfig.Holder | None = None
+    if args.web_config:
+        try:
+            web = webconfig.Holder(args.web_config)
+        except webconfig.WebConfigError as exc:
+            parser.exit(2, f"mlmon serve: invalid web config\n{exc}\n")
+    public = None
+    if web is not None and web.tls:
+        from exporter import tls
+
+        try:
+            public = tls.bind(host, port)  # before the app opens its data directory: a busy port fails fast
+        except OSError as exc:
+            parser.exit(2, f"mlmon serve: cannot listen on {host}:{port}: {exc}\n")
     try:
         config = load_config(args.config)
         if args.storage_path:
@@ -203,17 +250,30 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
     if mlmon.store.durable:
         log.info("state restored", extra={"fields": {"data": mlmon.store.file, **_flat(mlmon.restored)}})
     limit = config.limits.max_body_bytes
+    wsgi = app
+    peers = webconfig.Peers() if public is not None else None
+    if web is not None:
+        # Basic auth on /metrics, extra headers, the real client behind TLS (webconfig.Guard).
+        wsgi = webconfig.Guard(app, web, peers=peers, registry=mlmon.registry)
     # Waitress's own body limit sits above the app's, so the app answers 413 in its JSON shape.
+    # With TLS, waitress listens on a random loopback port behind the TLS listener (exporter/tls.py).
     server = waitress.create_server(
-        app,
-        host=host,
-        port=port,
+        wsgi,
+        host="127.0.0.1" if public is not None else host,
+        port=0 if public is not None else port,
         threads=args.threads,
         ident="mlmon",
         max_request_body_size=2 * limit + 65536,
         channel_timeout=60,
+        # Slow clients cost a connection each, not a thread (waitress reads whole requests before a worker
+        # sees them): allow many, so that a few hundred trickling connections do not lock others out.
+        connection_limit=1000,
         clear_untrusted_proxy_headers=True,
     )
+    listener = None
+    if public is not None:
+        listener = tls.TLSListener(public, server.effective_port, web, peers)  # type: ignore[arg-type]
+        listener.start()
     stop_maintenance = mlmon.start_maintenance()
 
     def _terminate(signum, _frame):
@@ -223,13 +283,20 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
+    if web is not None:
+        # Like Prometheus: SIGHUP re-reads the web config (certificates and users); so does a change of its files.
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: web.reload("SIGHUP"))
+    address = f"http://{host}:{server.effective_port}"
+    if listener is not None:
+        address = f"https://{host}:{listener.address[1]}"
     log.info(
         "listening",
         extra={
             "fields": {
-                "address": f"http://{host}:{server.effective_port}",
+                "address": address,
                 "models": len(config.models),
                 "config": args.config,
+                **({"web_config": args.web_config, "basic_auth": bool(web.config.users)} if web else {}),
                 "version": __version__,
             }
         },
@@ -237,6 +304,8 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
     try:
         server.run()  # returns after SystemExit, once in-flight requests are done (waitress drains its queue)
     finally:
+        if listener is not None:
+            listener.stop()
         stop_maintenance.set()
         mlmon.checkpoint_due.set()  # wakes the maintenance thread, which sees the stop
         if mlmon.maintenance_thread is not None:

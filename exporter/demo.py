@@ -143,9 +143,11 @@ def _shorten_for(match: re.Match) -> str:
 
 
 def write_bundle(workdir: str, exporter: str, alertmanager: str, receiver: str, interval: str) -> tuple[str, str]:
-    """Copies of prometheus/ and alertmanager/ for the demo: loopback targets, short intervals, local receiver."""
+    """Copies of prometheus/ and alertmanager/ for the demo: loopback targets, short intervals, local receiver,
+    and a plain-HTTP scrape of the demo's exporter."""
     prom_dir, am_dir = os.path.join(workdir, "prometheus"), os.path.join(workdir, "alertmanager")
-    shutil.copytree(os.path.join(ROOT, "prometheus"), prom_dir)
+    # Not secrets/: the demo's scrape needs none, and local secret files stay where they are.
+    shutil.copytree(os.path.join(ROOT, "prometheus"), prom_dir, ignore=shutil.ignore_patterns("secrets"))
     shutil.copytree(os.path.join(ROOT, "alertmanager"), am_dir)
 
     prom_path = os.path.join(prom_dir, "prometheus.yml")
@@ -155,6 +157,11 @@ def write_bundle(workdir: str, exporter: str, alertmanager: str, receiver: str, 
     prom["scrape_configs"] = [sc for sc in prom.get("scrape_configs", []) if sc.get("job_name") == "mlmon"]
     for sc in prom["scrape_configs"]:
         sc["scrape_interval"] = interval
+        # The demo's exporter serves plain HTTP on loopback, without a web config: scrape it so, and send
+        # no password (the bundle's job expects TLS and basic auth, docs/security.md).
+        sc["scheme"] = "http"
+        sc.pop("tls_config", None)
+        sc.pop("basic_auth", None)
         sc.pop("static_configs", None)
         sc["file_sd_configs"] = [{"files": ["targets/*.yml"]}]
     prom["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}

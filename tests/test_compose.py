@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from exporter.config import load_config
+from exporter.config import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -243,28 +243,102 @@ def test_named_volumes_are_declared(stack):
                 assert source in declared, f"{name} uses undeclared volume {source}"
 
 
+# Secrets with a committed placeholder (*.example), and the generated ones (scrape, API token), made by make-secrets.sh.
+EXAMPLE_SECRETS = {"slack_webhook_url", "pagerduty_routing_key", "grafana_admin_password"}
+SCRAPE_SECRETS = {"mlmon_web_config", "mlmon_tls_cert", "mlmon_tls_key", "mlmon_ca", "mlmon_api_token"}
+SCRAPE_SCRIPT = ROOT / "deploy" / "compose" / "make-secrets.sh"
+
+
 def test_secrets_come_from_git_ignored_files_with_committed_examples(compose):
     secrets = compose["secrets"]
-    assert set(secrets) == {"slack_webhook_url", "pagerduty_routing_key", "grafana_admin_password"}
+    assert set(secrets) == EXAMPLE_SECRETS | SCRAPE_SECRETS
+    folder = ROOT / "deploy" / "compose" / "secrets"
     for name, secret in secrets.items():
         path = repo_path(secret["file"])
-        assert path.parent == ROOT / "deploy" / "compose" / "secrets", f"{name}: {secret['file']}"
-        assert path.with_name(path.name + ".example").is_file(), f"{name}: no {path.name}.example"
+        assert folder in path.parents, f"{name}: {secret['file']}"
+        if name in EXAMPLE_SECRETS:
+            assert path.parent == folder and path.with_name(path.name + ".example").is_file(), f"{name}: no example"
+        else:
+            assert path.name in SCRAPE_SCRIPT.read_text(), f"{name}: make-secrets.sh does not make {path.name}"
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("no git checkout")
     for name, secret in secrets.items():
         path = repo_path(secret["file"])
         ignored = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=ROOT).returncode
-        example = subprocess.run(["git", "check-ignore", "-q", str(path) + ".example"], cwd=ROOT).returncode
-        assert (ignored, example) == (0, 1), f"{name}: the secret must be ignored and its example committed"
+        assert ignored == 0, f"{name}: {secret['file']} must be git-ignored"
+        if name in EXAMPLE_SECRETS:
+            example = subprocess.run(["git", "check-ignore", "-q", str(path) + ".example"], cwd=ROOT).returncode
+            assert example == 1, f"{name}: its example must be committed"
+    # The mount points and the folder Prometheus's secrets come from exist in a fresh checkout.
+    for keep in (folder / "prometheus" / ".gitignore", ROOT / "prometheus" / "secrets" / ".gitignore"):
+        assert subprocess.run(["git", "check-ignore", "-q", str(keep)], cwd=ROOT).returncode == 1, keep
 
 
-def test_the_exporter_serves_the_demo_config(services):
+def test_the_exporters_serve_tls_and_basic_auth_and_prometheus_has_the_keys(stack):
+    """The protected scrape (docs/security.md): every exporter reads the web config, whose relative cert and key
+    files are secrets beside it; Prometheus reads the committed mlmon job's ca_file and password_file from the
+    mounted folder; whoever sends to an exporter directly trusts the CA."""
+    services = stack["services"]
+    for name in [n for n in services if n in REPLICAS]:
+        exporter = services[name]
+        web = exporter["environment"]["MLMON_WEB_CONFIG_FILE"]
+        targets = {s["target"]: s["source"] for s in exporter["secrets"]}
+        assert targets[web] == "mlmon_web_config", name
+        template = yaml.safe_load((ROOT / "deploy" / "compose" / "web-config.yml").read_text())
+        tls = template["tls_server_config"]
+        for key, secret in (("cert_file", "mlmon_tls_cert"), ("key_file", "mlmon_tls_key")):
+            assert targets[str(Path(web).parent / tls[key])] == secret, f"{name}: {key}"
+        assert set(template["basic_auth_users"]) == {"prometheus"}
+        check = " ".join(exporter["healthcheck"]["test"])
+        assert "https://127.0.0.1:8490/readyz" in check, f"{name}: the healthcheck must speak TLS"
+    config = load_yaml(ROOT / "prometheus" / "prometheus.yml")
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "mlmon"]
+    assert job["scheme"] == "https" and job["basic_auth"]["username"] == "prometheus"
+    prometheus = services["prometheus"]
+    source, target, read_only = mount_of(prometheus, "./deploy/compose/secrets/prometheus")
+    assert target == "/etc/prometheus/secrets" and read_only
+    for path in (job["tls_config"]["ca_file"], job["basic_auth"]["password_file"]):
+        assert ("/etc/prometheus/" + path).startswith(target + "/"), f"prometheus.yml reads {path}, not mounted"
+        assert Path(path).name in SCRAPE_SCRIPT.read_text(), f"make-secrets.sh does not make {path}"
+    model_server = services["model-server"]
+    url = model_server["environment"]["MLMON_URL"]
+    if url.startswith("https://"):
+        ca = model_server["environment"]["REQUESTS_CA_BUNDLE"]
+        assert {s["target"]: s["source"] for s in model_server["secrets"]}[ca] == "mlmon_ca"
+    if "exporter-lb" in services:
+        assert "ssl verify required ca-file /run/secrets/mlmon_ca.crt" in haproxy_config()
+        assert {s["target"]: s["source"] for s in services["exporter-lb"]["secrets"]} == {
+            "/run/secrets/mlmon_ca.crt": "mlmon_ca"
+        }
+
+
+COMPOSE_CONFIG = "./deploy/compose/mlmon.yml"
+API_TOKEN_SECRET = "/run/secrets/mlmon_api_token"
+
+
+def load_with_token(path: Path, tmp_path: Path):
+    """Validate a compose mlmon config, its token file (a compose secret) standing in as a temp file."""
+    token = tmp_path / "mlmon_api_token"
+    token.write_text("x" * 64)
+    text = path.read_text().replace(API_TOKEN_SECRET, str(token))
+    return parse_config(text, str(path), str(path.parent))
+
+
+def test_the_exporter_serves_the_demo_config_with_authentication(services, tmp_path):
     exporter = services["exporter"]
-    source, target, read_only = mount_of(exporter, "./examples/demo/mlmon.yml")
+    source, target, read_only = mount_of(exporter, COMPOSE_CONFIG)
     assert (target, read_only) == ("/etc/mlmon/mlmon.yml", True)
     assert "127.0.0.1:8490:8490" in exporter["ports"]
-    load_config(str(repo_path(source)))  # raises ConfigError if the demo config is invalid
+    config = load_with_token(repo_path(source), tmp_path)  # raises ConfigError if invalid
+    # The demo's config plus auth: the same models, windows and thresholds the rules and dashboards expect.
+    demo = yaml.safe_load((ROOT / "examples/demo/mlmon.yml").read_text())
+    assert {k: v for k, v in yaml.safe_load(repo_path(source).read_text()).items() if k != "auth"} == demo
+    # Authentication is on, with the token from a compose secret that the model server sends too.
+    assert config.auth.enabled and [t.name for t in config.auth.tokens] == ["model-server"]
+    for name in ("exporter", "model-server"):
+        targets = {x["target"]: x["source"] for x in services[name]["secrets"]}
+        assert targets[API_TOKEN_SECRET] == "mlmon_api_token", name
+    assert services["model-server"]["environment"]["MLMON_TOKEN_FILE"] == API_TOKEN_SECRET
 
 
 def test_the_exporter_has_every_window_the_rules_read(services):
@@ -279,7 +353,7 @@ def test_the_exporter_has_every_window_the_rules_read(services):
     if not expressions:
         pytest.skip("prometheus/rules/ has no rules yet")
     read = {w for expr in expressions for w in re.findall(r'\bwindow\s*=\s*"([^"]+)"', str(expr))}
-    windows = set(load_config(str(repo_path(mount_of(services["exporter"], "./examples/demo/mlmon.yml")[0]))).windows)
+    windows = set(load_config(str(ROOT / "examples/demo/mlmon.yml")).windows)
     assert read <= windows, f"the rules read windows {sorted(read - windows)} that examples/demo/mlmon.yml lacks"
 
 
@@ -311,8 +385,8 @@ def test_the_example_services_run_the_examples_with_their_own_flags(services):
         for flag in (a for a in service["command"][1:] if a.startswith("--")):
             assert flag in helptext, f"{script} has no {flag}"
     model_server = services["model-server"]["command"]
-    assert model_server[model_server.index("--mlmon-url") + 1] == "http://exporter:8490"
-    assert services["model-server"]["environment"]["MLMON_URL"] == "http://exporter:8490"
+    assert model_server[model_server.index("--mlmon-url") + 1] == "https://exporter:8490"
+    assert services["model-server"]["environment"]["MLMON_URL"] == "https://exporter:8490"
     port = model_server[model_server.index("--port") + 1]
     traffic = services["traffic"]["command"]
     assert traffic[traffic.index("--model-server") + 1] == f"http://model-server:{port}"
@@ -446,14 +520,15 @@ def test_scale_out_adds_replicas_a_load_balancer_and_redis(scale_out, compose):
     assert not scale_out["services"]["redis"].get("ports") and not scale_out["services"]["redis"].get("network_mode")
 
 
-def test_scale_out_replicas_run_one_config_with_redis_joins_and_their_own_data(scale_out):
+def test_scale_out_replicas_run_one_config_with_redis_joins_and_their_own_data(scale_out, tmp_path):
     services = scale_out["services"]
     demo = yaml.safe_load((ROOT / "examples/demo/mlmon.yml").read_text())
     shared = yaml.safe_load(repo_path(SCALE_OUT_CONFIG).read_text())
     # The demo config plus joins: same models, windows and thresholds, so the rules see what they see in the
     # base stack, and every replica publishes the same thresholds (the rules keep one copy per job).
-    assert {k: v for k, v in shared.items() if k != "joins"} == demo
-    config = load_config(str(repo_path(SCALE_OUT_CONFIG)))
+    assert {k: v for k, v in shared.items() if k not in ("joins", "auth")} == demo
+    assert shared["auth"] == yaml.safe_load(repo_path(COMPOSE_CONFIG).read_text())["auth"]
+    config = load_with_token(repo_path(SCALE_OUT_CONFIG), tmp_path)
     assert config.joins.backend == "redis"
     url = urlsplit(config.joins.redis_url)
     assert (url.scheme, url.hostname, url.port) == ("redis", "redis", LISTEN_PORTS["redis"])
