@@ -790,6 +790,9 @@ def test_idempotency_keys_are_answered_as_documented():
         r = h.send("POST", "/api/v1/predictions", body, headers_of(key, None), 1)
         if key is None:
             return
+        if len(body) > MAX_BODY:  # the body's size is checked first, whatever the key
+            assert r.status_code == 413
+            return
         clean = key.strip().strip('"')
         if not re.fullmatch(r"[!-~]{1,255}", clean):
             assert r.status_code == 400
