@@ -48,8 +48,20 @@ fmt: venv
 	$(VENV)/bin/ruff format exporter tests bench examples grafana
 	$(VENV)/bin/ruff check --fix exporter tests bench examples grafana
 
-bench: venv
-	$(PY) bench/run.py
+# The benchmarks run in their own virtualenv: the exporter plus the peers they are compared with
+# (Evidently, pandas, matplotlib; bench/requirements.txt), which mlmon itself never depends on.
+BENCH_VENV := .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): pyproject.toml bench/requirements.txt
+	@test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet --upgrade pip
+	$(BENCH_PY) -m pip install --quiet -e '.[redis]' -r bench/requirements.txt
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache *.egg-info

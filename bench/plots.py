@@ -1,0 +1,89 @@
+"""PNG plots of the side-by-side benchmark (bench_peers), written to docs/img/bench-*.png by bench/run.py."""
+
+from __future__ import annotations
+
+import os
+
+from bench.common import ROOT
+
+IMG = os.path.join(ROOT, "docs", "img")
+MB = 1024 * 1024
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def refresh_plot(peers: dict) -> str:
+    """Refresh time vs window size, log-log, one panel per feature count, the three contenders."""
+    plt = _pyplot()
+    counts = sorted({r["features"] for r in peers["speed"]})
+    fig, axes = plt.subplots(1, len(counts), figsize=(5.5 * len(counts), 4.2), sharey=True)
+    for ax, f in zip(axes if len(counts) > 1 else [axes], counts):
+        rows = [r for r in peers["speed"] if r["features"] == f]
+        n = [r["events"] for r in rows]
+        ax.plot(n, [r["mlmon_seconds"] for r in rows], "o-", label="mlmon (scrape math from the rings)")
+        ax.plot(n, [r["mlmon_collect_seconds"] for r in rows], "o:", label="mlmon (whole collect)")
+        ax.plot(n, [r["exact_seconds"] for r in rows], "s-", label="exact (numpy/scipy/sklearn, raw rows)")
+        ev = [(r["events"], r["evidently"]) for r in rows if "median_seconds" in r.get("evidently", {})]
+        if ev:
+            ax.plot([e for e, _ in ev], [x["median_seconds"] for _, x in ev], "^-", label="Evidently (raw rows)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("events in the window")
+        ax.set_title(f"{f} features: drift (PSI, KS, JS, Wasserstein) + quality")
+        ax.grid(True, which="both", alpha=0.3)
+    (axes[0] if len(counts) > 1 else axes).set_ylabel("seconds per refresh (median)")
+    (axes[0] if len(counts) > 1 else axes).legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path = os.path.join(IMG, "bench-refresh.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def memory_plot(peers: dict) -> str:
+    """Memory per model vs events per window: mlmon's RSS growth; Evidently's window DataFrame and peak."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    mem = peers["memory"]
+    ax.plot([r["events"] for r in mem], [r["rss_growth_bytes"] / MB for r in mem], "o-", label="mlmon: RSS growth")
+    ax.plot([r["events"] for r in mem], [r["ring_bytes"] / MB for r in mem], "o:", label="mlmon: ring arrays")
+    f = peers["memory_features"]
+    rows = [r for r in peers["speed"] if r["features"] == f and "median_seconds" in r.get("evidently", {})]
+    if rows:
+        ax.plot(
+            [r["events"] for r in rows],
+            [(r["evidently"]["window_frame_bytes"] + r["evidently"]["peak_growth_bytes"]) / MB for r in rows],
+            "^-",
+            label="Evidently: window DataFrame + report peak",
+        )
+    raw = [(n, n * (f + 3) * 8 / MB) for n in [r["events"] for r in mem]]
+    ax.plot([n for n, _ in raw], [b for _, b in raw], "--", color="grey", label="raw rows alone (8 bytes a value)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("events in the window")
+    ax.set_ylabel("MiB per model")
+    ax.set_title(f"Memory per model, {f} features")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(IMG, "bench-memory.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write(peers: dict) -> list[str]:
+    """Both plots; an empty list (and no plot) when matplotlib is not installed here."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return []
+    os.makedirs(IMG, exist_ok=True)
+    return [refresh_plot(peers), memory_plot(peers)]
