@@ -1,7 +1,8 @@
 """Ingest rate: predictions per second through the HTTP API (batches and single events, concurrent
 clients on loopback) and in process (validation + window update, and the window update alone).
 
-Run: python bench/bench_ingest.py
+Run: python bench/bench_ingest.py            (the figures of docs/benchmarks.md)
+     python bench/bench_ingest.py stages     (where the time of one batch goes, docs/performance.md)
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ def http_rate(url: str, bodies: list[bytes], per_body: int, clients: int, second
     return sum(done) / (time.monotonic() - started)
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def in_process(batch_size: int = 1000, rounds: int = 20) -> dict:
     from exporter.config import parse_config
     from exporter.state import ModelState
@@ -91,15 +99,54 @@ def in_process(batch_size: int = 1000, rounds: int = 20) -> dict:
     }
 
 
+def stages(batch_size: int = 1000, rounds: int = 100) -> dict:
+    """Median milliseconds per batch of each stage of an ingest request, in process, on the default storage
+    (what the request path does after the body is read: digest, parse, validate, journal, apply)."""
+    import statistics
+
+    from exporter import storage
+    from exporter.app import create_app
+    from exporter.config import parse_config
+
+    clock = [1_800_000_000.0]
+    m = create_app(parse_config(config_text(models=1, features=30)), clock=lambda: clock[0]).extensions["mlmon"]
+    bodies = [json.dumps({"predictions": events(batch_size, seed=s)}).encode() for s in range(8)]
+    times: dict[str, list[float]] = {k: [] for k in ("digest", "parse", "validate", "journal", "apply")}
+    for i in range(rounds + 5):
+        raw, clock[0] = bodies[i % len(bodies)], clock[0] + 1
+        t0 = time.perf_counter()
+        digest = storage.digest(raw)
+        t1 = time.perf_counter()
+        body = orjson.loads(raw)
+        t2 = time.perf_counter()
+        items = m.validator.predictions(body, clock[0])
+        t3 = time.perf_counter()
+        m.store.append("predictions", clock[0], "", raw, None, digest)
+        t4 = time.perf_counter()
+        m._apply("predictions", items, clock[0], f"s:{i}")
+        t5 = time.perf_counter()
+        if i >= 5:  # warm-up rounds left out
+            for name, a, b in zip(times, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
+                times[name].append(b - a)
+    m.store.close()
+    out = {name: statistics.median(values) * 1e3 for name, values in times.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
 def run(seconds: float = 5.0) -> dict:
     out = {"in_process": in_process()}
     with Served(config_text(models=1, features=30)) as server:
         batches = [json.dumps({"predictions": events(1000, seed=s)}).encode() for s in range(8)]
         singles = [json.dumps(e).encode() for e in events(2000, seed=99)]
         rss = [server.rss_bytes()]  # at start, then after each load phase: growth would show here
-        out["http_batch_1000"] = {}
+        out["http_batch_1000"], out["server_cpu_ms_per_batch"] = {}, {}
         for c in (1, 2, 4, 4, 4):
-            out["http_batch_1000"][c] = http_rate(server.url, batches, 1000, c, seconds)
+            cpu = server_cpu_seconds(server.proc.pid)
+            rate = out["http_batch_1000"][c] = http_rate(server.url, batches, 1000, c, seconds)
+            # CPU time of the exporter process (every thread) per batch of 1000: what bounds the rate when
+            # the machine has no core to spare for it (docs/performance.md).
+            out["server_cpu_ms_per_batch"][c] = (server_cpu_seconds(server.proc.pid) - cpu) / (rate * seconds) * 1e6
             rss.append(server.rss_bytes())
         out["http_single"] = {c: http_rate(server.url, singles, 1, c, seconds) for c in (1, 4)}
         rss.append(server.rss_bytes())
@@ -109,4 +156,4 @@ def run(seconds: float = 5.0) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(), indent=2))
+    print(json.dumps(stages() if sys.argv[1:] == ["stages"] else run(), indent=2))

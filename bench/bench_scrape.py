@@ -21,9 +21,12 @@ from bench.common import Served, config_text, events  # noqa: E402
 
 
 def in_process(models: int = 10, events_per_model: int = 20_000, runs: int = 20) -> dict:
+    """The exposition as /metrics builds it (collector.text_exposition); beside it, client_python's own
+    writer (generate_latest) on the same registry, which writes the same bytes."""
     from prometheus_client import generate_latest
 
     from exporter.app import create_app
+    from exporter.collector import text_exposition
     from exporter.config import parse_config
 
     clock = [1_800_000_000.0]
@@ -36,13 +39,24 @@ def in_process(models: int = 10, events_per_model: int = 20_000, runs: int = 20)
             clock[0] += 60
             assert client.post("/api/v1/predictions", json={"predictions": batch}).status_code == 202
     registry = app.extensions["mlmon"].registry
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        text = generate_latest(registry)
-        times.append(time.perf_counter() - t)
+
+    def median_time(write) -> tuple[float, bytes]:
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            text = write(registry)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times), text
+
+    seconds, text = median_time(text_exposition)
+    client_python, _ = median_time(generate_latest)
     series = sum(1 for line in text.decode().splitlines() if line and not line.startswith("#"))
-    return {"median_seconds": statistics.median(times), "series": series, "bytes": len(text)}
+    return {
+        "median_seconds": seconds,
+        "generate_latest_median_seconds": client_python,
+        "series": series,
+        "bytes": len(text),
+    }
 
 
 def over_http(models: int = 10, runs: int = 20) -> dict:

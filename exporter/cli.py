@@ -216,11 +216,12 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
     import waitress
 
     from exporter import webconfig
-    from exporter.app import create_app
+    from exporter.app import create_app, tune_gc
     from exporter.joins import JoinStoreUnavailable
     from exporter.storage import StorageError
 
     logs.setup(args.log_level, args.log_format)
+    tune_gc()
     web: webconfig.Holder | None = None
     if args.web_config:
         try:

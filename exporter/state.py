@@ -484,7 +484,7 @@ class ModelState:
                         outcomes.add(_pending(e, now, seg), detail.label, detail.arrival)
                         label = None  # added already, with the early label's arrival time
                 if label is not None:
-                    outcomes.add(_pending(e, now, seg), label, now)
+                    outcomes.add_labelled(e, seg, label, now)
                 batch, batch_keys = fresh.setdefault(e.version, ([], []))
                 batch.append(e)
                 batch_keys.append(seg)
@@ -688,6 +688,18 @@ class _Outcomes:
         cols[3].append(p.timestamp)
         cols[4].append(labelled_at)
         cols[5].append(p.segments)
+
+    def add_labelled(self, e: Prediction, segments: tuple[str, ...] | None, actual, now: float) -> None:
+        """A prediction that came with its label: as ``add(_pending(e, now, segments), actual, now)``."""
+        cols = self.by_version.get(e.version)
+        if cols is None:
+            cols = self.by_version[e.version] = ([], [], [], [], [], [])
+        cols[0].append(e.prediction)
+        cols[1].append(actual)
+        cols[2].append(e.scores)
+        cols[3].append(e.timestamp)
+        cols[4].append(now)
+        cols[5].append(segments)
 
 
 class ServerReports:

@@ -155,6 +155,7 @@ class Validator:
         self.models = {m.name: m for m in config.models}
         self.class_index = {m.name: {c: i for i, c in enumerate(m.classes)} for m in config.models}
         self.features = {m.name: {f.name: f.type for f in m.features} for m in config.models}
+        self.numeric = {m.name: frozenset(f.name for f in m.features if f.type == "numeric") for m in config.models}
 
     # -- shared pieces ------------------------------------------------------------------------------
 
@@ -196,9 +197,10 @@ class Validator:
             it.fail("model", "unknown_model", f"unknown model {str(name)[:100]!r}; known models: {known}")
             return None
         it.model = model.name
-        for key in item:
-            if key not in allowed:
-                it.fail(str(key)[:100], "unknown_field", f"unknown field; allowed: {', '.join(sorted(allowed))}")
+        if not item.keys() <= allowed:
+            for key in item:
+                if key not in allowed:
+                    it.fail(str(key)[:100], "unknown_field", f"unknown field; allowed: {', '.join(sorted(allowed))}")
         return model
 
     def _id(self, it: _Item, value: Any, required: bool) -> str | None:
@@ -248,7 +250,7 @@ class Validator:
             if model is None:
                 continue
             version = item.get("version", "default")
-            if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
+            if version != "default" and (not isinstance(version, str) or not _VERSION_RE.fullmatch(version)):
                 it.fail("version", "invalid_value", "must be 1-64 characters of letters, digits and _.+:@-")
             pid = self._id(it, item.get("id"), required=False)
             ts = self._timestamp(it, item.get("timestamp"), now)
@@ -314,22 +316,26 @@ class Validator:
         if not isinstance(features, dict):
             it.fail("features", "invalid_value", "must be an object of feature name to value")
             return None, ()
-        types = self.features[model.name]
+        types, numeric = self.features[model.name], self.numeric[model.name]
         # (name, reason, message) of each bad value: rejected, or left out and counted (invalid_features: count).
         bad: list[tuple[str, str, str]] = []
         # The hot loop of ingest: exact type checks first, the general (and error) path after.
         for name, value in features.items():
-            kind = types.get(name)
-            vtype = type(value)
-            if kind == "numeric":
+            if name in numeric:
                 # A chained comparison is False for NaN too: the fast path takes finite, bounded floats only.
-                if (vtype is float and -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE) or vtype is int or value is None:
+                if type(value) is float:
+                    if -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE:
+                        continue
+                elif type(value) is int or value is None:
                     continue
                 if not _bounded(value):
                     bad.append(
                         (name, "type_error", f"must be a finite number within ±1e100 or null, got {_show(value)}")
                     )
-            elif kind is None:
+                continue
+            kind = types.get(name)
+            vtype = type(value)
+            if kind is None:
                 bad.append((name, "unknown_feature", f"is not a feature of model {model.name!r}"))
             elif vtype is str:
                 if len(value) > MAX_STRING_LENGTH:

@@ -411,3 +411,63 @@ def test_openapi_document_is_valid_openapi_3_0(client):
         assert doc["paths"][path]["get"]["responses"]["503"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/Status"
         }
+
+
+def test_metrics_text_is_client_pythons_byte_for_byte(client):
+    """/metrics writes the text format itself (collector.text_exposition, for speed): the same bytes as
+    prometheus_client.generate_latest, escapes, special values and OpenMetrics-only samples included."""
+    import gzip
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        InfoMetricFamily,
+        Metric,
+    )
+
+    from exporter.collector import text_exposition
+
+    class Odd:
+        def collect(self):
+            g = GaugeMetricFamily("odd_gauge", 'help with \\ and\nnewline "quoted"', labels=["b", "a"])
+            g.add_metric(['x"y', "back\\slash\nnl"], 1.5)
+            g.add_metric(["é", ""], float("nan"))
+            for v in (float("inf"), float("-inf"), 1e6, 123456789.0, -2.5e7, 1e-7, 3, True, 1e22):
+                g.add_metric([repr(v), "v"], v)
+            yield g
+            c = CounterMetricFamily("odd_things", "a counter", labels=["k"], created=1.5)
+            c.add_metric(["1"], 7, created=1700000000.25)
+            yield c
+            yield InfoMetricFamily("odd_build", "info", value={"version": "1.2"})
+            h = HistogramMetricFamily("odd_seconds", "histogram", labels=["h"])
+            h.add_metric(["z"], [("0.5", 1), ("+Inf", 3)], 2.25)
+            yield h
+            m = Metric("odd_untyped", "untyped", "unknown")
+            m.add_sample("odd_untyped", {}, 4, timestamp=1234.5678)
+            yield m
+
+    registry = CollectorRegistry()
+    registry.register(Odd())
+    assert text_exposition(registry) == generate_latest(registry)
+
+    client.post("/api/v1/predictions", json={"predictions": [churn(id=f"p{i}", label="stay") for i in range(30)]})
+    registry = client.application.extensions["mlmon"].registry
+    volatile = (b"process_", b"python_gc_", b"mlmon_collect_duration", b"mlmon_http_")  # change between scrapes
+
+    def name(line: bytes) -> bytes:
+        return line.split(b" ")[2] if line.startswith(b"#") else line.split(b"{")[0].split(b" ")[0]
+
+    def stable(text: bytes) -> list[bytes]:
+        lines = [line for line in text.splitlines() if not name(line).startswith(volatile)]
+        assert len(lines) > 100
+        return lines
+
+    assert stable(text_exposition(registry)) == stable(generate_latest(registry))
+    r = client.get("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert r.headers["Content-Encoding"] == "gzip"
+    assert stable(gzip.decompress(r.data)) == stable(generate_latest(registry))
+    openmetrics = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert openmetrics.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert openmetrics.get_data(as_text=True).endswith("# EOF\n")

@@ -468,3 +468,54 @@ def test_distributions_are_off_by_default(tmp_path):
     m = scrape(client)
     assert m.all("mlmon_feature_bin_ratio") == [] and m.all("mlmon_reference_bin_ratio") == []
     assert m.all("mlmon_feature_drift")  # drift itself is there
+
+
+def test_drift_of_many_features_at_once_equals_feature_by_feature():
+    """A scrape computes the numeric drift of every feature of a window in one pass over padded rows
+    (binning._numeric_drift); each row must be the one-feature computation, whatever its number of bins."""
+    from exporter.binning import _numeric, _numeric_drift, _NumericTable
+    from exporter.reference import NUMERIC_SLOTS, Profile
+
+    rng = np.random.default_rng(11)
+    ref_rows = {
+        "a": rng.normal(size=4000),
+        "b": rng.lognormal(size=4000),
+        "c": rng.poisson(2, size=4000).astype(float),  # discrete: fewer bins than the others
+        "d": rng.normal(size=4000),
+    }
+    cur_rows = {
+        "a": rng.normal(0.4, 1.2, size=1500),
+        "b": rng.lognormal(0.3, size=1500),
+        "c": rng.poisson(3, size=1500).astype(float),
+        "d": rng.normal(size=50),  # below min_samples: out of range only
+    }
+    profile = Profile("m", 4000, {k: numeric_profile(v) for k, v in ref_rows.items()})
+    assert len({len(r.counts) for r in profile.features.values()}) > 1
+    names = list(ref_rows)
+    cfg = parse_config(config("x.csv").replace("    reference: x.csv\n", ""))
+    model = cfg.models[0]
+    counts, out_sums = np.zeros((len(names), NUMERIC_SLOTS), np.int32), np.zeros((len(names), 2))
+    for j, name in enumerate(names):
+        ref, x = profile.features[name], cur_rows[name]
+        b = ref.bins(x)
+        counts[j, : len(ref.counts)] = np.bincount(b, minlength=len(ref.counts))
+        out_sums[j] = x[b == 0].sum(), x[b == len(ref.counts) - 1].sum()
+    result = window_drift(model, None, {"predictions": 0.0})
+    _numeric_drift(model, _NumericTable.of(profile, names), {"num_counts": counts, "num_out": out_sums}, result)
+
+    assert set(result.features) == {"a", "b", "c"}
+    for j, name in enumerate(names):
+        ref = profile.features[name]
+        cur = counts[j, : len(ref.counts)].astype(float)
+        assert result.quality["out_of_range"][name] == pytest.approx((cur[0] + cur[-1]) / cur.sum(), abs=1e-15)
+        if name in result.features:
+            expected = _numeric(ref, cur, out_sums[j])
+            assert result.features[name] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_binner_counts_every_feature_missing_for_an_event_without_features():
+    cfg = parse_config(config("x.csv").replace("    reference: x.csv\n", ""))
+    full = {**{f: 1.0 for f in FEATURES}, "plan": "x"}
+    b = Binner(cfg.models[0], None).bin([None, full, {**full, "a": None, "plan": ""}], [0, 1, 0])
+    assert b.missing.tolist() == [2, 1, 1, 1, 1, 2]
+    assert sorted(zip(*(x.tolist() for x in b.scatter["missing"][:2]))) == [(0, c) for c in range(6)] + [(2, 0), (2, 5)]
