@@ -255,7 +255,7 @@ def checkpoints(
         restart, restored = _restart(text)
         rows.append(
             {
-                "pending": state.joins.waiting_predictions,
+                "pending": state.joins.counts()[0],
                 "runs": len(durations),
                 "checkpoint_seconds": statistics.median(durations),
                 "stall_seconds": statistics.median(stalls),
@@ -271,7 +271,6 @@ def checkpoints(
 def restarts(sizes=(10_000, 100_000, 1_000_000), runs: int = 3, single_above: int = 100_000) -> list[dict]:
     """Restart time with a journal of n predictions and no snapshot (median of `runs` restarts, one run
     above `single_above`). The journal is written as ingest writes it (`Store.append` of the raw bodies)."""
-    from exporter import storage
     from exporter.app import create_app
     from exporter.config import parse_config
 
@@ -284,7 +283,7 @@ def restarts(sizes=(10_000, 100_000, 1_000_000), runs: int = 3, single_above: in
         at = time.time() - 600
         for r in range(n // BATCH):
             raw = body(bodies[r % len(bodies)])
-            m.store.append("predictions", at + r * 0.001, "", raw, None, storage.digest(raw))
+            m.store.append("predictions", at + r * 0.001, raw)
         journal = m.store.journal_bytes
         m.store.close()
         on_disk = m.store.size_bytes()

@@ -112,7 +112,8 @@ class Mlmon:
         self.parse_lock = threading.Lock()
         self.checkpoint_due = threading.Event()
         self.config_refs: dict[str, str] = {}  # model -> digest of the profile its config file names
-        for name, profile in reference.load_all(config).items():
+        config_profiles = reference.load_all(config)
+        for name, profile in config_profiles.items():
             self.models[name].set_reference(profile)
             self.config_refs[name] = storage.digest(profile.dumps().encode()).hex()
         self.shared_requests = None  # Idempotency-Keys in Redis, with joins.backend: redis
@@ -123,7 +124,7 @@ class Mlmon:
         self.auth = Authenticator(config.auth.tokens, config.auth.enabled)
         self.audit = AuditLog(config.auth.audit_path or self._default_audit_path())
         self.last_checkpoint = clock()
-        self.restored = self._restore()
+        self.restored = self._restore(config_profiles)
 
         disable_created_metrics()
         self.registry = CollectorRegistry()
@@ -250,7 +251,7 @@ class Mlmon:
             if shared is not None:
                 self._claim(shared, key, body_digest)  # type: ignore[arg-type]
             try:
-                seq = self.store.append(kind, now, "" if key is None else self.token(key, 0), raw, key, body_digest)
+                seq = self.store.append(kind, now, raw, key, body_digest)
             except sqlite3.IntegrityError:
                 raise  # the same Idempotency-Key, journalled by a concurrent request: answered as a retry
             except sqlite3.Error as exc:
@@ -320,18 +321,18 @@ class Mlmon:
         """Replace a model's reference, durably (journalled like ingest; never throttled: an admin action)."""
         raw = orjson.dumps({"model": name, "profile": profile.as_json()})
         with self.ingest_lock:
-            self.store.append("reference", self.clock(), "", raw, None, b"")
+            self.store.append("reference", self.clock(), raw)
             return self._apply("reference", (name, profile), self.clock(), "")
 
     def reset(self, name: str) -> dict:
         """Forget a model's windows, counters and waiting predictions (its reference stays), durably."""
         with self.ingest_lock:
-            self.store.append("reset", self.clock(), "", orjson.dumps({"model": name}), None, b"")
+            self.store.append("reset", self.clock(), orjson.dumps({"model": name}))
             return self._apply("reset", name, self.clock(), "")
 
     # -- restart ------------------------------------------------------------------------------------
 
-    def _restore(self) -> dict:
+    def _restore(self, config_profiles: dict) -> dict:
         """Load the snapshot and replay the journal after it; return what was done (logged by the server)."""
         if not self.store.durable:
             return {}
@@ -354,7 +355,7 @@ class Mlmon:
                     current = self.config_refs.get(name)
                     if current is not None and snap["config_refs"].get(name) != current:
                         # The config names another reference file than the snapshot knew: use it.
-                        state.set_reference(reference.load_all(self.config)[name])
+                        state.set_reference(config_profiles[name])
         for record in self.store.records(seq):
             try:
                 self._replay(record)
@@ -367,7 +368,7 @@ class Mlmon:
 
     def _replay(self, record: storage.Record) -> None:
         body = orjson.loads(record.body)
-        key = record.token.split(":k:", 1)[1] if ":k:" in record.token else None
+        key = record.key
         token = self.token(key, record.seq)
         if key is not None and self.shared_requests is not None:
             owner = self.shared_requests.owner(key)
@@ -523,7 +524,8 @@ def _ingest(kind: str):
     if key is not None and g.get("token") is not None:
         # Keys are per token: one client cannot read another's answers by guessing its keys.
         key = f"{len(g.token.name)}:{g.token.name}:{key}"
-    body_digest = storage.digest(raw)
+    # The body's digest tells a retry from another body under the same key: only computed when there is one.
+    body_digest = storage.digest(raw) if key is not None else b""
     if key is not None:
         seen = m.store.seen(key)
         if seen is not None:

@@ -141,29 +141,6 @@ class JoinStore:
         dropped, self.dropped = self.dropped, dict.fromkeys(DROP_REASONS, 0)
         return dropped
 
-    @property
-    def waiting_predictions(self) -> int:
-        return len(self._waiting)
-
-    @property
-    def waiting_labels(self) -> int:
-        return len(self._early)
-
-    def is_joined(self, pid: str) -> bool:
-        return pid in self._joined
-
-    def get_waiting(self, pid: str) -> Pending | None:
-        return self._waiting.get(pid)
-
-    def take_waiting(self, pid: str) -> Pending | None:
-        return self._waiting.pop(pid, None)
-
-    def take_early(self, pid: str) -> EarlyLabel | None:
-        return self._early.pop(pid, None)
-
-    def has_early(self, pid: str) -> bool:
-        return pid in self._early
-
     def put_waiting(self, pid: str, pending: Pending) -> None:
         self._put(self._waiting, pid, pending, "prediction")
 

@@ -587,9 +587,6 @@ class ModelState:
             {**captured, "profile": profile.dumps() if profile is not None else None}, protocol=pickle.HIGHEST_PROTOCOL
         )
 
-    def export(self) -> bytes:
-        return self.dumps(self.capture())
-
     def restore(self, blob: bytes) -> bool:
         """Take back what ``export`` saved; False (and nothing changed) if the model's config changed shape."""
         data = pickle.loads(blob)

@@ -1,7 +1,7 @@
 """Durable state in one SQLite database (WAL mode) in the data directory: a journal and a snapshot.
 
 Every ingest request that is acknowledged was first appended to the *journal* (its raw body, arrival time
-and join token), in the same transaction as its Idempotency-Key, and applied to memory in journal order
+and Idempotency-Key), in the same transaction as the key's entry, and applied to memory in journal order
 under one lock. Every ``storage.checkpoint_interval`` (or ``storage.checkpoint_bytes`` of journal) the whole
 in-memory state is written as one *snapshot* together with the last journal sequence it contains, and the
 journal up to that sequence is deleted in the same transaction. A restart loads the snapshot and replays
@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a sequence is never reused after a checkpoint
     kind TEXT NOT NULL,
     at REAL NOT NULL,
-    token TEXT NOT NULL,
+    key TEXT,  -- the request's Idempotency-Key, if it had one
     body BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS snapshot (
@@ -70,7 +70,7 @@ class Record:
     seq: int
     kind: str
     at: float
-    token: str
+    key: str | None
     body: bytes
 
 
@@ -150,7 +150,7 @@ class Store:
         while True:
             with self.lock:
                 rows = self.db.execute(
-                    "SELECT seq, kind, at, token, body FROM journal WHERE seq > ? ORDER BY seq LIMIT 256", (seq,)
+                    "SELECT seq, kind, at, key, body FROM journal WHERE seq > ? ORDER BY seq LIMIT 256", (seq,)
                 ).fetchall()
             if not rows:
                 return
@@ -165,7 +165,7 @@ class Store:
             row = self.db.execute("SELECT digest, response FROM requests WHERE key = ?", (key,)).fetchone()
         return Seen(bytes(row[0]), None if row[1] is None else bytes(row[1])) if row else None
 
-    def append(self, kind: str, at: float, token: str, body: bytes, key: str | None, body_digest: bytes) -> int:
+    def append(self, kind: str, at: float, body: bytes, key: str | None = None, body_digest: bytes = b"") -> int:
         """Journal one request (and remember its Idempotency-Key) in one transaction; return its sequence.
 
         The memory backend journals nothing (sequence numbers still count up, for the join tokens).
@@ -175,7 +175,7 @@ class Store:
                 self.db.execute("BEGIN IMMEDIATE")
                 if self.durable:
                     seq = self.db.execute(
-                        "INSERT INTO journal (kind, at, token, body) VALUES (?, ?, ?, ?)", (kind, at, token, body)
+                        "INSERT INTO journal (kind, at, key, body) VALUES (?, ?, ?, ?)", (kind, at, key, body)
                     ).lastrowid
                 else:
                     seq = self.last_seq + 1
