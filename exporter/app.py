@@ -41,7 +41,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from exporter import __version__, reference, storage
+from exporter import __version__, fastpath, reference, storage
 from exporter.audit import AuditLog
 from exporter.auth import Authenticator
 from exporter.collector import IngestErrors, MlmonCollector, text_exposition
@@ -100,6 +100,7 @@ class Mlmon:
         self.config = config
         self.clock = clock
         self.validator = Validator(config, clock)
+        self.fast = fastpath.FastDecoder(self.validator)  # valid prediction and label batches, decoded in C
         self.models = {m.name: ModelState(m, config) for m in config.models}
         self.errors = IngestErrors(list(self.models))
         self.servers = ServerReports(config.limits.max_servers, config.limits.server_stale_seconds)
@@ -367,7 +368,7 @@ class Mlmon:
         return done
 
     def _replay(self, record: storage.Record) -> None:
-        body = orjson.loads(record.body)
+        body = orjson.loads(record.body) if record.kind not in ("predictions", "labels") else None
         key = record.key
         token = self.token(key, record.seq)
         if key is not None and self.shared_requests is not None:
@@ -377,9 +378,13 @@ class Mlmon:
                 raise TakenOver(f"Idempotency-Key {key!r} was applied by replica {owner}")
             self.shared_requests.confirm(key, self.replica)
         if record.kind == "predictions":
-            items = self.validator.predictions(body, record.at)
+            items = self.fast.predictions(record.body, record.at)
+            if items is None:
+                items = self.validator.predictions(orjson.loads(record.body), record.at)
         elif record.kind == "labels":
-            items = self.validator.labels(body)
+            items = self.fast.labels(record.body)
+            if items is None:
+                items = self.validator.labels(orjson.loads(record.body))
         elif record.kind == "reference":
             name = body["model"]
             items = (name, reference.from_json(body["profile"], self.models[name].model))
@@ -532,12 +537,16 @@ def _ingest(kind: str):
             return _replayed(m, key, seen, body_digest)
     now = m.clock()
     with m.parse_lock:
-        body = _parse_json(raw)
-        try:
-            items = m.validator.predictions(body, now) if kind == "predictions" else m.validator.labels(body)
-        except Invalid as err:
-            _count_rejection(err)
-            raise APIError(err.status, err.message, err.problems) from None
+        # A valid prediction batch is decoded and checked in C (exporter/fastpath.py); anything else, and
+        # any problem, goes through the general validation, which words it.
+        items = m.fast.predictions(raw, now) if kind == "predictions" else m.fast.labels(raw)
+        if items is None:
+            body = _parse_json(raw)
+            try:
+                items = m.validator.predictions(body, now) if kind == "predictions" else m.validator.labels(body)
+            except Invalid as err:
+                _count_rejection(err)
+                raise APIError(err.status, err.message, err.problems) from None
     _require("write", {item.model for item in items})
     try:
         result = m.ingest(kind, raw, items, now, key, body_digest)

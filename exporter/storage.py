@@ -61,6 +61,9 @@ CREATE INDEX IF NOT EXISTS requests_at ON requests (at);
 """
 
 
+PAGE_SIZE = 65536
+
+
 class StorageError(Exception):
     """The data directory or its database cannot be used (the message says why and where)."""
 
@@ -105,6 +108,7 @@ class Store:
         try:
             self.db = sqlite3.connect(self.file, isolation_level=None, check_same_thread=False, timeout=30)
             if self.durable:
+                self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect on a new database only
                 mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if mode.lower() != "wal":
                     raise StorageError(f"{self.file}: SQLite refused WAL mode (got {mode})")
