@@ -1,4 +1,5 @@
-"""Resident memory of one model's state as the events in its window grow (each size in a fresh process).
+"""Resident memory of one model's state as the events in its window grow (one fresh process fills the
+window and measures it at each size on the way).
 
 Events are validated once and replayed with moving timestamps and clock, so the benchmark's own data
 does not weigh on the figure. Run: python bench/bench_memory.py
@@ -23,7 +24,8 @@ def rss() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(n: int, with_ids: bool) -> dict:
+def measure(sizes: list[int], with_ids: bool) -> list[dict]:
+    """One model's state as its window fills, measured when it holds each of ``sizes`` events."""
     import gc
     import tracemalloc
 
@@ -39,43 +41,48 @@ def measure(n: int, with_ids: bool) -> dict:
     before = rss()
     tracemalloc.start()
     state = ModelState(config.models[0], config)
-    rounds = max(1, n // BATCH)
-    step = 3000.0 / rounds  # spread the events over 50 minutes: inside the 1h and 1d windows
-    for r in range(rounds):
-        now[0] += step
-        for i, e in enumerate(batch):
-            e.timestamp = now[0]
-            if with_ids:
-                e.id = f"{r}-{i}"
-        state.add_predictions(batch, now[0])
-    gc.collect()
-    after = rss()
-    traced = tracemalloc.get_traced_memory()[0]
+    step = 3000.0 / max(1, max(sizes) // BATCH)  # spread the events over 50 minutes: inside the 1h and 1d windows
+    rows, fed, r = [], 0, 0
+    for n in sorted(sizes):
+        while fed < n:
+            now[0] += step
+            for i, e in enumerate(batch):
+                e.timestamp = now[0]
+                if with_ids:
+                    e.id = f"{r}-{i}"
+            state.add_predictions(batch, now[0])
+            fed += BATCH
+            r += 1
+        gc.collect()
+        after = rss()
+        traced = tracemalloc.get_traced_memory()[0]
+        snap = state.snapshot(now[0])
+        rows.append(
+            {
+                "events": fed,
+                "rss_growth_bytes": after - before,
+                "traced_bytes": traced,
+                "ring_bytes": sum(r.nbytes() for v in state.versions.values() for r in v.rings),
+                "labeled_in_1h": int(snap.versions[0].windows["1h"]["labeled"]),
+                "pending": snap.pending_predictions,
+                "evicted": snap.dropped["prediction", "evicted"],
+            }
+        )
     tracemalloc.stop()
-    snap = state.snapshot(now[0])
-    ring_bytes = sum(r.nbytes() for v in state.versions.values() for r in v.rings)
-    return {
-        "events": rounds * BATCH,
-        "rss_growth_bytes": after - before,
-        "traced_bytes": traced,
-        "ring_bytes": ring_bytes,
-        "labeled_in_1h": int(snap.versions[0].windows["1h"]["labeled"]),
-        "pending": snap.pending_predictions,
-        "evicted": snap.dropped["prediction", "evicted"],
-    }
+    return rows
 
 
 def run(sizes=(10_000, 100_000, 1_000_000), with_ids: bool = False) -> list[dict]:
-    out = []
-    for n in sizes:
-        cmd = [sys.executable, os.path.abspath(__file__), "--one", str(n)] + (["--ids"] if with_ids else [])
-        out.append(json.loads(subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout))
-    return out
+    """One fresh process fills the window and measures it at each size on the way."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--sizes", ",".join(map(str, sizes))]
+    cmd += ["--ids"] if with_ids else []
+    return json.loads(subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout)
 
 
 if __name__ == "__main__":
-    if "--one" in sys.argv:
-        print(json.dumps(measure(int(sys.argv[sys.argv.index("--one") + 1]), "--ids" in sys.argv)))
+    if "--sizes" in sys.argv:
+        sizes = [int(n) for n in sys.argv[sys.argv.index("--sizes") + 1].split(",")]
+        print(json.dumps(measure(sizes, "--ids" in sys.argv)))
     else:
         for row in run():
             print(row)

@@ -17,15 +17,25 @@ features. For each window:
 - Evidently (benchmark-only dependency, `.venv-bench`): a `Report` of `ValueDrift(column, method)` for
   every feature and method psi, ks, jensenshannon, wasserstein, and `Accuracy`, `Precision`, `Recall`,
   `F1Score`, `RocAuc`, run on `Dataset.from_pandas` of the reference and window DataFrames (timed from the
-  DataFrames to the computed snapshot's `dict()`), each size in a fresh process, which also gives its
-  peak memory.
+  DataFrames to the computed snapshot's `dict()`), one fresh process per feature count, the window sizes
+  in turn, with the peak RSS growth of each size's runs (VmHWM reset through /proc/self/clear_refs).
 
-Memory: each window size in a fresh process, one model with a reference, its rings filled through
-`ModelState.add_predictions` in batches of 1,000 at every size, ring arrays made resident first (RSS
-growth of the process); Evidently's from the same
-processes as its timing.
+Modes. Default: 3 runs of everything; each Evidently run stopped at 3 s and each exact run after the
+first at 3 s (SIGALRM). A stopped run took at least the cap, so once more than half of a measurement's
+runs took that long its median is at least the cap: reported as a lower bound (the targets are minimum
+speed-ups, which a lower bound proves), and the remaining runs are skipped. With 20 features (the memory
+comparison) the first Evidently run of each size is never stopped, so its peak memory is a whole
+refresh's. --full: every run to its end, 5 exact runs, and one Evidently run at 10^7 events for its
+memory when the growth measured at 10^6, extrapolated, fits in half of the available memory.
 
-Run: python bench/bench_peers.py   (prints a JSON summary; bench/run.py writes docs/benchmarks.md from it)
+Memory: 3 fresh processes each fill one model's window (20 features, a reference, 1h of 60 buckets)
+through `ModelState.add_predictions` in batches of 1,000, the ring arrays made resident first, and
+measure their RSS growth as the window reaches 10^4, 10^5, 10^6 events (default: one of them goes on to
+10^7, about 35 s; --full: all three); the median per size. Evidently's beside it, from its timing
+process.
+
+Run: python bench/bench_peers.py [--full] [--no-evidently]   (prints a JSON summary; bench/run.py writes
+docs/benchmarks.md from it)
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -53,11 +64,31 @@ EVENTS_PER_ROUND = 1_000  # memory: events per add_predictions call, the same at
 DRIFTED = {0: ("shift", 0.5), 1: ("scale", 1.5), 2: ("shift", 0.1)}  # feature -> injected drift
 METHODS = ("psi", "ks", "js", "wasserstein")
 QUALITY = ("accuracy", "precision", "recall", "f1", "roc_auc")
-# Runs per measurement (the median is reported); Evidently fewer where one run takes tens of seconds.
+# Runs per measurement (the median is reported) and, in the default mode, a cap on each Evidently run: a run
+# stopped at the cap took at least that long, so the median is a lower bound once most runs reach the cap
+# (enough to prove a minimum speed-up). --full runs every Evidently run to its end.
 MLMON_RUNS = 20
-EXACT_RUNS = {10_000: 5, 100_000: 3, 1_000_000: 3}
-EVIDENTLY_RUNS = {10_000: 3, 100_000: 1, 1_000_000: 1}
-EVIDENTLY_TIMEOUT = 240.0  # seconds for one Evidently process (import, data, all its runs)
+MODES = {
+    "default": {
+        "exact_runs": 3,
+        "exact_cap": 3.0,  # seconds for one exact run after the first (which gives the errors, never capped)
+        "evidently_runs": 3,
+        "evidently_cap": 3.0,  # seconds for one Evidently run (drift + quality report)
+        "memory_processes": 3,
+        "memory_10m_processes": 1,  # of which fill the window on to 10^7 events (about 35 s each)
+        "evidently_10m": False,
+    },
+    "full": {
+        "exact_runs": 5,
+        "exact_cap": None,
+        "evidently_runs": 3,
+        "evidently_cap": None,
+        "memory_processes": 3,
+        "memory_10m_processes": 3,
+        "evidently_10m": True,  # one run at 10^7 events, 20 features, for its memory (when it fits)
+    },
+}
+EVIDENTLY_PROCESS_TIMEOUT = 3600.0  # seconds for one Evidently process in the full mode (import, data, runs)
 START = 1_800_000_000.0
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -71,15 +102,16 @@ def reference_rows(features: int) -> np.ndarray:
 
 
 def window_rows(features: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The first n events of the window: features (n x F) with drift in three features, score, label."""
-    rng = np.random.default_rng(2)
-    x = rng.normal(size=(max(WINDOWS), features))[:n].copy()
+    """The first n events of the window: features (n x F) with drift in three features, score, label.
+
+    The generators fill row by row, so the first n rows are the same whatever the largest window."""
+    x = np.random.default_rng(2).normal(size=(n, features))
     for j, (kind, k) in DRIFTED.items():
         x[:, j] = x[:, j] + k if kind == "shift" else x[:, j] * k
     w = np.random.default_rng(3).normal(size=features) / np.sqrt(features) * 2
     logit = x @ w
     score = 1.0 / (1.0 + np.exp(-logit))
-    label = (np.random.default_rng(4).uniform(size=max(WINDOWS))[:n] < score).astype(np.int64)
+    label = (np.random.default_rng(4).uniform(size=n) < score).astype(np.int64)
     return x, score, label
 
 
@@ -191,8 +223,27 @@ def _bincount(edges: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.bincount(b, minlength=len(edges) + 1).astype(np.float64)
 
 
-def evidently_child(features: int, n: int, runs: int) -> dict:
-    """Evidently's refresh of one window, ``runs`` times, in this (fresh) process; with its peak memory."""
+class _Capped(BaseException):
+    """Raised by the alarm in an Evidently run that reached the cap (a BaseException, so that no
+    ``except Exception`` inside Evidently swallows it)."""
+
+
+def _on_alarm(signum, frame) -> None:
+    raise _Capped()
+
+
+def evidently_child(features: int, sizes: list[int], runs: int, cap: float | None, first_full: bool = False) -> None:
+    """Evidently's refresh of each window size, ``runs`` times, in this process, with its peak memory.
+
+    Sizes in order, one window DataFrame at a time (the previous one dropped first), the peak resident set
+    (VmHWM) reset before each size's runs. Each run is stopped at ``cap`` seconds when given (an alarm):
+    its time is then a lower bound; with ``first_full`` the first run of each size is never stopped, so
+    that its peak memory is that of a whole refresh. Once more than half of a size's runs took at least
+    the cap its median is at least the cap whatever the others take, and the rest are not run. After each
+    run the results so far go to stdout as one JSON line, so a process stopped from outside still reports
+    what it finished."""
+    import gc
+    import signal
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -208,7 +259,6 @@ def evidently_child(features: int, n: int, runs: int) -> dict:
         return df
 
     reference = pd.DataFrame(reference_rows(features), columns=names)
-    current = frame(*window_rows(features, n))
     drift_definition = DataDefinition(numerical_columns=names)
     quality_definition = DataDefinition(
         numerical_columns=[*names, "score"],
@@ -223,31 +273,54 @@ def evidently_child(features: int, n: int, runs: int) -> dict:
         ValueDrift(column=c, method=m) for c in names for m in ("psi", "ks", "jensenshannon", "wasserstein")
     ]
     quality_metrics = [Accuracy(), Precision(), Recall(), F1Score(), RocAuc()]
-    frames_bytes = int(current.memory_usage(deep=True).sum())
-    reference_bytes = int(reference.memory_usage(deep=True).sum())
-    before = _rss()
-    _reset_peak()
-    times, result = [], None
-    for _ in range(runs):
-        t = time.perf_counter()
-        drift = Report(drift_metrics).run(
-            Dataset.from_pandas(current[names], data_definition=drift_definition),
-            Dataset.from_pandas(reference, data_definition=drift_definition),
-        )
-        result = drift.dict()
-        quality = Report(quality_metrics).run(Dataset.from_pandas(current, data_definition=quality_definition), None)
-        result = quality.dict()
-        times.append(time.perf_counter() - t)
-    values = {m["metric_name"].split("(")[0]: m["value"] for m in result["metrics"]}
-    return {
-        "seconds": times,
-        "window_frame_bytes": frames_bytes,
-        "reference_frame_bytes": reference_bytes,
-        "rss_before_bytes": before,
-        "peak_growth_bytes": _peak() - before,
-        "roc_auc": values.get("RocAuc"),
-        "accuracy": values.get("Accuracy"),
-    }
+    signal.signal(signal.SIGALRM, _on_alarm)
+    results: dict = {}
+    for n in sizes:
+        current = None
+        gc.collect()
+        current = frame(*window_rows(features, n))
+        out = results[str(n)] = {
+            "seconds": [],
+            "capped": [],
+            "window_frame_bytes": int(current.memory_usage(deep=True).sum()),
+            "reference_frame_bytes": int(reference.memory_usage(deep=True).sum()),
+            "window_raw_bytes": int(n * (features + 3) * 8),
+        }
+        gc.collect()
+        before = out["rss_before_bytes"] = _rss()
+        if not _reset_peak():
+            out["peak_unavailable"] = "/proc/self/clear_refs is not writable: VmHWM cannot be reset"
+        for k in range(runs):
+            t = time.perf_counter()
+            try:
+                if cap and not (first_full and k == 0):
+                    signal.setitimer(signal.ITIMER_REAL, cap)
+                drift = Report(drift_metrics).run(
+                    Dataset.from_pandas(current[names], data_definition=drift_definition),
+                    Dataset.from_pandas(reference, data_definition=drift_definition),
+                )
+                drift.dict()
+                quality = Report(quality_metrics).run(
+                    Dataset.from_pandas(current, data_definition=quality_definition), None
+                )
+                result = quality.dict()
+                capped = False
+            except _Capped:
+                capped = True
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            out["seconds"].append(time.perf_counter() - t)
+            out["capped"].append(capped)
+            out["first_full"] = first_full
+            if not capped:
+                values = {m["metric_name"].split("(")[0]: m["value"] for m in result["metrics"]}
+                out["roc_auc"], out["accuracy"] = values.get("RocAuc"), values.get("Accuracy")
+            if "peak_unavailable" not in out:
+                out["peak_growth_bytes"] = _peak() - before
+            print(json.dumps(results), flush=True)
+            if cap and sum(x >= cap for x in out["seconds"]) > runs // 2:
+                break
+            drift = quality = None
 
 
 def _rss() -> int:
@@ -255,12 +328,14 @@ def _rss() -> int:
         return int(fh.read().split()[1]) * PAGE
 
 
-def _reset_peak() -> None:
+def _reset_peak() -> bool:
+    """Reset VmHWM, the peak resident set size, to the current RSS (Linux >= 4.0); False if not allowed."""
     try:
         with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # resets VmHWM, the peak resident set size (Linux >= 4.0)
+            fh.write("5")
     except OSError:
-        pass
+        return False
+    return True
 
 
 def _peak() -> int:
@@ -281,21 +356,55 @@ def evidently_available() -> str | None:
     return None
 
 
-def evidently(features: int, n: int) -> dict:
-    runs = EVIDENTLY_RUNS[n]
-    cmd = [sys.executable, os.path.abspath(__file__), "--evidently", str(features), str(n), str(runs)]
+def evidently(
+    features: int, sizes: list[int], runs: int, cap: float | None, first_full: bool = False
+) -> dict[int, dict]:
+    """Evidently's refresh of each window size, in one fresh process: per size the median of ``runs``
+    runs (a lower bound when most runs reached ``cap``), the window DataFrame's bytes and the peak RSS
+    growth during its runs."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--evidently", str(features)]
+    cmd += [",".join(map(str, sizes)), str(runs), str(cap or 0), str(int(first_full))]
+    timeout = (
+        EVIDENTLY_PROCESS_TIMEOUT if cap is None or first_full else 60.0 + len(sizes) * (30.0 + runs * (cap + 10.0))
+    )
     t = time.perf_counter()
-    try:
-        out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=EVIDENTLY_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return {"timeout": EVIDENTLY_TIMEOUT, "runs": runs}
-    except subprocess.CalledProcessError as exc:
-        return {"error": exc.stderr[-2000:], "runs": runs}
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    res["median_seconds"] = statistics.median(res["seconds"])
-    res["runs"] = runs
-    res["process_seconds"] = time.perf_counter() - t
-    return res
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, text=True)
+        try:
+            proc.wait(timeout)
+            stopped = None
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            stopped = f"process stopped after {timeout:.0f} s"
+        out.seek(0)
+        lines = [line for line in out.read().splitlines() if line.startswith("{")]
+        err.seek(0)
+        stderr = err.read()
+    done = json.loads(lines[-1]) if lines else {}
+    failed = stopped or (f"exit {proc.returncode}: {stderr[-2000:]}" if proc.returncode else None)
+    results = {}
+    for n in sizes:
+        res = done.get(str(n))
+        if res is None:
+            results[n] = {"error": failed or "not run", "runs": runs}
+            continue
+        times = res["seconds"]
+        res["runs"], res["runs_done"], res["cap"] = runs, len(times), cap
+        if cap and sum(x >= cap for x in times) > runs // 2:
+            # More than half of the runs took at least the cap: so does the median, whatever the others take.
+            res["lower_bound"] = True
+            res["median_seconds"] = cap
+        else:
+            # The middle run finished (a capped run is longer than every finished one): the median is exact.
+            res["median_seconds"] = statistics.median(times)
+        if len(times) < runs and not res.get("lower_bound"):
+            res["error"] = failed or "fewer runs than asked"
+        results[n] = res
+    results_seconds = time.perf_counter() - t
+    for res in results.values():
+        res["process_seconds"] = results_seconds
+    return results
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -320,7 +429,8 @@ def _errors(binned: dict, exact: dict) -> dict:
     return out
 
 
-def speed(features: int, with_evidently: bool) -> list[dict]:
+def speed(features: int, settings: dict, with_evidently: bool) -> list[dict]:
+    started = time.perf_counter()
     config, model, profile, ModelState = _mlmon_state(features)
     state = ModelState(model, config)
     state.set_reference(profile)
@@ -342,29 +452,73 @@ def speed(features: int, with_evidently: bool) -> list[dict]:
         binned = mlmon_refresh(state, now)
         x, score, label = xt[:n], s_all[:n], y_all[:n]
         t = time.perf_counter()
-        exact_figures = exact.refresh(x, score, label)  # the first timed run: its figures give the errors
-        first_exact = time.perf_counter() - t
+        exact_figures = exact.refresh(x, score, label)  # the first run, never capped: its figures give the errors
+        exact_times = _capped_times(
+            lambda a=(x, score, label): exact.refresh(*a),
+            settings["exact_runs"],
+            settings["exact_cap"],
+            [time.perf_counter() - t],
+        )
         row = {
             "features": features,
             "events": n,
             "mlmon_seconds": _median_time(lambda s=state, t=now: mlmon_refresh(s, t), MLMON_RUNS),
             "mlmon_collect_seconds": _median_time(lambda s=state, t=now: mlmon_collect(s, t), MLMON_RUNS),
-            "exact_seconds": _median_time(
-                lambda a=(x, score, label): exact.refresh(*a), EXACT_RUNS[n] - 1, [first_exact]
-            ),
-            "exact_runs": EXACT_RUNS[n],
+            **exact_times,
             "errors": _errors(binned, exact_figures),
             "roc_auc_bound": binned["roc_auc_bound"],
             "exact_roc_auc": exact_figures["roc_auc"],
             "exact_accuracy": exact_figures["accuracy"],
             "window_raw_bytes": int(x.nbytes + score.nbytes + label.nbytes),
         }
-        if with_evidently:
-            row["evidently"] = evidently(features, n)
         rows.append(row)
         print(f"peers: {features} features, {n:,} events: {json.dumps(_brief(row))}", file=sys.stderr)
     rows[-1]["mlmon_fill_rate"] = fed / fill_seconds
+    if with_evidently:
+        t = time.perf_counter()
+        results = evidently(
+            features,
+            list(WINDOWS),
+            settings["evidently_runs"],
+            settings["evidently_cap"],
+            first_full=features == MEMORY_FEATURES,  # its memory table wants the peak of a whole refresh
+        )
+        for row in rows:
+            row["evidently"] = results[row["events"]]
+            print(f"peers: {features} features, {row['events']:,} events: {json.dumps(_brief(row))}", file=sys.stderr)
+        rows[-1]["evidently_process_seconds"] = time.perf_counter() - t
+    rows[-1]["part_seconds"] = time.perf_counter() - started  # this feature count: fill, refreshes, Evidently
     return rows
+
+
+def _capped_times(fn, runs: int, cap: float | None, times: list[float]) -> dict:
+    """Run ``fn`` until ``runs`` times are known, each stopped at ``cap`` seconds (an alarm) when given;
+    once more than half of them took at least the cap, the median is at least the cap and the rest are
+    not run. The median, whether it is a lower bound, and the runs."""
+    import signal
+
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        while len(times) < runs and not (cap and sum(t >= cap for t in times) > runs // 2):
+            t = time.perf_counter()
+            try:
+                if cap:
+                    signal.setitimer(signal.ITIMER_REAL, cap)
+                fn()
+            except _Capped:
+                pass
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            times.append(time.perf_counter() - t)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    bound = bool(cap) and sum(t >= cap for t in times) > runs // 2
+    return {
+        "exact_seconds": cap if bound else statistics.median(times),
+        "exact_lower_bound": bound,
+        "exact_runs": runs,
+        "exact_times": times,
+    }
 
 
 def _brief(row: dict) -> dict:
@@ -372,7 +526,11 @@ def _brief(row: dict) -> dict:
     return {
         "mlmon_ms": round(row["mlmon_seconds"] * 1000, 2),
         "exact_ms": round(row["exact_seconds"] * 1000, 1),
-        "evidently_s": ev.get("median_seconds", ev.get("timeout")),
+        "exact_lower_bound": row["exact_lower_bound"],
+        "evidently_s": ev.get("median_seconds"),
+        "evidently_lower_bound": ev.get("lower_bound", False),
+        "evidently_peak_mib": round(ev.get("peak_growth_bytes", 0) / 2**20),
+        "evidently_process_s": round(ev.get("process_seconds", 0), 1),
     }
 
 
@@ -380,54 +538,102 @@ def _brief(row: dict) -> dict:
 # Memory per model as the window grows.
 
 
-def mlmon_memory_child(n: int, features: int) -> dict:
+def mlmon_memory_child(sizes: list[int], features: int) -> list[dict]:
+    """One model's RSS growth as its window fills: measured when it holds each of ``sizes`` events."""
     import gc
 
     config, model, profile, ModelState = _mlmon_state(features)
-    x, score, label = window_rows(features, BATCH)
-    batch = _events(x, score, label, START)
+    x, score, label = window_rows(features, EVENTS_PER_ROUND)
+    part = _events(x, score, label, START)
     gc.collect()
     before = _rss()
     state = ModelState(model, config)
     state.set_reference(profile)
     now = START
-    # The same batch size at every window size (the allocator keeps freed buffers of the largest batch it
-    # saw, which must not depend on the window), and the ring arrays made resident up front (numpy's zeros
-    # are lazily mapped pages; which buckets get written must not depend on the window either).
-    first = batch[:EVENTS_PER_ROUND]
-    for e in first:
+    # The same batch at every size (the allocator keeps freed buffers of the largest batch it saw), and
+    # the ring arrays made resident up front (numpy's zeros are lazily mapped pages; which buckets get
+    # written must not depend on the window): a first batch written, then every ring array zeroed.
+    for e in part:
         e.timestamp = now
-    state.add_predictions(first, now)
+    state.add_predictions(part, now)
     for version in state.versions.values():
         for ring in version.rings:
             for a in ring.arrays.values():
                 a[...] = 0
-    rounds = max(1, n // EVENTS_PER_ROUND)
-    part = batch[:EVENTS_PER_ROUND]
-    step = 3000.0 / rounds
-    for _ in range(rounds):
-        now += step
-        for e in part:
-            e.timestamp = now
-        state.add_predictions(part, now)
-    gc.collect()
-    after = _rss()
-    snap = state.snapshot(now)
-    return {
-        "events": (rounds + 1) * len(part),
-        "in_window": int(snap.versions[0].windows["1h"]["predictions"]),
-        "rss_growth_bytes": after - before,
-        "ring_bytes": sum(r.nbytes() for v in state.versions.values() for r in v.rings),
-    }
+    step = 3000.0 / (max(sizes) // EVENTS_PER_ROUND)  # every event within 50 minutes: inside the 1h window
+    rows, fed = [], 0
+    for n in sorted(sizes):
+        while fed < n:
+            now += step
+            for e in part:
+                e.timestamp = now
+            state.add_predictions(part, now)
+            fed += len(part)
+        gc.collect()
+        after = _rss()
+        in_window = int(state.snapshot(now).versions[0].windows["1h"]["predictions"])
+        if in_window != fed:
+            raise RuntimeError(f"{in_window:,} events in the window, {fed:,} fed after the warm-up batch")
+        rows.append(
+            {
+                "events": in_window,
+                "rss_growth_bytes": after - before,
+                "ring_bytes": sum(r.nbytes() for v in state.versions.values() for r in v.rings),
+            }
+        )
+    return rows
 
 
-def memory(sizes=MEMORY_SIZES, features: int = MEMORY_FEATURES) -> list[dict]:
-    out = []
-    for n in sizes:
-        cmd = [sys.executable, os.path.abspath(__file__), "--memory", str(n), str(features)]
+def memory(
+    processes: int = 3, large_processes: int = 3, sizes=MEMORY_SIZES, features: int = MEMORY_FEATURES
+) -> list[dict]:
+    """RSS growth per window size: the median over ``processes`` fresh processes, each filling one window
+    and measuring it at every size on the way; ``large_processes`` of them go on to the largest size (all
+    runs kept)."""
+    runs = []
+    for k in range(processes):
+        upto = sizes if k < large_processes else sizes[:-1]
+        cmd = [sys.executable, os.path.abspath(__file__), "--memory", ",".join(map(str, upto)), str(features)]
         res = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
-        out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    out = []
+    for i, row in enumerate(runs[0]):
+        growth = [r[i]["rss_growth_bytes"] for r in runs if i < len(r)]
+        out.append({**row, "rss_growth_bytes": statistics.median(growth), "rss_growth_runs": growth})
+    print(f"peers: memory: {json.dumps(out)}", file=sys.stderr)
     return out
+
+
+def _mem_available() -> int:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def evidently_large(speed_rows: list[dict], n: int, features: int = MEMORY_FEATURES) -> dict:
+    """One Evidently run at n events (10^7), for its memory, when the growth measured from 10^5 to 10^6,
+    extrapolated, fits in half of the memory available; else why not."""
+    by_n = {
+        r["events"]: r["evidently"]
+        for r in speed_rows
+        if r["features"] == features and "peak_growth_bytes" in r.get("evidently", {})
+    }
+    one = by_n.get(1_000_000)
+    if one is None or one.get("lower_bound"):
+        return {"skipped": "no complete run at 10^6 to extrapolate from"}
+    per_event = (one["window_frame_bytes"] + one["peak_growth_bytes"]) / 1_000_000
+    need, available = per_event * n + one["reference_frame_bytes"], _mem_available()
+    if need > available / 2:
+        return {
+            "skipped": f"it would need about {need / 2**30:.1f} GiB (the 10^6 run's frame and peak, times "
+            f"{n // 1_000_000}), over half of the {available / 2**30:.1f} GiB available",
+            "estimated_bytes": need,
+        }
+    res = evidently(features, [n], 1, None)[n]
+    res["estimated_bytes"] = need
+    return res
 
 
 def versions() -> dict:
@@ -442,23 +648,40 @@ def versions() -> dict:
     return out
 
 
-def run(features=FEATURES, with_evidently: bool = True) -> dict:
+def run(full: bool = False, features=FEATURES, with_evidently: bool = True) -> dict:
+    """The side-by-side benchmark; ``full`` runs every Evidently run to its end (and one at 10^7 events)."""
     t = time.perf_counter()
+    mode = "full" if full else "default"
+    settings = MODES[mode]
     skipped = evidently_available() if with_evidently else "left out (--no-evidently)"
     out: dict = {
+        "mode": mode,
         "reference_rows": REF_ROWS,
         "windows": list(WINDOWS),
         "drifted": {f"f{j}": f"{kind} {k:g}" for j, (kind, k) in DRIFTED.items()},
         "mlmon_runs": MLMON_RUNS,
-        "exact_runs": {str(k): v for k, v in EXACT_RUNS.items()},
-        "evidently_runs": {str(k): v for k, v in EVIDENTLY_RUNS.items()},
-        "evidently_timeout": EVIDENTLY_TIMEOUT,
+        "exact_runs": settings["exact_runs"],
+        "exact_cap": settings["exact_cap"],
+        "evidently_runs": settings["evidently_runs"],
+        "evidently_cap": settings["evidently_cap"],
         "evidently_skipped": skipped,
         "versions": versions(),
-        "speed": [row for f in features for row in speed(f, skipped is None)],
+        "speed": [row for f in features for row in speed(f, settings, skipped is None)],
         "memory_features": MEMORY_FEATURES,
-        "memory": memory(),
     }
+    m = time.perf_counter()
+    out["memory"] = memory(settings["memory_processes"], settings["memory_10m_processes"])
+    out["memory_seconds"] = time.perf_counter() - m
+    large = max(MEMORY_SIZES)
+    if skipped is not None:
+        out["evidently_memory_large"] = {"events": large, "skipped": f"Evidently {skipped}"}
+    elif settings["evidently_10m"]:
+        out["evidently_memory_large"] = {"events": large, **evidently_large(out["speed"], large)}
+    else:
+        out["evidently_memory_large"] = {
+            "events": large,
+            "skipped": "left to `make bench-full`, which runs it once when it fits in half the memory",
+        }
     out["seconds"] = time.perf_counter() - t
     return out
 
@@ -466,11 +689,15 @@ def run(features=FEATURES, with_evidently: bool = True) -> dict:
 if __name__ == "__main__":
     if "--evidently" in sys.argv:
         i = sys.argv.index("--evidently")
-        print(json.dumps(evidently_child(int(sys.argv[i + 1]), int(sys.argv[i + 2]), int(sys.argv[i + 3]))))
+        evidently_child(
+            int(sys.argv[i + 1]),
+            [int(n) for n in sys.argv[i + 2].split(",")],
+            int(sys.argv[i + 3]),
+            float(sys.argv[i + 4]) or None,
+            sys.argv[i + 5] == "1",
+        )
     elif "--memory" in sys.argv:
         i = sys.argv.index("--memory")
-        print(json.dumps(mlmon_memory_child(int(sys.argv[i + 1]), int(sys.argv[i + 2]))))
-    elif "--no-evidently" in sys.argv:
-        print(json.dumps(run(with_evidently=False), indent=1))
+        print(json.dumps(mlmon_memory_child([int(n) for n in sys.argv[i + 1].split(",")], int(sys.argv[i + 2]))))
     else:
-        print(json.dumps(run(), indent=1))
+        print(json.dumps(run(full="--full" in sys.argv, with_evidently="--no-evidently" not in sys.argv), indent=1))

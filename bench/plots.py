@@ -30,16 +30,26 @@ def refresh_plot(peers: dict) -> str:
         ax.plot(n, [r["mlmon_seconds"] for r in rows], "o-", label="mlmon (scrape math from the rings)")
         ax.plot(n, [r["mlmon_collect_seconds"] for r in rows], "o:", label="mlmon (whole collect)")
         ax.plot(n, [r["exact_seconds"] for r in rows], "s-", label="exact (numpy/scipy/sklearn, raw rows)")
+        bounds = [(r["events"], r["exact_seconds"]) for r in rows if r.get("exact_lower_bound")]
+        if bounds:
+            ax.plot(*zip(*bounds), "s", mfc="white", color="C2", label="exact: lower bound (runs stopped at the cap)")
         ev = [(r["events"], r["evidently"]) for r in rows if "median_seconds" in r.get("evidently", {})]
         if ev:
-            ax.plot([e for e, _ in ev], [x["median_seconds"] for _, x in ev], "^-", label="Evidently (raw rows)")
+            ax.plot(
+                [e for e, _ in ev], [x["median_seconds"] for _, x in ev], "^-", color="C3", label="Evidently (raw rows)"
+            )
+            low = [(e, x["median_seconds"]) for e, x in ev if x.get("lower_bound")]
+            if low:
+                ax.plot(
+                    *zip(*low), "^", mfc="white", color="C3", label="Evidently: lower bound (runs stopped at the cap)"
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("events in the window")
         ax.set_title(f"{f} features: drift (PSI, KS, JS, Wasserstein) + quality")
         ax.grid(True, which="both", alpha=0.3)
     (axes[0] if len(counts) > 1 else axes).set_ylabel("seconds per refresh (median)")
-    (axes[0] if len(counts) > 1 else axes).legend(fontsize=8, loc="upper left")
+    (axes[0] if len(counts) > 1 else axes).legend(fontsize=8, loc="center left")
     fig.tight_layout()
     path = os.path.join(IMG, "bench-refresh.png")
     fig.savefig(path, dpi=110)
@@ -55,14 +65,30 @@ def memory_plot(peers: dict) -> str:
     ax.plot([r["events"] for r in mem], [r["rss_growth_bytes"] / MB for r in mem], "o-", label="mlmon: RSS growth")
     ax.plot([r["events"] for r in mem], [r["ring_bytes"] / MB for r in mem], "o:", label="mlmon: ring arrays")
     f = peers["memory_features"]
-    rows = [r for r in peers["speed"] if r["features"] == f and "median_seconds" in r.get("evidently", {})]
-    if rows:
+    evs = [
+        r["evidently"] | {"events": r["events"]} for r in peers["speed"] if r["features"] == f and r.get("evidently")
+    ]
+    large = peers.get("evidently_memory_large") or {}
+    if "peak_growth_bytes" in large:
+        evs.append(large)
+    evs = [e for e in evs if "peak_growth_bytes" in e]
+    if evs:
         ax.plot(
-            [r["events"] for r in rows],
-            [(r["evidently"]["window_frame_bytes"] + r["evidently"]["peak_growth_bytes"]) / MB for r in rows],
+            [e["events"] for e in evs],
+            [(e["window_frame_bytes"] + e["peak_growth_bytes"]) / MB for e in evs],
             "^-",
-            label="Evidently: window DataFrame + report peak",
+            label="Evidently: window DataFrame + refresh peak",
         )
+        low = [e for e in evs if e.get("capped") and all(e["capped"])]
+        if low:
+            ax.plot(
+                [e["events"] for e in low],
+                [(e["window_frame_bytes"] + e["peak_growth_bytes"]) / MB for e in low],
+                "^",
+                mfc="white",
+                color="C2",
+                label="Evidently: lower bound (runs stopped at the cap)",
+            )
     raw = [(n, n * (f + 3) * 8 / MB) for n in [r["events"] for r in mem]]
     ax.plot([n for n, _ in raw], [b for _, b in raw], "--", color="grey", label="raw rows alone (8 bytes a value)")
     ax.set_xscale("log")
