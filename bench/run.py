@@ -720,7 +720,8 @@ def drift_sections(d: dict) -> list[str]:
         f"took {st['seconds']:.0f} s on {st['workers']} processes.",
         "",
         "The KS p-value formula alone (`drift.ks`: Kolmogorov's limiting distribution with Stephens' correction)",
-        "against scipy's exact `kstwo.sf` at the same statistic, the largest difference over 100 statistics",
+        "against scipy's exact `kstwo.sf` at the same statistic, the largest difference over "
+        f"{d['ks_formula'][0].get('points', 100)} statistics",
         "from 0.05 / sqrt(n) to 3 / sqrt(n) (`python bench/bench_drift.py ks_formula`):",
         "",
         "| effective n | largest difference | at p-value (exact) |",
