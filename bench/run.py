@@ -536,6 +536,23 @@ def ingest_section(ingest: dict) -> list[str]:
     for key in ingest["in_process"]:
         if isinstance(ingest["in_process"][key], (int, float)):
             lines.append(f"| {INGEST_LABELS.get(key, 'in process: ' + key)} | 1 | {cell(('in_process', key))} |")
+    best_clients, best = max(ingest["http_batch_1000"].items(), key=lambda kv: kv[1])
+    update = ingest["in_process"].get("window_update")
+    lines += [
+        "",
+        "Targets (issue 9):",
+        "",
+        "- at least 50,000 predictions/s with 30 features through the batch API on one exporter process: "
+        f"{best:,.0f}/s ({best_clients} clients, the best median above), "
+        + ("met." if best >= 50_000 else "**missed**."),
+    ]
+    if isinstance(update, (int, float)) and best:
+        lines.append(
+            "- the HTTP path within 3x of the in-process window-update limit: the window update alone ran at "
+            f"{update:,.0f}/s, {update / best:.1f}x the best HTTP rate, "
+            + ("met." if update / best <= 3 else "**missed**: where the time goes, why, and what is next are in")
+            + ("" if update / best <= 3 else " [performance.md](performance.md).")
+        )
     lines += [
         "",
         "Server RSS at start and after each load phase (a steady value means no growth with traffic), per run: "
@@ -563,6 +580,10 @@ def scrape_section(scrape: dict) -> list[str]:
         f"| building the exposition in process ({scrape['in_process']['series']:,} series, "
         f"{scrape['in_process']['bytes'] / 1024:.0f} KiB) | {scrape['in_process']['median_seconds'] * 1000:.1f} ms |",
         f"| `GET /metrics` over HTTP on loopback | {scrape['http']['median_seconds'] * 1000:.1f} ms |",
+        "",
+        "Target (issue 9): at most 100 ms for 10 models x 30 features x 3 windows: "
+        f"{scrape['http']['median_seconds'] * 1000:.1f} ms over HTTP, "
+        + ("met." if scrape["http"]["median_seconds"] <= 0.1 else "**missed** ([performance.md](performance.md))."),
         "",
         "Scrape cost depends on the number of series (models x versions x windows x classes), not on the",
         "events per window: each window is a sum over 60 buckets of fixed-size arrays, and drift reads the",
