@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 
@@ -58,19 +59,22 @@ def server_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def in_process(batch_size: int = 1000, rounds: int = 20) -> dict:
+def in_process(batch_size: int = 1000, rounds: int = 20, text: str | None = None) -> dict:
+    from exporter import reference
     from exporter.config import parse_config
     from exporter.fastpath import FastDecoder
     from exporter.state import ModelState
     from exporter.validation import Validator
 
-    config = parse_config(config_text(models=1, features=30))
+    config = parse_config(text or config_text(models=1, features=30))
     clock = [1_800_000_000.0]
     validator = Validator(config, lambda: clock[0])
     fast = FastDecoder(validator)
     raw = events(batch_size)
     body = json.dumps({"predictions": raw}).encode()
     state = ModelState(config.models[0], config)
+    for profile in reference.load_all(config).values():
+        state.set_reference(profile)
 
     def rate(step) -> float:
         t = time.perf_counter()
@@ -132,24 +136,39 @@ def stages(batch_size: int = 1000, rounds: int = 100) -> dict:
     return out
 
 
-def run(seconds: float = 5.0) -> dict:
-    out = {"in_process": in_process()}
-    with Served(config_text(models=1, features=30)) as server:
+def served_batches(text: str, clients: tuple, seconds: float, singles: bool = False) -> dict:
+    """HTTP rates of `mlmon serve` with the config `text`: batches of 1000 with each number of `clients`,
+    the exporter's CPU per batch, its RSS after each phase, and (``singles``) one prediction per request."""
+    out: dict = {"http_batch_1000": {}, "server_cpu_ms_per_batch": {}}
+    with Served(text) as server:
         batches = [json.dumps({"predictions": events(1000, seed=s)}).encode() for s in range(8)]
-        singles = [json.dumps(e).encode() for e in events(2000, seed=99)]
         rss = [server.rss_bytes()]  # at start, then after each load phase: growth would show here
-        out["http_batch_1000"], out["server_cpu_ms_per_batch"] = {}, {}
-        for c in (1, 2, 4, 4, 4):
+        for c in clients:
             cpu = server_cpu_seconds(server.proc.pid)
             rate = out["http_batch_1000"][c] = http_rate(server.url, batches, 1000, c, seconds)
             # CPU time of the exporter process (every thread) per batch of 1000: what bounds the rate when
             # the machine has no core to spare for it (docs/performance.md).
             out["server_cpu_ms_per_batch"][c] = (server_cpu_seconds(server.proc.pid) - cpu) / (rate * seconds) * 1e6
             rss.append(server.rss_bytes())
-        out["http_single"] = {c: http_rate(server.url, singles, 1, c, seconds) for c in (1, 4)}
-        rss.append(server.rss_bytes())
+        if singles:
+            one_each = [json.dumps(e).encode() for e in events(2000, seed=99)]
+            out["http_single"] = {c: http_rate(server.url, one_each, 1, c, seconds) for c in (1, 4)}
+            rss.append(server.rss_bytes())
         out["server_rss_bytes"] = rss
         out["batch_body_bytes"] = len(batches[0])
+    return out
+
+
+def run(seconds: float = 5.0) -> dict:
+    """Without a reference (drift off: the window update only counts and looks for missing values), then with
+    one (drift on: every feature binned against the reference's quantiles, as mlmon is normally run)."""
+    out = {
+        "in_process": in_process(),
+        **served_batches(config_text(models=1, features=30), (1, 2, 4, 4, 4), seconds, True),
+    }
+    with tempfile.TemporaryDirectory() as ref:
+        text = config_text(models=1, features=30, reference_dir=ref)
+        out["with_reference"] = {"in_process": in_process(text=text), **served_batches(text, (1, 2, 4), seconds)}
     return out
 
 

@@ -106,11 +106,12 @@ class Mlmon:
         self.servers = ServerReports(config.limits.max_servers, config.limits.server_stale_seconds)
         self.ready = True
         self.maintenance_thread: threading.Thread | None = None
-        self.ingest_lock = threading.Lock()
-        # One request at a time parses and validates its body: pure Python, so threads gain nothing from
-        # doing it together under the interpreter lock, and interleaved they cost more CPU per request and
-        # delay the holder of ingest_lock (docs/performance.md). One request parses while another journals.
-        self.parse_lock = threading.Lock()
+        # One request at a time decodes, journals and applies its body (turn()). The work holds the interpreter
+        # lock but for the journal's write: a second thread decoding meanwhile would only make the holder wait
+        # for the interpreter lock, with ingest_lock held, after its write (a convoy: more CPU per batch and
+        # fewer batches per second with several clients; docs/performance.md). Re-entrant: ingest() takes
+        # it too, for callers that decode on their own.
+        self.ingest_lock = threading.RLock()
         self.checkpoint_due = threading.Event()
         self.config_refs: dict[str, str] = {}  # model -> digest of the profile its config file names
         config_profiles = reference.load_all(config)
@@ -228,9 +229,29 @@ class Mlmon:
         """The name of a request for the join store: its Idempotency-Key, or its journal sequence."""
         return f"{self.replica}:k:{key}" if key is not None else f"{self.replica}:s:{seq}"
 
+    def _take_turn(self) -> None:
+        timeout = self.config.limits.ingest_queue_timeout_seconds
+        if not self.ingest_lock.acquire(timeout=timeout):
+            raise Busy(
+                429,
+                "queue_timeout",
+                f"ingest is busy: waited {timeout:g}s (limits.ingest_queue_timeout) for a turn; retry later",
+                1.0,
+            )
+
+    @contextlib.contextmanager
+    def turn(self):
+        """Ingest's turn: the request's decoding, journal write and apply, one request at a time; raises Busy
+        (429) after limits.ingest_queue_timeout."""
+        self._take_turn()
+        try:
+            yield
+        finally:
+            self.ingest_lock.release()
+
     def ingest(self, kind: str, raw: bytes, items: list, now: float, key: str | None, body_digest: bytes) -> dict:
         """Journal a validated request, then apply it; raise Busy when it cannot be taken now."""
-        limits, settings = self.config.limits, self.config.storage
+        settings = self.config.storage
         if self.store.journal_bytes > settings.max_journal_bytes:
             self.checkpoint_due.set()
             raise Busy(
@@ -239,14 +260,7 @@ class Mlmon:
                 f"the journal is over storage.max_journal_bytes ({settings.max_journal_bytes}); a checkpoint is due",
                 1.0,
             )
-        if not self.ingest_lock.acquire(timeout=limits.ingest_queue_timeout_seconds):
-            raise Busy(
-                429,
-                "queue_timeout",
-                f"ingest is busy: waited {limits.ingest_queue_timeout_seconds:g}s "
-                "(limits.ingest_queue_timeout) for a turn; retry later",
-                1.0,
-            )
+        self._take_turn()
         shared = self.shared_requests if key is not None else None
         try:
             if shared is not None:
@@ -536,20 +550,11 @@ def _ingest(kind: str):
         if seen is not None:
             return _replayed(m, key, seen, body_digest)
     now = m.clock()
-    with m.parse_lock:
-        # A valid prediction batch is decoded and checked in C (exporter/fastpath.py); anything else, and
-        # any problem, goes through the general validation, which words it.
-        items = m.fast.predictions(raw, now) if kind == "predictions" else m.fast.labels(raw)
-        if items is None:
-            body = _parse_json(raw)
-            try:
-                items = m.validator.predictions(body, now) if kind == "predictions" else m.validator.labels(body)
-            except Invalid as err:
-                _count_rejection(err)
-                raise APIError(err.status, err.message, err.problems) from None
-    _require("write", {item.model for item in items})
     try:
-        result = m.ingest(kind, raw, items, now, key, body_digest)
+        with m.turn():
+            items = _decode(m, kind, raw, now)
+            _require("write", {item.model for item in items})
+            result = m.ingest(kind, raw, items, now, key, body_digest)
     except Busy as busy:
         m.throttled.labels(busy.reason).inc()
         response, status = error_body(busy.status, _status_name(busy.status), busy.message)
@@ -560,6 +565,20 @@ def _ingest(kind: str):
     except sqlite3.IntegrityError:  # the same Idempotency-Key raced in on another thread: answer as a retry
         return _replayed(m, key, m.store.seen(key), body_digest)
     return jsonify(result), 202
+
+
+def _decode(m: Mlmon, kind: str, raw: bytes, now: float) -> list:
+    """The validated items of a body. A valid one is decoded and checked in C (exporter/fastpath.py); anything
+    else, and any problem, goes through the general validation, which words it (400 naming each field)."""
+    items = m.fast.predictions(raw, now) if kind == "predictions" else m.fast.labels(raw)
+    if items is not None:
+        return items
+    body = _parse_json(raw)
+    try:
+        return m.validator.predictions(body, now) if kind == "predictions" else m.validator.labels(body)
+    except Invalid as err:
+        _count_rejection(err)
+        raise APIError(err.status, err.message, err.problems) from None
 
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")

@@ -97,19 +97,25 @@ class Binner:
             if ref is None:
                 continue
             index, other, known = self.cat_index[name], len(ref.categories), ref.known
-            for i, v in enumerate(column):
-                if v is None or v == "":
-                    continue
-                key = category(v)
-                cat_ev.append(i)
-                cat_idx.append(j * CAT_SLOTS + index.get(key, other))
-                if key not in known:
-                    unseen_ev.append(i)
-                    unseen_idx.append(j)
+            if not absent and set(map(type, column)) == {str}:  # the common case: every value a string
+                present, keys = range(len(column)), column  # category(text) is the text itself
+            else:
+                present = [i for i, v in enumerate(column) if v is not None and v != ""]
+                keys = [category(column[i]) for i in present]
+            if not keys:
+                continue
+            cat_ev.append(np.asarray(present, dtype=np.int64))
+            cat_idx.append(
+                j * CAT_SLOTS + np.fromiter(map(index.get, keys, itertools.repeat(other)), np.int64, len(keys))
+            )
+            unseen = [i for i, key in zip(present, keys) if key not in known]
+            if unseen:
+                unseen_ev.append(np.asarray(unseen, dtype=np.int64))
+                unseen_idx.append(np.full(len(unseen), j, dtype=np.int64))
         if cat_ev:
-            out.scatter["cat_counts"] = (np.asarray(cat_ev), np.asarray(cat_idx), None)
+            out.scatter["cat_counts"] = (np.concatenate(cat_ev), np.concatenate(cat_idx), None)
         if unseen_ev:
-            out.scatter["cat_unseen"] = (np.asarray(unseen_ev), np.asarray(unseen_idx), None)
+            out.scatter["cat_unseen"] = (np.concatenate(unseen_ev), np.concatenate(unseen_idx), None)
         te_rows = [i for i, errs in enumerate(errors or ()) for name, reason in errs if reason == "type_error"]
         te_cols = [self.names.index(name) for errs in (errors or ()) for name, reason in errs if reason == "type_error"]
         if te_rows:
@@ -208,7 +214,12 @@ def scatter(array: np.ndarray, slots: np.ndarray, ev: np.ndarray, idx: np.ndarra
     if not keep.any():
         return
     flat = s[keep] * array[0].size + idx[keep]
-    np.add.at(array.reshape(-1), flat, 1 if weights is None else weights[keep])
+    # np.bincount over the span the batch touches, then one vectorised add: np.add.at did the same about ten
+    # times slower (3.8 ms of a batch of 1000 events x 30 features against a reference; docs/performance.md).
+    lo = int(flat.min())
+    counts = np.bincount(flat - lo, weights=None if weights is None else weights[keep])
+    target = array.reshape(-1)  # a view: the ring's arrays are contiguous
+    target[lo : lo + counts.size] += counts.astype(target.dtype, copy=False)
 
 
 # -------------------------------------------------------------------------------------------------------

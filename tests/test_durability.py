@@ -186,8 +186,19 @@ def test_busy_ingest_answers_429_with_retry_after_and_keeps_nothing(tmp_path):
     m = app.extensions["mlmon"]
     client = app.test_client()
     body = {"predictions": [{"model": "price", "prediction": 1.0}]}
-    with m.ingest_lock:  # another request holds the turn for longer than limits.ingest_queue_timeout
-        response = client.post("/api/v1/predictions", json=body, headers={"Idempotency-Key": "busy-1"})
+    held, done = threading.Event(), threading.Event()
+
+    def other_request():  # holds the turn for longer than limits.ingest_queue_timeout
+        with m.ingest_lock:
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=other_request)
+    holder.start()
+    held.wait(10)
+    response = client.post("/api/v1/predictions", json=body, headers={"Idempotency-Key": "busy-1"})
+    done.set()
+    holder.join()
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "1"
     assert "limits.ingest_queue_timeout" in response.get_json()["error"]["message"]

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter import fastpath
-from exporter.binning import Binner
+from exporter.binning import CAT_SLOTS, Binner
 from exporter.config import parse_config
 from exporter.reference import build_profile
 from exporter.validation import Invalid, Validator
@@ -361,3 +361,41 @@ def test_fast_labels_agree_with_the_general_path(body):
         ]
     elif expected is not None:
         assert "9223372036854775808" in raw.decode() or "18446744073709551616" in raw.decode(), raw
+
+
+def test_categorical_counts_match_a_direct_count():
+    """The binner's categorical counts (all-string columns take a shortcut) against collections.Counter."""
+    from collections import Counter
+
+    from exporter.reference import category
+
+    rng = np.random.default_rng(11)
+    model = config.models[0]
+    columns = {
+        "tenure": list(rng.normal(size=300)),
+        "user.age": list(rng.normal(size=300)),
+        "plan-type": list(rng.choice(["a", "b", "c", "1", "true"], 300)),
+        "region": list(rng.choice(["eu", "us"], 300)),
+    }
+    binner = Binner(model, build_profile(columns, model))
+    ref = binner.refs["plan-type"]
+    for values in (
+        [str(v) for v in rng.choice(["a", "b", "c", "zz", "1"], 200)],  # strings only: the shortcut
+        [["a", "b", 1, 1.0, True, "", None, "zz"][i % 8] for i in range(200)],  # mixed: the general way
+    ):
+        rows = [{"tenure": 0.0, "user.age": 0.0, "plan-type": v, "region": "eu"} for v in values]
+        out = binner.bin(rows, [0] * len(rows))
+        ev, idx, _ = out.scatter["cat_counts"]
+        j = binner.categorical.index("plan-type")
+        sel = (idx // CAT_SLOTS) == j
+        got = Counter(int(i) % CAT_SLOTS for i in idx[sel])
+        keys = [category(v) for v in values if v is not None and v != ""]
+        slot = {c: i for i, c in enumerate(ref.categories)}
+        expected = Counter(slot.get(k, len(ref.categories)) for k in keys)
+        assert got == expected
+        unseen_ev, unseen_idx, _ = out.scatter.get("cat_unseen", (np.array([], int), np.array([], int), None))
+        expected_unseen = [
+            i for i, v in enumerate(values) if v is not None and v != "" and category(v) not in ref.known
+        ]
+        assert sorted(unseen_ev[unseen_idx == j].tolist()) == expected_unseen
+        assert np.array_equal(np.sort(ev[sel]), [i for i, v in enumerate(values) if v is not None and v != ""])
