@@ -1,4 +1,5 @@
-"""PNG plots of the side-by-side benchmark (bench_peers), written to docs/img/bench-*.png by bench/run.py."""
+"""PNG plots of the side-by-side benchmark (bench_peers) and of the scrape grid (bench_scrape), written to
+docs/img/bench-*.png by bench/run.py."""
 
 from __future__ import annotations
 
@@ -113,3 +114,71 @@ def write(peers: dict) -> list[str]:
         return []
     os.makedirs(IMG, exist_ok=True)
     return [refresh_plot(peers), memory_plot(peers)]
+
+
+def scrape_plot(scrape: dict) -> str:
+    """Scrape time vs series count over the grid of models x features, log-log: in process and over HTTP, one
+    colour per feature count, each point marked with its model count; the least-squares line per series and
+    the 100 ms target."""
+    plt = _pyplot()
+    g = scrape["grid"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for i, f in enumerate(g["features"]):
+        cells = [c for c in g["cells"] if c["features"] == f]
+        x = [c["in_process"]["series"] for c in cells]
+        ax.plot(
+            x,
+            [c["in_process"]["median_seconds"] * 1000 for c in cells],
+            "o-",
+            color=f"C{i}",
+            label=f"{f} features, in process",
+        )
+        http = [c for c in cells if "http" in c]
+        if http:
+            ax.plot(
+                [c["in_process"]["series"] for c in http],
+                [c["http"]["median_seconds"] * 1000 for c in http],
+                "s--",
+                mfc="white",
+                color=f"C{i}",
+                label=f"{f} features, GET /metrics",
+            )
+        for c in cells:
+            ax.annotate(
+                f"{c['models']}",
+                (c["in_process"]["series"], c["in_process"]["median_seconds"] * 1000),
+                textcoords="offset points",
+                xytext=(-4, 6),
+                fontsize=7,
+                color=f"C{i}",
+            )
+    lo, hi = min(c["in_process"]["series"] for c in g["cells"]), max(c["in_process"]["series"] for c in g["cells"])
+    per = g["fit"]["in_process"]["per_series_seconds"] * 1000
+    ax.plot(
+        [lo, hi], [per * lo, per * hi], ":", color="grey", label=f"{per * 1000:.1f} µs per series (median, in process)"
+    )
+    ax.axhline(100, color="C3", lw=0.8, ls="-.", label="target: 100 ms for 10 models x 30 features")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("series in the exposition")
+    ax.set_ylabel("ms per scrape (median)")
+    ax.set_title(f"/metrics: models x features, {len(g['windows'])} windows (numbers: models)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path = os.path.join(IMG, "bench-scrape.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_scrape(scrape: dict) -> list[str]:
+    """The scrape plot; an empty list (and no plot) when matplotlib is not installed here or no grid ran."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return []
+    if not scrape.get("grid"):
+        return []
+    os.makedirs(IMG, exist_ok=True)
+    return [scrape_plot(scrape)]
