@@ -386,11 +386,7 @@ def _categorical(ref: CategoricalRef, cur: np.ndarray) -> dict[str, float]:
 def decision_method(model: ModelConfig, feature: str | None) -> str:
     """The method that says whether a feature (None: the predictions) drifted: ``drift.method`` where it
     applies, PSI where it does not (ks and wasserstein need numbers; classes and categories are not)."""
-    numeric = (
-        model.task == "regression"
-        if feature is None
-        else any(f.name == feature and f.type == "numeric" for f in model.features)
-    )
+    numeric = model.task == "regression" if feature is None else model.feature_types.get(feature) == "numeric"
     method = model.drift_method
     return method if numeric or method in drift.CATEGORICAL_METHODS else "psi"
 

@@ -6,6 +6,7 @@ what is wrong; unknown keys are errors, never silently ignored.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -102,12 +103,26 @@ class ModelConfig:
 
     def drift_threshold(self, feature: str | None, method: str) -> float:
         """The threshold of ``method`` for ``feature`` (None: the model's predictions or labels)."""
-        for f in self.features:
-            if f.name == feature:
-                for m, v in f.drift_thresholds:
-                    if m == method:
-                        return v
-        return dict(self.drift_thresholds).get(method, DRIFT_THRESHOLDS.get(method, float("nan")))
+        own = self._feature_thresholds.get((feature, method))
+        if own is not None:
+            return own
+        return self._model_thresholds.get(method, DRIFT_THRESHOLDS.get(method, float("nan")))
+
+    # Look-ups a scrape makes for every feature and window: dicts built once, not a scan of the features each
+    # time (at 100 features that scan was a fifth of a scrape). Not fields: equality and the config's digest
+    # do not see them.
+    @functools.cached_property
+    def _feature_thresholds(self) -> dict[tuple[str, str], float]:
+        return {(f.name, m): v for f in self.features for m, v in f.drift_thresholds}
+
+    @functools.cached_property
+    def _model_thresholds(self) -> dict[str, float]:
+        return dict(self.drift_thresholds)
+
+    @functools.cached_property
+    def feature_types(self) -> dict[str, str]:
+        """Feature name -> "numeric" or "categorical"."""
+        return {f.name: f.type for f in self.features}
 
     @property
     def is_classification(self) -> bool:
