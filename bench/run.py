@@ -497,7 +497,7 @@ def memory_section(memory: list[dict], pending: list[dict]) -> list[str]:
 
 
 INGEST_LABELS = {
-    "parse_validate_update": "in process: JSON parse + validation + window update",
+    "parse_validate_update": "in process: decode and check (fast path) + window update",
     "window_update": "in process: window update alone",
     "json_parse": "in process: JSON parse alone (orjson)",
     "decode": "in process: decode and check (fast path) alone",
@@ -530,29 +530,57 @@ def ingest_section(ingest: dict) -> list[str]:
             values = [v[k] for v in values]
         return f"{value:,.0f} (" + ", ".join(f"{v:,.0f}" for v in values) + ")"
 
-    for c in ingest["http_batch_1000"]:
-        lines.append(f"| HTTP, batches of 1000 | {c} | {cell(('http_batch_1000', c))} |")
-    for c in ingest["http_single"]:
-        lines.append(f"| HTTP, one prediction per request | {c} | {cell(('http_single', c))} |")
-    for key in ingest["in_process"]:
-        if isinstance(ingest["in_process"][key], (int, float)):
-            lines.append(f"| {INGEST_LABELS.get(key, 'in process: ' + key)} | 1 | {cell(('in_process', key))} |")
+    drift_on = ingest.get("with_reference")
+    for prefix, part, label in ((), ingest, "drift off"), (("with_reference",), drift_on, "drift on"):
+        if part is None:
+            continue
+        for c in part["http_batch_1000"]:
+            lines.append(f"| {label}: HTTP, batches of 1000 | {c} | {cell((*prefix, 'http_batch_1000', c))} |")
+        for c in part.get("http_single", {}):
+            lines.append(f"| {label}: HTTP, one prediction per request | {c} | {cell((*prefix, 'http_single', c))} |")
+        for key in part["in_process"]:
+            if isinstance(part["in_process"][key], (int, float)):
+                name = INGEST_LABELS.get(key, "in process: " + key)
+                lines.append(f"| {label}: {name} | 1 | {cell((*prefix, 'in_process', key))} |")
+    lines += [
+        "",
+        "*Drift off*: the model has no reference, so the window update counts predictions, classes, scores and",
+        "missing values only. *Drift on*: the model names a reference of 30 features (as mlmon is normally",
+        "run), and every event's features are also binned against the reference's quantiles and categories.",
+        "",
+        "Exporter CPU per batch of 1000 (every thread of the process, median over the runs), by clients: "
+        + "; ".join(
+            f"{label} " + ", ".join(f"{c}: {v:.1f} ms" for c, v in part["server_cpu_ms_per_batch"].items())
+            for part, label in ((ingest, "drift off"), (drift_on, "drift on"))
+            if part is not None
+        )
+        + ".",
+    ]
     best_clients, best = max(ingest["http_batch_1000"].items(), key=lambda kv: kv[1])
-    update = ingest["in_process"].get("window_update")
     lines += [
         "",
         "Targets (issue 9):",
         "",
         "- at least 50,000 predictions/s with 30 features through the batch API on one exporter process: "
-        f"{best:,.0f}/s ({best_clients} clients, the best median above), "
-        + ("met." if best >= 50_000 else "**missed**."),
+        f"{best:,.0f}/s drift off ({best_clients} client{'s' if best_clients != 1 else ''}, the best median above)"
+        + ("" if drift_on is None else ", {:,.0f}/s drift on".format(max(drift_on["http_batch_1000"].values())))
+        + ", "
+        + (
+            "met."
+            if best >= 50_000 and (drift_on is None or max(drift_on["http_batch_1000"].values()) >= 50_000)
+            else "**missed**."
+        ),
     ]
-    if isinstance(update, (int, float)) and best:
+    for part, label in ((ingest, "drift off"), (drift_on, "drift on")):
+        update = None if part is None else part["in_process"].get("window_update")
+        if not isinstance(update, (int, float)):
+            continue
+        top = max(part["http_batch_1000"].values())
         lines.append(
-            "- the HTTP path within 3x of the in-process window-update limit: the window update alone ran at "
-            f"{update:,.0f}/s, {update / best:.1f}x the best HTTP rate, "
-            + ("met." if update / best <= 3 else "**missed**: where the time goes, why, and what is next are in")
-            + ("" if update / best <= 3 else " [performance.md](performance.md).")
+            f"- the HTTP path within 3x of the in-process window-update limit, {label}: the window update alone "
+            f"ran at {update:,.0f}/s, {update / top:.1f}x the best HTTP rate ({top:,.0f}/s), "
+            + ("met." if update / top <= 3 else "**missed**: where the time goes, why, and what is next are in")
+            + ("" if update / top <= 3 else " [performance.md](performance.md).")
         )
     lines += [
         "",
