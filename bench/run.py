@@ -657,7 +657,9 @@ def scrape_grid(g: dict, images: list[str]) -> list[str]:
         f"through the API, its timestamps spread over the {g['span_seconds'] / 60:.0f} minutes before the scrape "
         "(events in all 60 buckets",
         f"of the 5m window, in 20 of the 1h window, in the 1d window). Times are medians of {g['runs']} scrapes after",
-        "one untimed. *Collect* is `registry.collect()` alone: the snapshots, drift, quality and the metric",
+        "one untimed (in process, the benchmark's other objects frozen out of the cyclic garbage collector,",
+        "whose full collections would walk them too). *Collect* is `registry.collect()` alone: the snapshots,",
+        "drift, quality and the metric",
         "families; the rest of the in-process time is writing the text. `GET /metrics` comes from a requests",
         "session, which asks for gzip as Prometheus does; *on the wire* is the gzipped body.",
         "",
@@ -715,7 +717,7 @@ def scrape_grid(g: dict, images: list[str]) -> list[str]:
             "|---|---:|---:|",
             *[f"| `{r['function']}` | {r['calls']:,} | {r['share'] * 100:.0f}% |" for r in ip["profile"]["top"]],
         ]
-        lookups = ip["profile"]["lookups"]
+        lookups = {name: share for name, share in ip["profile"]["lookups"].items() if share >= 0.05}
         if lookups:
             named = " and ".join(f"`{name}` ({share * 100:.0f}%)" for name, share in lookups.items())
             verb, its = ("look", "their") if len(lookups) > 1 else ("looks", "its")
