@@ -58,7 +58,9 @@ class Traffic:
         self.stopped = threading.Event()
         self.sent = 0
         self.errors = 0
-        self._labels: list[tuple[float, int, str, str, object]] = []  # (due, seq, model, id, label)
+        # Labels waiting for their time, per model: (due, seq, id, label). Each model has its own sender: one
+        # for all three fell behind the traffic on a busy 2-core machine (labels arriving a phase late).
+        self._labels: dict[str, list[tuple[float, int, str, object]]] = {name: [] for name in self.worlds}
         self._labels_lock = threading.Lock()
         self._seq = 0
 
@@ -67,18 +69,20 @@ class Traffic:
 
     def run(self) -> None:
         workers = [threading.Thread(target=self._users, args=(name,), daemon=True) for name in self.worlds]
-        workers.append(threading.Thread(target=self._truth, daemon=True))
+        workers += [threading.Thread(target=self._truth, args=(name,), daemon=True) for name in self.worlds]
         for w in workers:
             w.start()
         cycle = 0
         try:
             while not self.stopped.is_set():
                 for phase in scenario.PHASES:
-                    self.on_phase(phase, cycle)
+                    # A phase that deploys a version starts once it serves (retraining three models takes
+                    # seconds on a busy machine): its announcement and its traffic wait for the deploy.
                     if phase == "recovery":
                         self._deploy(f"v{2 * cycle + 2}", recent=True)
                     elif phase == "healthy" and cycle > 0:
                         self._deploy(f"v{2 * cycle + 1}", recent=False)
+                    self.on_phase(phase, cycle)
                     self.phase = phase
                     if self.stopped.wait(self.phase_seconds):
                         return
@@ -114,17 +118,19 @@ class Traffic:
     def _later(self, name: str, request_id: str, label, delay: float) -> None:
         with self._labels_lock:
             self._seq += 1
-            heapq.heappush(self._labels, (time.monotonic() + delay, self._seq, name, request_id, label))
+            heapq.heappush(self._labels[name], (time.monotonic() + delay, self._seq, request_id, label))
 
-    def _truth(self) -> None:
+    def _truth(self, name: str) -> None:
+        """Send the labels of model ``name`` when they are due."""
         session = requests.Session()
+        waiting = self._labels[name]
         while not self.stopped.wait(0.05):
             now = time.monotonic()
             due = []
             with self._labels_lock:
-                while self._labels and self._labels[0][0] <= now:
-                    due.append(heapq.heappop(self._labels))
-            for _, _, name, request_id, label in due:
+                while waiting and waiting[0][0] <= now:
+                    due.append(heapq.heappop(waiting))
+            for _, _, request_id, label in due:
                 try:
                     session.post(f"{self.url}/feedback/{name}", json={"id": request_id, "label": label}, timeout=5)
                 except requests.RequestException:
