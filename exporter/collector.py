@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import escape_label_name, escape_metric_name
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from exporter import __version__, quality
@@ -80,14 +81,14 @@ class MlmonCollector(Collector):
 
     def describe(self) -> list:
         # The families without their samples: cheap, and lets /metrics?name[]=... select them.
-        return [*_families([], {}, {}), GaugeMetricFamily("mlmon_collect_duration_seconds", "")]
+        return [*_families([], {}, {}), GaugeFamily("mlmon_collect_duration_seconds", "")]
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
         now = self.clock()
         snaps = [m.snapshot(now) for m in self.models]
         yield from _families(snaps, self.errors.snapshot(), self.servers.snapshot(now))
-        duration = GaugeMetricFamily(
+        duration = GaugeFamily(
             "mlmon_collect_duration_seconds", "Time taken to build the mlmon metric families of this scrape."
         )
         duration.add_metric([], time.perf_counter() - started)
@@ -95,29 +96,25 @@ class MlmonCollector(Collector):
 
 
 def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterator[Metric]:
-    build = GaugeMetricFamily("mlmon_build_info", "mlmon build information; always 1.", labels=["version"])
+    build = GaugeFamily("mlmon_build_info", "mlmon build information; always 1.", labels=["version"])
     build.add_metric([__version__], 1)
     yield build
 
-    info = GaugeMetricFamily(
+    info = GaugeFamily(
         "mlmon_model_info", "Model versions seen, with their task; always 1.", labels=["model", "version", "task"]
     )
-    predictions = CounterMetricFamily("mlmon_predictions", "Predictions received.", labels=MV)
-    labels = CounterMetricFamily("mlmon_labels", "Labels joined to their prediction.", labels=MV)
-    outcomes = CounterMetricFamily(
+    predictions = CounterFamily("mlmon_predictions", "Predictions received.", labels=MV)
+    labels = CounterFamily("mlmon_labels", "Labels joined to their prediction.", labels=MV)
+    outcomes = CounterFamily(
         "mlmon_outcomes", "Labelled predictions by actual and predicted class.", labels=MV + ["actual", "predicted"]
     )
-    predicted = CounterMetricFamily("mlmon_predicted_class", "Predictions by predicted class.", labels=MV + ["class"])
-    abs_err = CounterMetricFamily(
-        "mlmon_absolute_error", "Sum of |prediction - label| of regression models.", labels=MV
-    )
-    sq_err = CounterMetricFamily(
-        "mlmon_squared_error", "Sum of (prediction - label)^2 of regression models.", labels=MV
-    )
-    last_pred = GaugeMetricFamily(
+    predicted = CounterFamily("mlmon_predicted_class", "Predictions by predicted class.", labels=MV + ["class"])
+    abs_err = CounterFamily("mlmon_absolute_error", "Sum of |prediction - label| of regression models.", labels=MV)
+    sq_err = CounterFamily("mlmon_squared_error", "Sum of (prediction - label)^2 of regression models.", labels=MV)
+    last_pred = GaugeFamily(
         "mlmon_last_prediction_timestamp_seconds", "Time of the newest prediction received (unix seconds).", labels=MV
     )
-    last_label = GaugeMetricFamily(
+    last_label = GaugeFamily(
         "mlmon_last_label_timestamp_seconds", "Time the newest label was joined (unix seconds).", labels=MV
     )
     confidence = _histogram(
@@ -126,59 +123,56 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
     value = _histogram("mlmon_prediction_value", "Predicted values of regression models.")
     latency = _histogram("mlmon_prediction_latency_seconds", "Prediction latency reported by the model server.")
     delay = _histogram("mlmon_label_delay_seconds", "Time from a prediction to the arrival of its label.")
-    samples = GaugeMetricFamily(
+    samples = GaugeFamily(
         "mlmon_window_samples",
         "Events in the window: kind=predictions by prediction time, kind=labeled by label arrival time.",
         labels=MVW + ["kind"],
     )
     gauges = {
-        name: GaugeMetricFamily(f"mlmon_{name}", text, labels=MVW)
+        name: GaugeFamily(f"mlmon_{name}", text, labels=MVW)
         for name, text in {**CLASSIFICATION_GAUGES, **REGRESSION_GAUGES}.items()
     }
     per_class = {
-        name: GaugeMetricFamily(f"mlmon_{name}", text, labels=MVW + ["class"])
-        for name, text in PER_CLASS_GAUGES.items()
+        name: GaugeFamily(f"mlmon_{name}", text, labels=MVW + ["class"]) for name, text in PER_CLASS_GAUGES.items()
     }
     reliability = (
-        GaugeMetricFamily(
+        GaugeFamily(
             "mlmon_reliability_accuracy",
             "Accuracy of the labelled, scored predictions whose top-label confidence falls in the bin (bin: its "
             "upper edge); absent for an empty bin. With mlmon_reliability_confidence: the reliability diagram.",
             labels=MVW + ["bin"],
         ),
-        GaugeMetricFamily(
+        GaugeFamily(
             "mlmon_reliability_confidence",
             "Mean top-label confidence of the labelled, scored predictions in the bin; absent for an empty bin.",
             labels=MVW + ["bin"],
         ),
     )
-    confusion = GaugeMetricFamily(
+    confusion = GaugeFamily(
         "mlmon_confusion_matrix",
         "Labelled predictions in the window by actual and predicted class.",
         labels=MVW + ["actual", "predicted"],
     )
-    pending = GaugeMetricFamily(
-        "mlmon_pending_labels", "Predictions with an id waiting for their label.", labels=["model"]
-    )
-    early = GaugeMetricFamily("mlmon_early_labels", "Labels waiting for their prediction to arrive.", labels=["model"])
-    dropped = CounterMetricFamily(
+    pending = GaugeFamily("mlmon_pending_labels", "Predictions with an id waiting for their label.", labels=["model"])
+    early = GaugeFamily("mlmon_early_labels", "Labels waiting for their prediction to arrive.", labels=["model"])
+    dropped = CounterFamily(
         "mlmon_pending_dropped",
         "Waiting predictions and labels dropped unjoined, "
         "by reason (expired: older than limits.pending_ttl; evicted: over "
         "limits.max_pending_per_model).",
         labels=["model", "kind", "reason"],
     )
-    dups = CounterMetricFamily(
+    dups = CounterFamily(
         "mlmon_duplicates",
         "Predictions and labels ignored because their id was seen already.",
         labels=["model", "kind"],
     )
-    thresholds = GaugeMetricFamily(
+    thresholds = GaugeFamily(
         "mlmon_alert_threshold",
         "Alert thresholds from the config (thresholds: and models[].thresholds:), joined by the bundled alert rules.",
         labels=["model", "threshold"],
     )
-    retired = CounterMetricFamily(
+    retired = CounterFamily(
         "mlmon_retired_versions", "Versions dropped over limits.max_versions_per_model.", labels=["model"]
     )
 
@@ -263,7 +257,7 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
         *segments.all(),
     )
 
-    errs = CounterMetricFamily(
+    errs = CounterFamily(
         "mlmon_ingest_errors",
         "Rejected ingest input by model and reason (model is empty when the input names no configured model).",
         labels=["model", "reason"],
@@ -272,12 +266,12 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
         errs.add_metric([m, reason], n)
     yield errs
 
-    cpu = CounterMetricFamily(
+    cpu = CounterFamily(
         "mlmon_model_server_cpu_seconds",
         "CPU time of a model server process, as reported by the mlmon client.",
         labels=["model", "server"],
     )
-    rss = GaugeMetricFamily(
+    rss = GaugeFamily(
         "mlmon_model_server_resident_memory_bytes",
         "Resident memory of a model server process, as reported by the mlmon client.",
         labels=["model", "server"],
@@ -295,76 +289,76 @@ class _DriftFamilies:
 
     def __init__(self) -> None:
         w, f = MVW, MVW + ["feature"]
-        self.feature = GaugeMetricFamily(
+        self.feature = GaugeFamily(
             "mlmon_feature_drift",
             "Drift of a feature in the window against the reference, by method.",
             labels=f + ["method"],
         )
-        self.prediction = GaugeMetricFamily(
+        self.prediction = GaugeFamily(
             "mlmon_prediction_drift",
             "Drift of the predictions in the window against the reference's.",
             labels=w + ["method"],
         )
-        self.label = GaugeMetricFamily(
+        self.label = GaugeFamily(
             "mlmon_label_drift", "Drift of the labels in the window against the reference's.", labels=w + ["method"]
         )
-        self.drifted = GaugeMetricFamily(
+        self.drifted = GaugeFamily(
             "mlmon_drifted_features",
             "Features whose drift (drift.method) is over their threshold in the window.",
             labels=w,
         )
-        self.threshold = GaugeMetricFamily(
+        self.threshold = GaugeFamily(
             "mlmon_drift_threshold",
             "Drift thresholds from the config, per feature and method (feature is empty for predictions and labels); "
             "p-value methods drift below theirs.",
             labels=["model", "feature", "method"],
         )
-        self.bins = GaugeMetricFamily(
+        self.bins = GaugeFamily(
             "mlmon_feature_bin_ratio",
             "Share of a feature's values in the window per coarse bin (numeric: reference deciles q01..q10, "
             "below_min, above_max; categorical: tracked categories and other); beside mlmon_reference_bin_ratio.",
             labels=f + ["bin"],
         )
-        self.reference_bins = GaugeMetricFamily(
+        self.reference_bins = GaugeFamily(
             "mlmon_reference_bin_ratio",
             "Share of a feature's reference values per coarse bin, as mlmon_feature_bin_ratio.",
             labels=["model", "feature", "bin"],
         )
-        self.decision = GaugeMetricFamily(
+        self.decision = GaugeFamily(
             "mlmon_drift_decision",
             "1 for the method that decides whether a feature (feature empty: the predictions) drifted: drift.method, "
             "or psi where it does not apply; the bundled drift alerts join it.",
             labels=["model", "feature", "method"],
         )
-        self.missing = GaugeMetricFamily(
+        self.missing = GaugeFamily(
             "mlmon_feature_missing_ratio", "Share of the window's predictions with the feature missing.", labels=f
         )
-        self.out_of_range = GaugeMetricFamily(
+        self.out_of_range = GaugeFamily(
             "mlmon_feature_out_of_range_ratio",
             "Share of a numeric feature's values outside the reference range.",
             labels=f,
         )
-        self.unseen = GaugeMetricFamily(
+        self.unseen = GaugeFamily(
             "mlmon_feature_unseen_ratio",
             "Share of a categorical feature's values never seen in the reference.",
             labels=f,
         )
-        self.missing_total = CounterMetricFamily(
+        self.missing_total = CounterFamily(
             "mlmon_feature_missing", "Predictions with the feature missing.", labels=MV + ["feature"]
         )
-        self.type_error = GaugeMetricFamily(
+        self.type_error = GaugeFamily(
             "mlmon_feature_type_error_ratio",
             "Share of the window's predictions whose value of the feature had the wrong type and was left out "
             "(invalid_features: count).",
             labels=f,
         )
-        self.errors_total = CounterMetricFamily(
+        self.errors_total = CounterFamily(
             "mlmon_feature_errors",
             "Feature values left out under invalid_features: count, by reason (type_error: by feature; "
             "unknown_feature: feature is empty).",
             labels=["model", "feature", "reason"],
         )
-        self.rows = GaugeMetricFamily(
+        self.rows = GaugeFamily(
             "mlmon_reference_rows", "Rows of the reference profile in use (absent: no reference).", labels=["model"]
         )
 
@@ -439,22 +433,22 @@ class _SegmentFamilies:
 
     def __init__(self) -> None:
         seg = self.LABELS
-        self.samples = GaugeMetricFamily(
+        self.samples = GaugeFamily(
             "mlmon_segment_window_samples", "Events of the segment in the window, by kind.", labels=seg + ["kind"]
         )
         self.gauges = {
-            name: GaugeMetricFamily(f"mlmon_segment_{name}", f"Per segment: {text}", labels=seg)
+            name: GaugeFamily(f"mlmon_segment_{name}", f"Per segment: {text}", labels=seg)
             for name, text in {**CLASSIFICATION_GAUGES, **REGRESSION_GAUGES}.items()
         }
-        self.drift = GaugeMetricFamily(
+        self.drift = GaugeFamily(
             "mlmon_segment_feature_drift",
             "Per segment: drift of a feature against the reference, by method.",
             labels=seg + ["feature", "method"],
         )
-        self.drifted = GaugeMetricFamily(
+        self.drifted = GaugeFamily(
             "mlmon_segment_drifted_features", "Per segment: features whose drift is over their threshold.", labels=seg
         )
-        self.missing = GaugeMetricFamily(
+        self.missing = GaugeFamily(
             "mlmon_segment_feature_missing_ratio",
             "Per segment: share of predictions with the feature missing.",
             labels=seg + ["feature"],
@@ -547,6 +541,41 @@ def _regression_window(mvw, totals, gauges) -> None:
 # -------------------------------------------------------------------------------------------------------
 # The text exposition format (0.0.4), written fast.
 
+
+class _Rows:
+    """A family whose samples are kept as (label values, value) rows; client_python's Samples (a dict of
+    labels each) are made only when something other than :func:`text_exposition` reads ``samples`` (the
+    OpenMetrics format, a ``name[]`` selection). Building those dicts was about a sixth of a scrape."""
+
+    _suffix = ""
+
+    def add_metric(self, labels, value, timestamp=None) -> None:
+        if timestamp is not None:
+            raise ValueError("mlmon's families take no timestamps")
+        self._rows.append((tuple(labels), value))
+
+    @property
+    def samples(self) -> list[Sample]:
+        name, names = self.name + self._suffix, self._labelnames
+        return [Sample(name, dict(zip(names, values)), value, None) for values, value in self._rows]
+
+    @samples.setter
+    def samples(self, samples: list) -> None:  # Metric.__init__ sets an empty list
+        if samples:
+            raise ValueError("add samples with add_metric")
+        self._rows: list[tuple[tuple[str, ...], float]] = []
+
+
+class GaugeFamily(_Rows, GaugeMetricFamily):
+    """A gauge family with the samples of :class:`_Rows`."""
+
+
+class CounterFamily(_Rows, CounterMetricFamily):
+    """A counter family (samples named ``<name>_total``) with the samples of :class:`_Rows`."""
+
+    _suffix = "_total"
+
+
 # The type each metric type is exposed as in the text format, and the suffix its name takes (as client_python).
 _TEXT_TYPES = {
     "counter": ("counter", "_total"),
@@ -600,6 +629,9 @@ def text_exposition(registry) -> bytes:
             mname = metric_name(metric.name + suffix)
             documentation = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
             output.append(f"# HELP {mname} {documentation}\n# TYPE {mname} {mtype}\n")
+            if isinstance(metric, _Rows):
+                _write_rows(output, metric.name + metric._suffix, metric._labelnames, metric._rows)
+                continue
             om_samples: dict[str, list[str]] = {}
             special = {metric.name + x: x for x in _OPENMETRICS_SUFFIXES}
             for sample in metric.samples:
@@ -616,6 +648,35 @@ def text_exposition(registry) -> bytes:
             output.append(f"# HELP {name} {documentation}\n# TYPE {name} gauge\n")
             output.extend(lines)
     return "".join(output).encode("utf-8")
+
+
+# The head of each sample line ('name{a="x",b="y"}'), by sample name and label names, then by label values:
+# the series of one scrape are nearly all those of the last one, so most heads are looked up, not written.
+_HEADS: dict[tuple[str, tuple[str, ...]], dict[tuple[str, ...], str]] = {}
+
+
+def _write_rows(output: list[str], name: str, label_names: tuple[str, ...], rows: list) -> None:
+    """The sample lines of a :class:`_Rows` family, as ``text_exposition`` writes any sample."""
+    heads = _HEADS.get((name, label_names))
+    if heads is None:
+        heads = _HEADS[(name, label_names)] = {}
+    order = sorted(range(len(label_names)), key=label_names.__getitem__)  # generate_latest sorts the labels
+    prefixes = [f'{escape_label_name(label_names[i])}="' for i in order]
+    escaped_name = escape_metric_name(name)
+    append = output.append
+    for values, value in rows:
+        head = heads.get(values)
+        if head is None:
+            if values:
+                text = ",".join([f'{p}{_label_value(values[i])}"' for p, i in zip(prefixes, order)])
+                head = f"{escaped_name}{{{text}}}"
+            else:
+                head = escaped_name
+            heads[values] = head
+        d = float(value)
+        append(f"{head} {repr(d) if -1e6 < d < 1e6 else floatToGoString(d)}\n")
+    if len(heads) > 2 * len(rows) + 1024:  # series that went away (a retired version, a new reference): forget
+        heads.clear()
 
 
 def _label_value(value: str) -> str:

@@ -413,6 +413,33 @@ def test_openapi_document_is_valid_openapi_3_0(client):
         }
 
 
+def test_metrics_text_of_changing_series():
+    """The sample heads text_exposition keeps between scrapes never publish a series that went away, and
+    stay bounded however many series come and go (a version retired each scrape, say)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from exporter import collector
+
+    class Churn:
+        scrape = 0
+
+        def collect(self):
+            g = collector.GaugeFamily("churned_series", "series that change", labels=["version"])
+            for v in range(50):
+                g.add_metric([f"v{self.scrape}-{v}"], v)
+            yield g
+
+    churn = Churn()
+    registry = CollectorRegistry()
+    registry.register(churn)
+    for n in range(100):
+        churn.scrape = n
+        text = collector.text_exposition(registry)
+        assert text == generate_latest(registry)
+        assert text.count(b"churned_series{") == 50 and f'"v{n}-49"'.encode() in text
+    assert len(collector._HEADS[("churned_series", ("version",))]) <= 2 * 50 + 1024
+
+
 def test_metrics_text_is_client_pythons_byte_for_byte(client):
     """/metrics writes the text format itself (collector.text_exposition, for speed): the same bytes as
     prometheus_client.generate_latest, escapes, special values and OpenMetrics-only samples included."""
@@ -427,7 +454,7 @@ def test_metrics_text_is_client_pythons_byte_for_byte(client):
         Metric,
     )
 
-    from exporter.collector import text_exposition
+    from exporter.collector import CounterFamily, GaugeFamily, text_exposition
 
     class Odd:
         def collect(self):
@@ -448,9 +475,27 @@ def test_metrics_text_is_client_pythons_byte_for_byte(client):
             m.add_sample("odd_untyped", {}, 4, timestamp=1234.5678)
             yield m
 
+    class OddRows:
+        """The same odd label values and numbers through mlmon's own families (collector._Rows), which
+        text_exposition writes from their rows and generate_latest reads through their samples."""
+
+        def collect(self):
+            g = GaugeFamily("odd_rows", 'help with \\ and\nnewline "quoted"', labels=["b", "a"])
+            g.add_metric(['x"y', "back\\slash\nnl"], 1.5)
+            g.add_metric(["é", ""], float("nan"))
+            for v in (float("inf"), float("-inf"), 1e6, 123456789.0, -2.5e7, 1e-7, 3, True, 1e22):
+                g.add_metric([repr(v), "v"], v)
+            yield g
+            c = CounterFamily("odd_row_things", "a counter", labels=["k"])
+            c.add_metric(["1"], 7)
+            yield c
+            yield GaugeFamily("odd_row_single", "no labels", value=2)
+
     registry = CollectorRegistry()
     registry.register(Odd())
+    registry.register(OddRows())
     assert text_exposition(registry) == generate_latest(registry)
+    assert b'odd_rows{a="back\\\\slash\\nnl",b="x\\"y"} 1.5\n' in text_exposition(registry)
 
     client.post("/api/v1/predictions", json={"predictions": [churn(id=f"p{i}", label="stay") for i in range(30)]})
     registry = client.application.extensions["mlmon"].registry
