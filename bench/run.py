@@ -2,10 +2,10 @@
 
 Two modes:
 
-- default (`make bench`, `python bench/run.py`): about 7 minutes on a 2-core machine. Every timing is the
-  median of at least 3 runs. Each Evidently run is stopped at a cap (5 s), and each run of the exact
-  computation after the first at 3 s: a stopped run took at least that long, so where more than half of a
-  measurement's runs reach the cap its median is shown as a lower bound (">= 5.00 s"), and so is the
+- default (`make bench`, `python bench/run.py`): 7 to 10 minutes on a 2-core machine (more on a busy one).
+  Every timing is the median of at least 3 runs. Each Evidently run is stopped at a cap (3 s), and each run
+  of the exact computation after the first at 3 s: a stopped run took at least that long, so where more
+  than half of a measurement's runs reach the cap its median is shown as a lower bound (">= 3.00 s"), and so is the
   speed-up over mlmon; the targets are minimum speed-ups, which a lower bound proves. Durability stops at
   100,000 predictions; HTTP load phases are shorter.
 - full (`make bench-full`, `python bench/run.py --full`): every run to its end (Evidently at 10^6 events
@@ -131,7 +131,7 @@ def modes_section(mode: str, took: dict[str, float], total: float, peers: dict) 
         "## How to run it, and how long it took",
         "",
         "```sh",
-        "make bench         # default mode, about 7 minutes on 2 cores; rewrites this file and docs/img/bench-*.png",
+        "make bench         # default mode, 7 to 10 minutes on 2 cores; rewrites this file and docs/img/bench-*.png",
         "make bench-full    # full mode: every run to its end, about 25 minutes",
         "```",
         "",
