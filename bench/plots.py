@@ -20,6 +20,25 @@ def _pyplot():
     return plt
 
 
+def _save(fig, name: str) -> str:
+    """Write the figure as docs/img/<name> and close it."""
+    fig.tight_layout()
+    path = os.path.join(IMG, name)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def _can_plot() -> bool:
+    """matplotlib is installed here (it is in .venv-bench); the docs/img directory is made when it is."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    os.makedirs(IMG, exist_ok=True)
+    return True
+
+
 def refresh_plot(peers: dict) -> str:
     """Refresh time vs window size, log-log, one panel per feature count, the three contenders."""
     plt = _pyplot()
@@ -51,11 +70,7 @@ def refresh_plot(peers: dict) -> str:
         ax.grid(True, which="both", alpha=0.3)
     (axes[0] if len(counts) > 1 else axes).set_ylabel("seconds per refresh (median)")
     (axes[0] if len(counts) > 1 else axes).legend(fontsize=8, loc="center left")
-    fig.tight_layout()
-    path = os.path.join(IMG, "bench-refresh.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, "bench-refresh.png")
 
 
 def memory_plot(peers: dict) -> str:
@@ -99,21 +114,12 @@ def memory_plot(peers: dict) -> str:
     ax.set_title(f"Memory per model, {f} features")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(IMG, "bench-memory.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, "bench-memory.png")
 
 
 def write(peers: dict) -> list[str]:
     """Both plots; an empty list (and no plot) when matplotlib is not installed here."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return []
-    os.makedirs(IMG, exist_ok=True)
-    return [refresh_plot(peers), memory_plot(peers)]
+    return [refresh_plot(peers), memory_plot(peers)] if _can_plot() else []
 
 
 def scrape_plot(scrape: dict) -> str:
@@ -165,20 +171,9 @@ def scrape_plot(scrape: dict) -> str:
     ax.set_title(f"/metrics: models x features, {len(g['windows'])} windows (numbers: models)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    path = os.path.join(IMG, "bench-scrape.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, "bench-scrape.png")
 
 
 def write_scrape(scrape: dict) -> list[str]:
     """The scrape plot; an empty list (and no plot) when matplotlib is not installed here or no grid ran."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return []
-    if not scrape.get("grid"):
-        return []
-    os.makedirs(IMG, exist_ok=True)
-    return [scrape_plot(scrape)]
+    return [scrape_plot(scrape)] if scrape.get("grid") and _can_plot() else []

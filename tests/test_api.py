@@ -456,14 +456,17 @@ def test_metrics_text_is_client_pythons_byte_for_byte(client):
 
     from exporter.collector import CounterFamily, GaugeFamily, text_exposition
 
+    def odd_samples(g):
+        """Label values to escape, and numbers the text format writes its own way."""
+        g.add_metric(['x"y', "back\\slash\nnl"], 1.5)
+        g.add_metric(["é", ""], float("nan"))
+        for v in (float("inf"), float("-inf"), 1e6, 123456789.0, -2.5e7, 1e-7, 3, True, 1e22):
+            g.add_metric([repr(v), "v"], v)
+        return g
+
     class Odd:
         def collect(self):
-            g = GaugeMetricFamily("odd_gauge", 'help with \\ and\nnewline "quoted"', labels=["b", "a"])
-            g.add_metric(['x"y', "back\\slash\nnl"], 1.5)
-            g.add_metric(["é", ""], float("nan"))
-            for v in (float("inf"), float("-inf"), 1e6, 123456789.0, -2.5e7, 1e-7, 3, True, 1e22):
-                g.add_metric([repr(v), "v"], v)
-            yield g
+            yield odd_samples(GaugeMetricFamily("odd_gauge", 'help with \\ and\nnewline "quoted"', labels=["b", "a"]))
             c = CounterMetricFamily("odd_things", "a counter", labels=["k"], created=1.5)
             c.add_metric(["1"], 7, created=1700000000.25)
             yield c
@@ -480,12 +483,7 @@ def test_metrics_text_is_client_pythons_byte_for_byte(client):
         text_exposition writes from their rows and generate_latest reads through their samples."""
 
         def collect(self):
-            g = GaugeFamily("odd_rows", 'help with \\ and\nnewline "quoted"', labels=["b", "a"])
-            g.add_metric(['x"y', "back\\slash\nnl"], 1.5)
-            g.add_metric(["é", ""], float("nan"))
-            for v in (float("inf"), float("-inf"), 1e6, 123456789.0, -2.5e7, 1e-7, 3, True, 1e22):
-                g.add_metric([repr(v), "v"], v)
-            yield g
+            yield odd_samples(GaugeFamily("odd_rows", 'help with \\ and\nnewline "quoted"', labels=["b", "a"]))
             c = CounterFamily("odd_row_things", "a counter", labels=["k"])
             c.add_metric(["1"], 7)
             yield c

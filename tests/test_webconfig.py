@@ -411,7 +411,11 @@ class Served:
 
     def close(self):
         self.listener.stop(grace=0.5)
-        self.server.close()
+        # Closed from its own loop thread, between two selects: closed from here, its sockets could go while
+        # the loop was selecting on them (EBADF, a thread exception pytest warns about).
+        self.server.trigger.pull_trigger(self.server.close)
+        self.thread.join(5)
+        assert not self.thread.is_alive(), "waitress did not stop"
 
 
 @pytest.fixture
