@@ -411,10 +411,14 @@ class Served:
 
     def close(self):
         self.listener.stop(grace=0.5)
-        # Closed from its own loop thread, between two selects: closed from here, its sockets could go while
-        # the loop was selecting on them (EBADF, a thread exception pytest warns about).
-        self.server.trigger.pull_trigger(self.server.close)
+        # Every socket of waitress (listener, open connections, its trigger) closed from its own loop thread,
+        # between two selects: closed from here, they could go while the loop was selecting on them (EBADF,
+        # a thread exception pytest warns about). With its map empty, the loop ends.
+        from waitress import wasyncore
+
+        self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self.server._map))
         self.thread.join(5)
+        self.server.task_dispatcher.shutdown()
         assert not self.thread.is_alive(), "waitress did not stop"
 
 
