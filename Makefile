@@ -61,7 +61,7 @@ $(BENCH_STAMP): pyproject.toml bench/requirements.txt
 	@touch $(BENCH_STAMP)
 
 # `make bench`: every benchmark in 7 to 10 minutes on 2 cores (Evidently's and the exact computation's slow
-# runs stopped at a cap and shown as lower bounds); `make bench-full`: every run to its end (about 25
+# runs stopped at a cap and shown as lower bounds); `make bench-full`: every run to its end (25 to 35
 # minutes). Both rewrite docs/benchmarks.md and docs/img/bench-*.png, with the mode and each part's time.
 bench: $(BENCH_STAMP)
 	$(BENCH_PY) bench/run.py

@@ -10,7 +10,7 @@ Two modes:
   100,000 predictions; HTTP load phases are shorter.
 - full (`make bench-full`, `python bench/run.py --full`): every run to its end (Evidently at 10^6 events
   and 50 features takes about 95 s a run), one Evidently run at 10^7 events for its memory when it fits,
-  durability up to 1,000,000 predictions, longer HTTP phases: about 25 minutes.
+  durability up to 1,000,000 predictions, longer HTTP phases: 25 to 35 minutes.
 
 The mode, the time each part took and the commands are written into docs/benchmarks.md.
 """
@@ -68,7 +68,7 @@ def ingest_runs(mode: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--full", action="store_true", help="run everything to completion (about 25 minutes)")
+    parser.add_argument("--full", action="store_true", help="run everything to completion (25 to 35 minutes)")
     args = parser.parse_args(argv)
     mode = "full" if args.full else "default"
     started = time.perf_counter()
@@ -132,7 +132,7 @@ def modes_section(mode: str, took: dict[str, float], total: float, peers: dict) 
         "",
         "```sh",
         "make bench         # default mode, 7 to 10 minutes on 2 cores; rewrites this file and docs/img/bench-*.png",
-        "make bench-full    # full mode: every run to its end, about 25 minutes",
+        "make bench-full    # full mode: every run to its end, 25 to 35 minutes",
         "```",
         "",
         "Both create `.venv-bench` (the exporter plus Evidently, pandas, scipy, scikit-learn and matplotlib from",
