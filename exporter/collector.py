@@ -617,8 +617,7 @@ def text_exposition(registry) -> bytes:
             head = f"{metric_name(sample.name)}{{{text}}}"
         else:
             head = metric_name(sample.name)
-        d = float(sample.value)
-        value = repr(d) if -1e6 < d < 1e6 else floatToGoString(d)  # floatToGoString differs from 1e6 up, NaN, Inf
+        value = _number(sample.value)
         if sample.timestamp is not None:
             return f"{head} {value} {int(float(sample.timestamp) * 1000):d}\n"
         return f"{head} {value}\n"
@@ -673,10 +672,15 @@ def _write_rows(output: list[str], name: str, label_names: tuple[str, ...], rows
             else:
                 head = escaped_name
             heads[values] = head
-        d = float(value)
-        append(f"{head} {repr(d) if -1e6 < d < 1e6 else floatToGoString(d)}\n")
+        append(f"{head} {_number(value)}\n")
     if len(heads) > 2 * len(rows) + 1024:  # series that went away (a retired version, a new reference): forget
         heads.clear()
+
+
+def _number(value) -> str:
+    """A sample value as generate_latest writes it (repr below 1e6; floatToGoString from 1e6 up, NaN, Inf)."""
+    d = float(value)
+    return repr(d) if -1e6 < d < 1e6 else floatToGoString(d)
 
 
 def _label_value(value: str) -> str:
