@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import escape_label_name, escape_metric_name
 from prometheus_client.registry import Collector
@@ -175,6 +176,7 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
     retired = CounterFamily(
         "mlmon_retired_versions", "Versions dropped over limits.max_versions_per_model.", labels=["model"]
     )
+    spans = _SpanFamilies()
 
     drift_families = _DriftFamilies()
     segments = _SegmentFamilies()
@@ -192,6 +194,8 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
         retired.add_metric([m], snap.retired_versions)
         for threshold, limit in model.thresholds:
             thresholds.add_metric([m, threshold], limit)
+            if threshold == "evidence_confidence":  # the rules need the normal quantile, which PromQL lacks
+                thresholds.add_metric([m, "evidence_z"], quality.z_of_confidence(limit))
         for v in snap.versions:
             mv = [m, v.version]
             info.add_metric([m, v.version, model.task], 1)
@@ -224,6 +228,7 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
                 else:
                     _regression_window(mvw, totals, gauges)
                 drift_families.window(mvw, window_drift(model, snap.profile, totals))
+            spans.version(mv, v.spans, model.is_classification)
             for (seg_feature, seg_value), windows in v.segments.items():
                 for window, totals in windows.items():
                     segments.window(model, snap.profile, mv + [window, seg_feature, seg_value], totals)
@@ -253,6 +258,7 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
         dups,
         retired,
         thresholds,
+        *spans.all(),
         *drift_families.all(),
         *segments.all(),
     )
@@ -282,6 +288,47 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
             rss.add_metric([m, server], rss_b)
     yield cpu
     yield rss
+
+
+class _SpanFamilies:
+    """The sums of labelled outcomes over each span (the windows and their recent parts, window.spans), from
+    which the bundled rules test accuracy and MAE against their thresholds (docs/alerts.md). Counts, not
+    ratios, so that they add up over replicas; published for every span, 0 included."""
+
+    def __init__(self) -> None:
+        labels = MV + ["span"]
+        self.labeled = GaugeFamily(
+            "mlmon_span_labeled",
+            "Labelled predictions in the most recent span of a window, by label arrival time; the spans are the "
+            "windows and their recent parts.",
+            labels=labels,
+        )
+        self.correct = GaugeFamily(
+            "mlmon_span_correct", "Correct predictions among the span's labelled ones (classification).", labels=labels
+        )
+        self.abs_error = GaugeFamily(
+            "mlmon_span_absolute_error",
+            "Sum of |prediction - label| over the span's labelled predictions (regression).",
+            labels=labels,
+        )
+        self.sq_error = GaugeFamily(
+            "mlmon_span_squared_error",
+            "Sum of (prediction - label)^2 over the span's labelled predictions (regression).",
+            labels=labels,
+        )
+
+    def version(self, mv: list[str], spans: dict[str, dict], classification: bool) -> None:
+        for name, sums in spans.items():
+            labels = mv + [name]
+            self.labeled.add_metric(labels, float(sums["labeled"]))
+            if classification:
+                self.correct.add_metric(labels, float(np.trace(sums["confusion"])))
+            else:
+                self.abs_error.add_metric(labels, float(sums["abs_err"]))
+                self.sq_error.add_metric(labels, float(sums["sq_err"]))
+
+    def all(self) -> list:
+        return [self.labeled, self.correct, self.abs_error, self.sq_error]
 
 
 class _DriftFamilies:

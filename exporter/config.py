@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from exporter.window import Span, spans
+
 TASKS = ("binary", "multiclass", "regression")
 FEATURE_TYPES = ("numeric", "categorical")
 DEFAULT_WINDOWS = ("5m", "1h", "1d")
@@ -33,14 +35,18 @@ DEFAULT_VALUE_BUCKETS = (-1e4, -1e3, -100, -10, -1, -0.1, 0, 0.1, 1, 10, 100, 1e
 # Alert thresholds, published as mlmon_alert_threshold{model,threshold} so that the bundled alert rules
 # join them and ops change them per model in this file, never in the rules. name -> (default, min, max).
 THRESHOLDS: dict[str, tuple[float, float, float]] = {
-    "min_labeled_samples": (100, 1, 1e9),  # quality alerts stay silent on fewer labelled samples
-    "accuracy_min": (0.7, 0, 1),  # absolute floor of accuracy over the alert window
-    "accuracy_drop": (0.1, 0, 1),  # relative drop of the alert window against the baseline window
-    "error_rise": (0.25, 0, 100),  # relative rise of regression MAE against the baseline window
+    # Quality alerts test accuracy and MAE on each span (a window or one of its recent parts) with at least
+    # this many labels, and fire when a span proves the model worse than its threshold with this one-sided
+    # confidence (docs/alerts.md: "How the quality alerts decide"; bench/bench_alerts.py measured the defaults).
+    "min_labeled_samples": (100, 1, 1e9),
+    "evidence_confidence": (0.99, 0.5, 0.999999),
+    "accuracy_min": (0.7, 0, 1),  # absolute floor of accuracy
+    "accuracy_drop": (0.1, 0, 1),  # relative drop of accuracy against the baseline (the longest window)
+    "error_rise": (0.25, 0, 100),  # relative rise of regression MAE against the baseline (the longest window)
     "latency_p99_seconds": (0.5, 0, 3600),  # p99 of the latency the model server reports
     "traffic_stale_seconds": (600, 10, 30 * 86400),  # no prediction for this long: traffic stopped
     "labels_stale_seconds": (21600, 60, 90 * 86400),  # no label joined for this long while predictions wait
-    "missing_ratio_max": (0.1, 0, 1),  # share of missing values of a feature over the alert window
+    "missing_ratio_max": (0.1, 0, 1),  # share of missing values of a feature in a window
 }
 
 
@@ -198,6 +204,11 @@ class Config:
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
+
+    @functools.cached_property
+    def spans(self) -> tuple[Span, ...]:
+        """The windows and their recent parts, on which the alert rules test quality (window.spans)."""
+        return spans(self.windows, self.window_seconds, self.buckets_per_window)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ class out) where a figure is undefined, so that the collector publishes no serie
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 
@@ -121,3 +122,9 @@ def regression(n: float, err_sum: float, abs_sum: float, sq_sum: float, y_sum: f
     if sst > 1e-12 * max(y_sq_sum, 1.0):
         out["r2"] = 1.0 - sq_sum / sst
     return out
+
+
+def z_of_confidence(confidence: float) -> float:
+    """The one-sided normal quantile of ``confidence`` (0.99 -> 2.326): how many standard errors of evidence
+    the bundled quality alerts ask for before they fire."""
+    return NormalDist().inv_cdf(confidence)

@@ -23,6 +23,9 @@ from exporter.reference import Profile, category
 from exporter.validation import Label, Prediction
 from exporter.window import Ring, Schema
 
+# What a span publishes (mlmon_span_*): enough for a test of accuracy or MAE against a threshold.
+SPAN_ARRAYS = {"classification": ("labeled", "confusion"), "regression": ("labeled", "abs_err", "sq_err")}
+
 # Top-label confidence buckets (upper bounds) of mlmon_prediction_confidence.
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
@@ -173,6 +176,8 @@ class VersionSnapshot:
     abs_error: float = 0.0
     sq_error: float = 0.0
     windows: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    # span name -> the labelled-outcome sums of the span (SPAN_ARRAYS), shortest span first
+    spans: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     segments: dict[tuple[str, str], dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
 
 
@@ -196,6 +201,7 @@ class VersionState:
         schema = ring_schema(model)
         self.rings = [Ring(sec, config.buckets_per_window, schema) for sec in config.window_seconds]
         self.window_names = config.windows
+        self.spans = config.spans
         self.predictions = 0
         self.labels = 0
         self.last_prediction = 0.0
@@ -374,6 +380,8 @@ class VersionState:
             snap.value = self.value.copy()
             snap.abs_error, snap.sq_error = self.abs_error, self.sq_error
         snap.windows = {name: ring.totals(now) for name, ring in zip(self.window_names, self.rings)}
+        arrays = SPAN_ARRAYS["classification" if self.model.is_classification else "regression"]
+        snap.spans = {s.name: self.rings[s.window].recent(now, s.buckets, arrays) for s in self.spans}
         snap.segments = {
             key: {name: ring.totals(now) for name, ring in zip(self.window_names, rings)}
             for key, rings in self.segments.items()
@@ -596,6 +604,7 @@ class ModelState:
             for version in data["versions"].values():
                 version.model = self.model
                 version.window_names = self.config.windows
+                version.spans = self.config.spans  # derived from the windows, which the fingerprint covers
             self.versions = data["versions"]
             if data["joins"] is not None and not self.joins.shared:
                 self.joins = data["joins"]

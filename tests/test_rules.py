@@ -91,6 +91,21 @@ def expected_alerts() -> list[tuple[str, dict]]:
     ]
 
 
+def expanded_expr(expr: str) -> str:
+    """An expression with the recording rules it reads written out, recursively: what it depends on."""
+    records = {rule["record"]: rule["expr"] for _, rule in recording_rules()}
+    seen: set[str] = set()
+    out = [expr]
+    todo = [expr]
+    while todo:
+        for name in re.findall(r"\b\w+:mlmon_\w+:\w+\b", todo.pop()):
+            if name in records and name not in seen:
+                seen.add(name)
+                out.append(records[name])
+                todo.append(records[name])
+    return "\n".join(out)
+
+
 def github_anchor(heading: str) -> str:
     return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
 
@@ -358,7 +373,7 @@ def test_descriptions_template_the_specifics():
             assert "$labels.model" in description, rule["alert"]
             if rule["alert"] not in NO_PUBLISHED_THRESHOLD:
                 assert re.search(r"mlmon_(alert|drift)_threshold\{", description), rule["alert"]
-                assert re.search(r"mlmon_(alert|drift)_threshold", rule["expr"]), rule["alert"]
+                assert re.search(r"mlmon_(alert|drift)_threshold", expanded_expr(rule["expr"])), rule["alert"]
 
 
 def test_firing_tests_show_model_version_and_dashboard_variables():
@@ -469,8 +484,8 @@ def test_model_alerts_fire_once_per_model_on_pooled_figures():
             ), rule["alert"]
 
 
-def test_window_selectors_are_the_alert_and_baseline_windows():
-    """The demo rewrites exactly these two strings for its compressed time scale."""
+def test_rules_name_no_window_so_any_set_of_windows_works():
+    """The alerts decide on whichever of the exporter's windows (or spans) holds the evidence, so a config
+    with other windows than 5m/1h/1d needs no change to the rules."""
     for _, rule in [*alert_rules(), *recording_rules()]:
-        for selector in re.findall(r'window\s*(!?=~?)\s*"([^"]*)"', rule["expr"]):
-            assert selector in {("=", "1h"), ("=", "1d")}, (rule.get("alert") or rule.get("record"), selector)
+        assert not re.search(r'\b(window|span)\s*!?=~?\s*"', rule["expr"]), rule.get("alert") or rule.get("record")
