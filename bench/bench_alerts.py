@@ -1,0 +1,740 @@
+"""Alert replay harness: when each bundled alert fires, and how often it fires without cause (`make bench-alerts`).
+
+Each scenario drives the exporter's own state (``ModelState``: the join store, the window rings, the drift
+binning) with an injected clock, step by step, and collects what a scrape would publish (``MlmonCollector``),
+keeping the metrics the rules read. The series go to ``promtool test rules`` with the bundled rule groups,
+evaluated at every step as Prometheus would (15 s, its evaluation interval, around a change; 1 m over
+simulated weeks); a harness group records when each alert starts firing, and the harness reads that back.
+
+For each scenario and seed it reports, per alert, the delay from the change to the first firing, and the
+firing episodes without cause (before the change, or over a stationary week). The table goes into
+docs/alerts.md between the ``bench-alerts`` markers. ``--rules-dir`` runs another copy of the rules, so a rule
+made slower or noisier shows in the table (tests/test_bench_alerts.py checks that it does).
+
+    python bench/bench_alerts.py                 # every scenario, 5 seeds where the outcome is random
+    python bench/bench_alerts.py --quick         # 2 seeds, for a look (does not write docs/alerts.md)
+    python bench/bench_alerts.py --only "collapse 0.2/s" --seeds 1 --no-write
+    python bench/bench_alerts.py --only "healthy week 30/h" --seeds 8 --set min_labeled_samples=30
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import math
+import multiprocessing
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from exporter import reference  # noqa: E402
+from exporter.collector import IngestErrors, MlmonCollector  # noqa: E402
+from exporter.config import parse_config  # noqa: E402
+from exporter.state import ModelState, ServerReports  # noqa: E402
+from exporter.validation import Label, Prediction  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RULES_DIR = os.path.join(ROOT, "prometheus", "rules")
+DOC = os.path.join(ROOT, "docs", "alerts.md")
+BEGIN, END = "<!-- bench-alerts:begin -->", "<!-- bench-alerts:end -->"
+HOUR, DAY, WEEK = 3600.0, 86400.0, 7 * 86400.0
+FEATURES = 20
+
+# The groups of each family of scenarios: the recording groups, in the order their results feed each other
+# (promtool evaluates them so at each step; Prometheus evaluates groups independently, so each group boundary
+# can add up to one evaluation interval), then the alerts.
+GROUPS = {
+    "quality": ["mlmon-pooled-shared", "mlmon-evidence", "mlmon-quality"],
+    "drift": ["mlmon-pooled-shared", "mlmon-pooled-quality", "mlmon-pooled-drift", "mlmon-drift"],
+}
+ALERTS = {
+    "quality": ("MlmonModelAccuracyLow", "MlmonModelAccuracyDrop", "MlmonModelErrorRise"),
+    "drift": ("MlmonModelFeatureDrift", "MlmonModelPredictionDrift", "MlmonModelFeatureValuesMissing"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """A model's life: ``rate`` events a second (labels for quality, predictions for drift) for ``hours``;
+    at ``change`` hours (None: never) it breaks as ``kind`` says. Series are recorded from ``record_from``
+    hours, one sample every ``step`` seconds; before that the exporter warms up in steps of ``warm_step``."""
+
+    name: str
+    family: str  # quality | drift
+    kind: str  # healthy | collapse | decay | drop_above_floor | mae_double | regression_healthy | stationary | shift
+    rate: float
+    hours: float
+    change: float | None = None
+    record_from: float = 0.0
+    step: float = 15.0
+    warm_step: float = 300.0
+    label_delay: float = 0.0  # seconds from a prediction to its label
+    replicas: int = 1
+    seeds: int = 5  # runs with different random draws (1 where the outcome hardly varies)
+    target: str = ""
+    watch: tuple[str, ...] = ()  # the alerts shown for this scenario
+    chunk: float = HOUR  # promtool reads the alert timeline back in pieces of this length
+    thresholds: tuple[tuple[str, float], ...] = ()  # the exporter's `thresholds:` (default: its defaults)
+    # Checked targets: the first watched alert fires within this many minutes of the change in every run;
+    # the first watched alert never fires without cause; the others at most this many times a run.
+    within: float | None = None
+    quiet: bool = False
+    max_other: int | None = None
+
+    @property
+    def task(self) -> str:
+        return "regression" if self.kind in ("mae_double", "regression_healthy") else "binary"
+
+
+def _rate_name(rate: float) -> str:
+    """10/s, 0.2/s, 10/min, 30/h: the units the scenarios are stated in."""
+    if rate >= 0.2:
+        return f"{rate:g}/s"
+    if abs(rate * 60 - round(rate * 60)) < 1e-9:
+        return f"{rate * 60:g}/min"
+    return f"{rate * 3600:g}/h"
+
+
+def scenarios() -> list[Scenario]:
+    low, mid, high = 30 / 3600, 0.2, 10.0
+    acc = ("MlmonModelAccuracyLow", "MlmonModelAccuracyDrop")
+    out = []
+    for rate, target, hours in ((high, 10, 2), (mid, 20, 3), (low, 240, 10)):
+        out.append(
+            Scenario(
+                f"collapse {_rate_name(rate)}",
+                "quality",
+                "collapse",
+                rate,
+                24 + hours,
+                change=24,
+                record_from=23,
+                seeds=1 if rate == high else 10,
+                target=f"critical within {target} min",
+                within=target,
+                watch=acc,
+            )
+        )
+    for rate in (high, mid, low):
+        out.append(
+            Scenario(
+                f"healthy week {_rate_name(rate)}",
+                "quality",
+                "healthy",
+                rate,
+                WEEK / HOUR,
+                step=60,
+                seeds={high: 1, mid: 2, low: 3}[rate],
+                target="no page, at most 1 warning episode",
+                watch=acc,
+                quiet=True,
+                max_other=1,
+                chunk=DAY,
+            )
+        )
+    out.append(
+        Scenario(
+            "gradual decay 0.2/s",
+            "quality",
+            "decay",
+            mid,
+            24 + 8,
+            change=24,
+            record_from=23,
+            seeds=3,
+            target="measured (crosses the floor 4.1 h in)",
+            watch=acc,
+        )
+    )
+    for rate in (mid, low):
+        out.append(
+            Scenario(
+                f"drop to 0.72, above the floor, {_rate_name(rate)}",
+                "quality",
+                "drop_above_floor",
+                rate,
+                24 + 24,
+                change=24,
+                record_from=23,
+                seeds=3,
+                target="measured: the warning is due, a page is the cost of the page's second way",
+                watch=acc,
+            )
+        )
+    out.append(
+        Scenario(
+            "labels 2 h late, collapse 0.2/s",
+            "quality",
+            "collapse",
+            mid,
+            24 + 4,
+            change=24,
+            record_from=23,
+            label_delay=2 * HOUR,
+            seeds=3,
+            target="measured (the labels of the break arrive 2 h after it)",
+            watch=acc,
+        )
+    )
+    out.append(
+        Scenario(
+            "two replicas, collapse 0.2/s",
+            "quality",
+            "collapse",
+            mid,
+            24 + 3,
+            change=24,
+            record_from=23,
+            replicas=2,
+            seeds=3,
+            target="as one exporter (the sums are pooled)",
+            watch=acc,
+        )
+    )
+    for rate, hours in ((high, 2), (mid, 3), (low, 10)):
+        out.append(
+            Scenario(
+                f"MAE doubles {_rate_name(rate)}",
+                "quality",
+                "mae_double",
+                rate,
+                24 + hours,
+                change=24,
+                record_from=23,
+                seeds=1 if rate == high else 3,
+                target="warning within comparable times",
+                watch=("MlmonModelErrorRise",),
+            )
+        )
+    out.append(
+        Scenario(
+            "regression healthy week 0.2/s",
+            "quality",
+            "regression_healthy",
+            mid,
+            WEEK / HOUR,
+            step=60,
+            seeds=1,
+            target="at most 1 warning episode",
+            watch=("MlmonModelErrorRise",),
+            max_other=1,
+            chunk=DAY,
+        )
+    )
+    drift = ("MlmonModelFeatureDrift", "MlmonModelPredictionDrift")
+    for rate in (10 / 60, 100.0):
+        out.append(
+            Scenario(
+                f"stationary week {_rate_name(rate)}",
+                "drift",
+                "stationary",
+                rate,
+                WEEK / HOUR,
+                step=60,
+                seeds=1,
+                target="at most 1 warning episode",
+                watch=drift,
+                max_other=1,
+                chunk=DAY,
+            )
+        )
+        out.append(
+            Scenario(
+                f"1 sd shift in 3 of 20 features {_rate_name(rate)}",
+                "drift",
+                "shift",
+                rate,
+                4 + 8,
+                change=4,
+                record_from=3,
+                warm_step=60,
+                seeds=1 if rate == 100.0 else 3,
+                target="measured",
+                watch=("MlmonModelFeatureDrift",),
+            )
+        )
+    return out
+
+
+# -- the model's life --------------------------------------------------------------------------------------
+
+
+def accuracy_at(s: Scenario, t: float) -> float:
+    """Accuracy of the predictions made at ``t`` (seconds)."""
+    if s.kind == "healthy":
+        return 0.78
+    change = s.change * HOUR
+    if t < change:
+        return 0.92
+    if s.kind == "decay":
+        return max(0.60, 0.92 - 0.32 * (t - change) / (6 * HOUR))
+    if s.kind == "drop_above_floor":
+        return 0.72
+    return 0.55
+
+
+def error_sd_at(s: Scenario, t: float) -> float:
+    return 2.0 if s.kind == "mae_double" and t >= s.change * HOUR else 1.0
+
+
+def config_text(s: Scenario) -> str:
+    lines = ["storage: {backend: memory}"]
+    if s.thresholds:
+        lines.append("thresholds: {" + ", ".join(f"{k}: {v}" for k, v in s.thresholds) + "}")
+    lines += ["models:", "  - name: m", f"    task: {s.task}"]
+    if s.task == "binary":
+        lines.append('    classes: ["no", "yes"]')
+    if s.family == "drift":
+        lines.append("    features:")
+        lines += [f"      - {{name: f{i}, type: numeric}}" for i in range(FEATURES)]
+    return "\n".join(lines) + "\n"
+
+
+class Replay:
+    """One run of a scenario: the exporter's state of each replica, fed step by step."""
+
+    def __init__(self, s: Scenario, seed: int):
+        self.s = s
+        self.rng = np.random.default_rng(seed)
+        self.config = parse_config(config_text(s))
+        self.model = self.config.models[0]
+        self.states = [ModelState(self.model, self.config) for _ in range(s.replicas)]
+        self.collectors = [
+            MlmonCollector([st], IngestErrors(["m"]), ServerReports(10, 600), clock=lambda: self.now)
+            for st in self.states
+        ]
+        self.now = 0.0
+        self.next_id = 0
+        self.waiting: list[tuple[float, int, list]] = []  # (due, replica, labels) of delayed labels
+        if s.family == "drift":
+            ref = self.rng.standard_normal((20_000, FEATURES))
+            profile = reference.build_profile({f"f{i}": list(ref[:, i]) for i in range(FEATURES)}, self.model)
+            for st in self.states:
+                st.set_reference(profile)
+            # Events are drawn from a pool made once (their time set as they are sent): building a prediction
+            # per event would cost more than the exporter's own work.
+            pool = self.rng.standard_normal((50_000, FEATURES))
+            shifted = pool.copy()
+            shifted[:, :3] += 1.0  # one reference standard deviation in three of the twenty features
+            names = [f"f{i}" for i in range(FEATURES)]
+            classes = self.rng.integers(0, 2, len(pool)).tolist()
+            self.pool, self.shifted = (
+                [
+                    Prediction("m", "v1", None, 0.0, c, None, None, None, dict(zip(names, row)))
+                    for c, row in zip(classes, rows.tolist())
+                ]
+                for rows in (pool, shifted)
+            )
+
+    def advance(self, t: float, dt: float) -> None:
+        """Everything that arrives in (t - dt, t], ingested at t."""
+        self.now = t
+        s, rng = self.s, self.rng
+        n = int(rng.poisson(s.rate * dt))
+        split = rng.integers(0, s.replicas, n) if s.replicas > 1 else np.zeros(n, dtype=np.int64)
+        for r, st in enumerate(self.states):
+            idx = np.flatnonzero(split == r)
+            if idx.size:
+                self._events(st, r, idx.size, t)
+        while self.waiting and self.waiting[0][0] <= t:
+            _, r, labels = self.waiting.pop(0)
+            self.states[r].add_labels(labels, t)
+
+    def _events(self, st: ModelState, replica: int, n: int, t: float) -> None:
+        s, rng = self.s, self.rng
+        if s.family == "drift":
+            pool = self.shifted if s.kind == "shift" and t >= s.change * HOUR else self.pool
+            start = int(rng.integers(0, len(pool) - n)) if n < len(pool) else 0
+            events = pool[start : start + n]
+            for e in events:
+                e.timestamp = t
+            st.add_predictions(events, t)
+            return
+        if s.task == "binary":
+            actual = rng.integers(0, 2, n)
+            right = rng.random(n) < accuracy_at(s, t)
+            predicted = np.where(right, actual, 1 - actual)
+            pairs = list(zip(predicted.tolist(), actual.tolist()))
+        else:
+            y = rng.normal(50.0, 10.0, n)
+            pairs = list(zip((y + rng.normal(0.0, error_sd_at(s, t), n)).tolist(), y.tolist()))
+        if not s.label_delay:
+            st.add_predictions([Prediction("m", "v1", None, t, p, None, None, a) for p, a in pairs], t)
+            return
+        ids = [str(self.next_id + i) for i in range(n)]
+        self.next_id += n
+        st.add_predictions([Prediction("m", "v1", i, t, p, None, None, None) for i, (p, _) in zip(ids, pairs)], t)
+        self.waiting.append((t + s.label_delay, replica, [Label("m", i, a) for i, (_, a) in zip(ids, pairs)]))
+
+    def scrape(self, wanted: set[str]) -> dict[str, float]:
+        """The samples of the metrics ``wanted``, as a scrape adds job and instance; drift of the methods
+        that decide nothing is left out (every drift alert keeps only mlmon_drift_decision's method), and
+        values are rounded to 7 digits (a smaller test file for promtool; far finer than any threshold)."""
+        out = {}
+        for r, collector in enumerate(self.collectors):
+            instance = f"replica-{'ab'[r]}:8490"
+            families = [f for f in collector.collect() if f.name in wanted]
+            deciding = {
+                (s.labels["feature"], s.labels["method"])
+                for f in families
+                if f.name == "mlmon_drift_decision"
+                for s in f.samples
+            }
+            for family in families:
+                for sample in family.samples:
+                    method = sample.labels.get("method")
+                    if method and (sample.labels.get("feature", ""), method) not in deciding:
+                        continue
+                    labels = {"job": "mlmon", "instance": instance, **sample.labels}
+                    inner = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+                    out[f"{sample.name}{{{inner}}}"] = float(f"{sample.value:.7g}")
+        return out
+
+
+def replay(s: Scenario, seed: int, wanted: set[str]) -> tuple[list[str], dict[str, list[float | None]]]:
+    """Run the scenario; return the sample times (relative to the first recorded one) and each series'
+    values at those times (None: absent)."""
+    sim = Replay(s, seed)
+    start, end = s.record_from * HOUR, s.hours * HOUR
+    t = 0.0
+    while t + s.warm_step <= start:  # warm-up, unrecorded
+        t += s.warm_step
+        sim.advance(t, s.warm_step)
+    if t < start:
+        sim.advance(start, start - t)
+        t = start
+    series: dict[str, list[float | None]] = {}
+    steps = 0
+    while t <= end + 1e-9:
+        if steps:
+            sim.advance(t, s.step)
+        for key, value in sim.scrape(wanted).items():
+            column = series.setdefault(key, [None] * steps)
+            column.append(value)
+        steps += 1
+        for column in series.values():
+            if len(column) < steps:
+                column.append(None)
+        t += s.step
+    return steps, series
+
+
+# -- the rules, through promtool --------------------------------------------------------------------------
+
+
+def rule_groups(rules_dir: str, family: str) -> list[dict]:
+    """The family's alert group and, in the order of GROUPS, the recording rules its alerts read, directly or
+    through other recording rules; each rule as the bundle writes it. Rules nothing here reads are left out:
+    promtool would evaluate them at every step for nothing."""
+    groups = {}
+    for name in sorted(os.listdir(rules_dir)):
+        if name.endswith(".yml"):
+            with open(os.path.join(rules_dir, name)) as fh:
+                for g in yaml.safe_load(fh)["groups"]:
+                    groups[g["name"]] = g
+    alerts = groups[GROUPS[family][-1]]
+    records = {r["record"]: r for name in GROUPS[family][:-1] for r in groups[name]["rules"]}
+    needed: set[str] = set()
+    todo = [r["expr"] + str(r.get("annotations", "")) for r in alerts["rules"]]  # descriptions query some
+    while todo:
+        for name in re.findall(r"\b\w+:mlmon_\w+:\w+\b", todo.pop()):
+            if name in records and name not in needed:
+                needed.add(name)
+                todo.append(records[name]["expr"])
+    out = []
+    for name in GROUPS[family][:-1]:
+        rules = [r for r in groups[name]["rules"] if r.get("record") in needed]
+        if rules:
+            out.append({**groups[name], "rules": rules})
+    return [*out, alerts]
+
+
+def wanted_metrics(groups: list[dict]) -> set[str]:
+    """The exporter's metrics the rules read (names without a colon)."""
+    text = " ".join(r["expr"] + str(r.get("annotations", "")) for g in groups for r in g["rules"])
+    return set(re.findall(r"(?<![\w:])(mlmon_[a-z_]+)\b", text))
+
+
+def harness_group(step: float) -> dict:
+    return {
+        "name": "harness",
+        "rules": [
+            {
+                "record": "harness:alerts_firing",
+                "expr": 'count by (alertname, severity) (ALERTS{alertstate="firing"})',
+            },
+            {
+                # One sample, its time, at each evaluation where an alert starts firing.
+                "record": "harness:alert_started",
+                "expr": f"timestamp(harness:alerts_firing unless harness:alerts_firing offset {int(step)}s)",
+            },
+        ],
+    }
+
+
+def _values(column: list[float | None]) -> str:
+    """promtool's series notation, with runs compressed: 'v' then 'vxN' (N more), '_xN' (N absent)."""
+    out, i = [], 0
+    while i < len(column):
+        j = i
+        while j + 1 < len(column) and column[j + 1] == column[i]:
+            j += 1
+        v = column[i]
+        if v is None:
+            out.append("_" if j == i else f"_x{j - i + 1}")
+        else:
+            text = repr(v) if not v.is_integer() else str(int(v))
+            out.append(text if j == i else f"{text}x{j - i}")
+        i = j + 1
+    return " ".join(out)
+
+
+@dataclasses.dataclass
+class Timeline:
+    """When each (alertname, severity) started firing, as the first start of each chunk that had any."""
+
+    starts: dict[tuple[str, str], list[tuple[float, int, float]]]  # -> [(chunk end, starts, first start)]
+    firing: dict[tuple[str, str], float]  # -> seconds firing in all
+
+
+def run_promtool(s: Scenario, steps: int, series: dict, rules_dir: str, workdir: str) -> Timeline:
+    groups = rule_groups(rules_dir, s.family) + [harness_group(s.step)]
+    with open(os.path.join(workdir, "rules.yml"), "w") as fh:
+        yaml.safe_dump({"groups": groups}, fh, sort_keys=False, width=1 << 20)
+    end = (steps - 1) * s.step
+    bounds = [0.0] + [min(end, s.chunk * (k + 1)) for k in range(math.ceil(end / s.chunk))]
+    exprs = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        for expr in ("count_over_time({}[{}s])", "min_over_time({}[{}s])"):
+            exprs.append({"expr": expr.format("harness:alert_started", int(hi - lo)), "eval_time": f"{int(hi)}s"})
+        exprs.append({"expr": f"count_over_time(harness:alerts_firing[{int(hi - lo)}s])", "eval_time": f"{int(hi)}s"})
+    for e in exprs:
+        e["exp_samples"] = []  # so that promtool prints what each query returned
+    test = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": f"{int(s.step)}s",
+        "group_eval_order": [g["name"] for g in groups],
+        "tests": [
+            {
+                "interval": f"{int(s.step)}s",
+                "input_series": [{"series": key, "values": _values(column)} for key, column in series.items()],
+                "promql_expr_test": exprs,
+            }
+        ],
+    }
+    path = os.path.join(workdir, "replay_test.yml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(test, fh, sort_keys=False, width=1 << 30)
+    done = subprocess.run(["promtool", "test", "rules", path], capture_output=True, text=True)
+    return parse_promtool(done.stdout + done.stderr, s.step)
+
+
+_BLOCK = re.compile(r'expr: "(?P<expr>(?:[^"\\]|\\.)*)", time: (?P<time>\S+),\n\s+exp: .*\n\s+got: (?P<got>.*)')
+_SAMPLE = re.compile(r"\{(?P<labels>[^}]*)\} (?P<value>\S+?)(?:,|$)")
+_DURATION = re.compile(r"(\d+)(ms|w|d|h|m|s)")
+_UNITS = {"w": WEEK, "d": DAY, "h": HOUR, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_promtool(output: str, step: float) -> Timeline:
+    """Read the harness's queries back from promtool's report of them (each asked to return nothing, so
+    promtool prints what they did return)."""
+    if "FAILED" in output and "got:" not in output:
+        raise RuntimeError(f"promtool could not run the replay:\n{output[-3000:]}")
+    starts: dict[tuple[str, str], dict[float, list]] = {}
+    firing: dict[tuple[str, str], float] = {}
+    for m in _BLOCK.finditer(output):
+        at = sum(int(n) * _UNITS[u] for n, u in _DURATION.findall(m["time"]))
+        for sample in _SAMPLE.finditer(m["got"]):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', sample["labels"]))
+            key = (labels.get("alertname", ""), labels.get("severity", ""))
+            value = float(sample["value"])
+            if m["expr"].startswith("count_over_time(harness:alert_started"):
+                starts.setdefault(key, {}).setdefault(at, [0, None])[0] = int(value)
+            elif m["expr"].startswith("min_over_time"):
+                starts.setdefault(key, {}).setdefault(at, [0, None])[1] = value
+            else:
+                firing[key] = firing.get(key, 0.0) + value * step
+    return Timeline({k: sorted((at, n, first) for at, (n, first) in v.items()) for k, v in starts.items()}, firing)
+
+
+# -- one scenario, one seed --------------------------------------------------------------------------------
+
+
+def run_one(args: tuple) -> dict:
+    s, seed, rules_dir = args
+    t0 = time.perf_counter()
+    groups = rule_groups(rules_dir, s.family)
+    steps, series = replay(s, seed, wanted_metrics(groups))
+    t1 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mlmon-bench-alerts-") as workdir:
+        timeline = run_promtool(s, steps, series, rules_dir, workdir)
+    t2 = time.perf_counter()
+    origin = s.record_from * HOUR
+    change = None if s.change is None else (s.change - s.record_from) * HOUR
+    result = {"scenario": s.name, "seed": seed, "alerts": {}, "simulate_s": t1 - t0, "promtool_s": t2 - t1}
+    for (alert, severity), chunks in timeline.starts.items():
+        before = sum(n for at, n, first in chunks if change is None or first < change)
+        after = [first for at, n, first in chunks if change is not None and first >= change]
+        result["alerts"][alert] = {
+            "severity": severity,
+            "episodes_without_cause": before,
+            "delay_minutes": (min(after) - change) / 60 if after else None,
+            "firing_minutes": timeline.firing.get((alert, severity), 0.0) / 60,
+        }
+    result["span_hours"] = (s.hours * HOUR - origin) / HOUR
+    return result
+
+
+# -- the report --------------------------------------------------------------------------------------------
+
+
+def _delays(runs: list[dict], alert: str) -> str:
+    values = [r["alerts"].get(alert, {}).get("delay_minutes") for r in runs]
+    never = sum(v is None for v in values)
+    got = sorted(v for v in values if v is not None)
+    if not got:
+        return "never"
+    text = _minutes(statistics.median(got)) if len(got) > 1 else _minutes(got[0])
+    if len(got) > 1:
+        text += f" ({_minutes(got[0])} to {_minutes(got[-1])})"
+    if never:
+        text += f"; {never} of {len(values)} runs never"
+    return text
+
+
+def _minutes(m: float) -> str:
+    return f"{m:.1f} min" if m < 90 else f"{m / 60:.2f} h"
+
+
+def _episodes(runs: list[dict], alert: str) -> str:
+    counts = [r["alerts"].get(alert, {}).get("episodes_without_cause", 0) for r in runs]
+    return " / ".join(str(c) for c in counts)
+
+
+def report(results: dict[str, list[dict]], all_scenarios: list[Scenario], took: float, mode: str) -> list[str]:
+    by_name = {s.name: s for s in all_scenarios}
+    lines = [
+        f"Measured by `make bench-alerts` (`python bench/bench_alerts.py`) on {datetime.date.today().isoformat()}, "
+        f"{mode} mode, in {took / 60:.1f} min, with the bundled rules and the default thresholds "
+        "(`accuracy_min` 0.7, `accuracy_drop` 0.1, `error_rise` 0.25, `min_labeled_samples` 100, "
+        "`evidence_confidence` 0.99) and windows (5m, 1h, 1d; 60 buckets each). Delays are from the change "
+        "to the first firing, as the median over the runs (seeds) with the fastest and slowest in brackets; "
+        "episodes are counted per run."
+        + "".join(f" This run sets `{k}` to {v:g}." for k, v in all_scenarios[0].thresholds),
+        "",
+        "| scenario | events | alert | delay | episodes without cause | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in results.items():
+        s = by_name[name]
+        unit = "labels" if s.family == "quality" else "predictions"
+        for i, alert in enumerate(s.watch):
+            severity = next((r["alerts"][alert]["severity"] for r in runs if alert in r["alerts"]), "")
+            delay = _delays(runs, alert) if s.change is not None else "-"
+            cells = [
+                name if i == 0 else "",
+                f"{_rate_name(s.rate)} {unit}" if i == 0 else "",
+                f"{alert}{f' ({severity})' if severity else ''}",
+                delay,
+                _episodes(runs, alert),
+                s.target if i == 0 else "",
+                met(s, runs) if i == 0 else "",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def met(s: Scenario, runs: list[dict]) -> str:
+    """Whether the scenario's checked targets held in every run: yes, no (how many runs missed), or blank."""
+    missed = []
+    for r in runs:
+        alerts = r["alerts"]
+        first = alerts.get(s.watch[0], {})
+        ok = True
+        if s.within is not None:
+            ok &= first.get("delay_minutes") is not None and first["delay_minutes"] <= s.within
+        if s.quiet:
+            ok &= first.get("episodes_without_cause", 0) == 0
+        others = s.watch if s.max_other is not None and not s.quiet else s.watch[1:]
+        if s.max_other is not None:
+            ok &= all(alerts.get(a, {}).get("episodes_without_cause", 0) <= s.max_other for a in others)
+        if not ok:
+            missed.append(r["seed"])
+    if s.within is None and not s.quiet and s.max_other is None:
+        return ""
+    return "yes" if not missed else f"**no** ({len(missed)} of {len(runs)} runs)"
+
+
+def write_doc(lines: list[str]) -> None:
+    with open(DOC) as fh:
+        text = fh.read()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{DOC} has no {BEGIN} ... {END} section to fill")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    with open(DOC, "w") as fh:
+        fh.write(head + BEGIN + "\n" + "\n".join(lines) + "\n" + END + tail)
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="at most 2 seeds a scenario; docs untouched")
+    parser.add_argument("--seeds", type=int, help="seeds per scenario (default: each scenario's own)")
+    parser.add_argument("--only", action="append", help="run the scenarios whose name contains this")
+    parser.add_argument("--rules-dir", default=RULES_DIR, help="the rule files to replay (default: the bundle's)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="THRESHOLD=VALUE", help="a threshold of the exporter's config"
+    )
+    parser.add_argument("--no-write", action="store_true", help="print the table; leave docs/alerts.md alone")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    chosen = [s for s in scenarios() if not args.only or any(o in s.name for o in args.only)]
+    if args.set:
+        pairs = tuple((k, float(v)) for k, v in (item.split("=", 1) for item in args.set))
+        chosen = [dataclasses.replace(s, thresholds=pairs) for s in chosen]
+    if not chosen:
+        raise SystemExit(f"no scenario matches {args.only}; scenarios: {[s.name for s in scenarios()]}")
+    jobs = []
+    for s in chosen:
+        n = args.seeds or (min(s.seeds, 2) if args.quick else s.seeds)
+        jobs += [(s, seed, args.rules_dir) for seed in range(n)]
+    # The longest first, so that two workers finish together.
+    jobs.sort(key=lambda j: -j[0].hours * j[0].rate ** 0.5 / j[0].step)
+    started = time.perf_counter()
+    results: dict[str, list[dict]] = {s.name: [] for s in chosen}
+    with multiprocessing.Pool(max(1, min(args.jobs, len(jobs)))) as pool:
+        for r in pool.imap_unordered(run_one, jobs):
+            results[r["scenario"]].append(r)
+            print(
+                f"bench-alerts: {r['scenario']} seed {r['seed']}: "
+                + ", ".join(
+                    f"{a} delay {v['delay_minutes'] if v['delay_minutes'] is None else round(v['delay_minutes'], 1)}"
+                    f" episodes {v['episodes_without_cause']}"
+                    for a, v in sorted(r["alerts"].items())
+                )
+                + f" (simulated {r['simulate_s']:.0f} s, promtool {r['promtool_s']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    took = time.perf_counter() - started
+    for runs in results.values():
+        runs.sort(key=lambda r: r["seed"])
+    lines = report(results, chosen, took, "quick" if args.quick else "default")
+    print("\n".join(lines))
+    if not (args.no_write or args.quick or args.only or args.seeds or args.set or args.rules_dir != RULES_DIR):
+        write_doc(lines)
+    return results
+
+
+if __name__ == "__main__":
+    main()
