@@ -35,9 +35,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 DEMO_CONFIG = os.path.join(EXAMPLES, "demo", "mlmon.yml")
 
-# The demo compresses time: its exporter keeps 1m/5m/1h windows, so the bundled rules' alert window (1h)
-# and baseline (1d) become 1m and 1h, and `for:` durations shrink to seconds, in the demo's copy only.
-WINDOW_REWRITE = {'window="1h"': 'window="1m"', 'window="1d"': 'window="1h"'}
+# The demo compresses time: its exporter keeps short windows (1m, 5m, 1h, 1d), which the bundled rules read
+# as they are (they decide on whichever window or span holds the evidence), and in the demo's copy of the rules
+# every `for:` shrinks to this many seconds, divided by --speed.
+HOLD_SECONDS = 20.0
 STORY = {
     "healthy": "healthy traffic: inputs and outcomes as in training",
     "covariate_drift": "covariate drift: three features of every model shift by two standard deviations",
@@ -138,11 +139,9 @@ class Receiver:
         self.server.server_close()
 
 
-def _shorten_for(match: re.Match) -> str:
-    return f"{match.group(1)}: 20s"
-
-
-def write_bundle(workdir: str, exporter: str, alertmanager: str, receiver: str, interval: str) -> tuple[str, str]:
+def write_bundle(
+    workdir: str, exporter: str, alertmanager: str, receiver: str, interval: str, hold: float = HOLD_SECONDS
+) -> tuple[str, str]:
     """Copies of prometheus/ and alertmanager/ for the demo: loopback targets, short intervals, local receiver,
     and a plain-HTTP scrape of the demo's exporter."""
     prom_dir, am_dir = os.path.join(workdir, "prometheus"), os.path.join(workdir, "alertmanager")
@@ -177,9 +176,7 @@ def write_bundle(workdir: str, exporter: str, alertmanager: str, receiver: str, 
         path = os.path.join(rules_dir, name)
         with open(path) as fh:
             text = fh.read()
-        for old, new in WINDOW_REWRITE.items():
-            text = text.replace(old, new)
-        text = re.sub(r"\b(for|keep_firing_for): *\d+[smhd]\b", _shorten_for, text)
+        text = re.sub(r"\b(for|keep_firing_for): *\d+[smhd]\b", lambda m: f"{m.group(1)}: {hold:.0f}s", text)
         with open(path, "w") as fh:
             fh.write(text)
 
@@ -418,7 +415,12 @@ def run(args) -> int:
             prom_port, am_port = free_port(9090), free_port(9093)
             interval = "2s" if args.speed > 1 else "5s"
             prom_cfg, am_cfg = write_bundle(
-                workdir, f"127.0.0.1:{port}", f"127.0.0.1:{am_port}", receiver.url, interval
+                workdir,
+                f"127.0.0.1:{port}",
+                f"127.0.0.1:{am_port}",
+                receiver.url,
+                interval,
+                hold=max(HOLD_SECONDS / args.speed, 4.0),
             )
             stack.start(
                 "alertmanager",
@@ -470,11 +472,15 @@ def run(args) -> int:
         )
         runner = threading.Thread(target=traffic.run, name="traffic", daemon=True)
         runner.start()
-        every = 2.0 if tty else args.status_every
+        # Quiet: no status table, but notifications are shown within a second of their arrival.
+        every = 1.0 if args.quiet else 2.0 if tty else args.status_every
         while runner.is_alive():
             runner.join(every)
             if not args.quiet:
                 status.draw()
+            else:  # pages are events too: shown even when the status table is not
+                for note in status.new_notifications():
+                    status.event(f"notification: {note}")
         print(f"[demo] done: {traffic.sent} predictions sent, {traffic.errors} errors", flush=True)
         return 0
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ import threading
 import time
 
 import psutil
+import pytest
 import requests
 
 from tests.conftest import Metrics
@@ -143,3 +144,26 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started():
     run.proc.send_signal(signal.SIGINT)
     assert run.proc.wait(30) == 130
     assert len(run.children) >= 2 and run.survivors() == []
+
+
+@pytest.mark.skipif(
+    not (shutil.which("prometheus") and shutil.which("prometheus-alertmanager")),
+    reason="needs Prometheus and Alertmanager (Debian packages prometheus, prometheus-alertmanager)",
+)
+def test_demo_pages_during_the_concept_drift_phase():
+    """The critical page comes while the models are wrong, not after: the quality alerts decide on evidence."""
+    run = DemoRun("--duration", "160", "--speed", "4", "--rate", "10", "--label-delay", "1")
+    run.watch()
+    output = "\n".join(run.lines)
+    assert run.proc.wait(30) == 0, output
+    phase, pages = None, {}
+    for line in run.lines:
+        m = re.search(r"phase=(\w+) cycle=0", line)
+        if m:
+            phase = m.group(1)
+        m = re.search(r"notification: PagerDuty trigger: \[FIRING:\d+\] MlmonModelAccuracyLow (\w+)", line)
+        if m:
+            pages.setdefault(m.group(1), phase)
+    # Pages start while the models are wrong, and nothing paged before.
+    assert "concept_drift" in pages.values(), (pages, output)
+    assert not set(pages.values()) & {"healthy", "covariate_drift", None}, (pages, output)
