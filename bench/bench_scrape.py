@@ -1,5 +1,5 @@
 """/metrics time with every model's windows full of data and a reference loaded, so drift and data quality
-are computed at every scrape: 10 models x 30 features x 3 windows (the target of issue 9), then a grid of
+are computed at every scrape: 10 models x 30 features x 3 windows (the scrape target), then a grid of
 models x features (1 to 20 models, 10 to 100 features, 3 windows) for how the time grows.
 
 Run: python bench/bench_scrape.py            (everything, JSON on stdout)
@@ -33,7 +33,7 @@ GRID_HTTP = tuple((m, f) for m in GRID_MODELS for f in GRID_FEATURES)
 JSON = {"Content-Type": "application/json"}
 # Functions of the exporter that find a feature by scanning the model's features, called per feature and window.
 LOOKUPS = (("config", "drift_threshold"), ("binning", "decision_method"))
-TARGET = (10, 30)  # issue 9: at most 100 ms for 10 models x 30 features x 3 windows
+TARGET = (10, 30)  # the target: at most 100 ms for 10 models x 30 features x 3 windows
 
 
 def in_process(models: int = 10, events_per_model: int = 20_000, runs: int = 20) -> dict:

@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
         "Every timing is the median of at least 3 runs (each table says how many); memory figures come from",
         "fresh processes, as each table says. Comparisons are ratios taken in the same run on the same data.",
         "Re-run to regenerate this file; do not edit the figures by hand. Where the time goes in ingest and in",
-        "a scrape, and what was done about it: [performance.md](performance.md).",
+        "a scrape, and what was done about it: [performance.md](performance.md). When the bundled alerts fire,",
+        "and how often without cause, is measured by `make bench-alerts` and kept in",
+        "[alerts.md](alerts.md#when-they-fire-replayed-scenarios).",
         "",
         *modes_section(mode, took, total, peers),
         "Storage: wherever a benchmark runs the exporter itself (`mlmon serve`, or `create_app` in process), it",
@@ -283,7 +285,7 @@ def peers_section(p: dict, images: list[str]) -> list[str]:
     spreads = [(max(g) - min(g)) / min(g) for g in series]
     spread = max(spreads)
     growth = series[spreads.index(spread)]
-    lines += ["", "Targets (issue 9), at 10^6 events:", ""]
+    lines += ["", "Targets, at 10^6 events:", ""]
     missed = []
     for r in top:
         ev, _ = _evidently_seconds(r)
@@ -354,7 +356,7 @@ def peers_section(p: dict, images: list[str]) -> list[str]:
 
 
 def peers_memory(p: dict) -> list[str]:
-    """Memory per model against Evidently's on the same windows (issue 9, item 4)."""
+    """Memory per model against Evidently's on the same windows (the memory target)."""
     f, mem = p["memory_features"], p["memory"]
     by_n = {r["events"]: _ev(r) for r in p["speed"] if r["features"] == f}
     large = p.get("evidently_memory_large") or {}
@@ -559,7 +561,7 @@ def ingest_section(ingest: dict) -> list[str]:
     best_clients, best = max(ingest["http_batch_1000"].items(), key=lambda kv: kv[1])
     lines += [
         "",
-        "Targets (issue 9):",
+        "Targets:",
         "",
         "- at least 50,000 predictions/s with 30 features through the batch API on one exporter process: "
         f"{best:,.0f}/s drift off ({best_clients} client{'s' if best_clients != 1 else ''}, the best median above)"
@@ -622,7 +624,7 @@ def scrape_section(scrape: dict, images: list[str] | None = None) -> list[str]:
             (c for c in g["cells"] if (c["models"], c["features"]) == bench_scrape.TARGET and "http" in c), None
         )
     lines += [
-        "Target (issue 9): at most 100 ms for 10 models x 30 features x 3 windows: "
+        "Target: at most 100 ms for 10 models x 30 features x 3 windows: "
         f"{http['median_seconds'] * 1000:.1f} ms over HTTP"
         + (f" (the grid's 10 x 30 cell below: {target['http']['median_seconds'] * 1000:.1f} ms)" if target else "")
         + ", "
