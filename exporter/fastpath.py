@@ -123,6 +123,12 @@ def label_type(model: ModelConfig) -> type:
     )
 
 
+# The union member that keeps "model" required (see FastDecoder); its tag is no valid model name.
+_NoModel = msgspec.defstruct(
+    "NoModel", [], tag_field="model", tag="\x00", forbid_unknown_fields=True, namespace={"MODEL": None}
+)
+
+
 def _batch_decoder(key: str, one, limit: int) -> msgspec.json.Decoder:
     batch = msgspec.defstruct(
         f"Batch_{key}", [(key, Annotated[list[one], Meta(min_length=1, max_length=limit)])], forbid_unknown_fields=True
@@ -142,9 +148,12 @@ class FastDecoder:
         self.enabled = bool(models)
         if not self.enabled:
             return
-        # The union of the models' structs, told apart by the "model" field (a tagged union).
-        prediction = functools.reduce(operator.or_, [item_type(m, features_type(m)) for m in models])
-        label = functools.reduce(operator.or_, [label_type(m) for m in models])
+        # The union of the models' structs, told apart by the "model" field (a tagged union). msgspec only
+        # requires the tag of a union: a lone tagged struct decodes without it, so a config of one model
+        # would take an item without "model". A struct no item can be (its tag is not a model name, and it
+        # is declined below) makes every config a union.
+        prediction = functools.reduce(operator.or_, [item_type(m, features_type(m)) for m in models] + [_NoModel])
+        label = functools.reduce(operator.or_, [label_type(m) for m in models] + [_NoModel])
         self._predictions = (_batch_decoder("predictions", prediction, limit), msgspec.json.Decoder(prediction))
         self._labels = (_batch_decoder("labels", label, limit), msgspec.json.Decoder(label))
 
@@ -165,6 +174,8 @@ class FastDecoder:
             return None
         out = []
         for item in items:
+            if item.MODEL is None:
+                return None
             model, lid, label = item.MODEL, item.id, item.label
             if type(lid) is int:
                 lid = str(lid)
@@ -187,6 +198,8 @@ class FastDecoder:
         latest = now + FUTURE_SKEW_SECONDS
         for item in items:
             model = item.MODEL
+            if model is None:
+                return None
             version = item.version
             if version != "default" and not version_ok(version):
                 return None

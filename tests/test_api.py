@@ -256,6 +256,30 @@ def test_bad_label_is_rejected(client, payload, field, reason):
     assert state(client) == before
 
 
+@pytest.mark.parametrize(
+    "path, item",
+    [
+        ("/api/v1/predictions", {"id": "a", "prediction": 1.5}),
+        ("/api/v1/predictions", {"predictions": [{"id": "a", "prediction": 1.5}]}),
+        ("/api/v1/labels", {"id": "a", "label": 2.0}),
+        ("/api/v1/labels", {"labels": [{"id": "a", "label": 2.0}]}),
+    ],
+)
+def test_an_item_without_its_model_is_rejected_with_one_model_configured(path, item):
+    """With a single model there is no doubt which model is meant, but "model" is still required: both
+    the fast decoder and the general validator must say so, and nothing is counted."""
+    app, _ = make_app("models:\n  - {name: m, task: regression}\n")
+    client = app.test_client()
+    before = state(client)
+    r = client.post(path, json=item)
+    assert r.status_code == 400, r.get_json()
+    assert {"field": "model", "reason": "missing_field"} in [
+        {"field": d["field"], "reason": d["reason"]} for d in r.get_json()["error"]["details"]
+    ]
+    assert state(client) == before
+    assert scrape(client).get("mlmon_ingest_errors_total", model="", reason="missing_field") == 1
+
+
 def test_rfc3339_and_unix_timestamps(client, clock):
     from datetime import datetime, timezone
 

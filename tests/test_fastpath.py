@@ -363,6 +363,57 @@ def test_fast_labels_agree_with_the_general_path(body):
         assert "9223372036854775808" in raw.decode() or "18446744073709551616" in raw.decode(), raw
 
 
+# -- a config of one model: "model" stays required --------------------------------------------------
+
+single_validator = Validator(parse_config(CONFIG[: CONFIG.index("  - name: iris")]), lambda: NOW)
+single_fast = fastpath.FastDecoder(single_validator)
+
+
+def _drop_models(draw, body):
+    """The body with "model" left out of some of its items (msgspec does not require the tag of a lone
+    tagged struct, which is how an item without a model once passed the fast path)."""
+    items = body.get("predictions", body.get("labels")) if isinstance(body, dict) else None
+    for one in items if isinstance(items, list) else [body]:
+        if isinstance(one, dict) and draw(st.integers(0, 2)) == 0:
+            one.pop("model", None)
+    return body
+
+
+def _single(parse, raw):
+    try:
+        return parse(orjson.loads(raw))
+    except (Invalid, orjson.JSONDecodeError):
+        return None
+
+
+@settings(max_examples=800, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_one_model_config_paths_agree_with_items_without_a_model(data):
+    body = _drop_models(data.draw, data.draw(bodies))
+    raw = json.dumps(body).encode()
+    expected = _single(lambda b: single_validator.predictions(b, NOW), raw)
+    got = single_fast.predictions(raw, NOW)
+    if got is not None:
+        assert expected is not None, "the fast path took a body the general path rejects"
+        same(got, expected)
+    body = _drop_models(data.draw, data.draw(label_bodies))
+    raw = json.dumps(body).encode()
+    expected, got = _single(single_validator.labels, raw), single_fast.labels(raw)
+    if got is not None:
+        assert expected is not None, "the fast path took a label body the general path rejects"
+        assert [(x.model, x.id, x.label) for x in got] == [(x.model, x.id, x.label) for x in expected]
+
+
+def test_one_model_config_fast_path_still_takes_the_common_batch():
+    """The guard against a missing model must not make the fast path decline every body."""
+    item = {"model": "churn", "id": "a", "prediction": "stay", "features": {"tenure": 1.0}}
+    assert single_fast.predictions(json.dumps({"predictions": [item] * 3}).encode(), NOW) is not None
+    assert single_fast.labels(b'{"labels": [{"model": "churn", "id": "a", "label": "stay"}]}') is not None
+    assert single_fast.predictions(b'{"id": "a", "prediction": "stay"}', NOW) is None
+    assert single_fast.labels(b'{"id": "a", "label": "stay"}') is None
+    assert single_fast.predictions(b'{"model": "\\u0000", "prediction": "stay"}', NOW) is None
+
+
 def test_categorical_counts_match_a_direct_count():
     """The binner's categorical counts (all-string columns take a shortcut) against collections.Counter."""
     from collections import Counter
