@@ -90,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate a config file and exit",
         description="Validate a config file; exit 0 if it is valid, 1 if not.",
     )
-    check.add_argument("file", metavar="FILE")
+    check.add_argument("file", metavar="FILE", nargs="?")
+    check.add_argument(
+        "--config", "--config.file", dest="config", metavar="FILE", help="the same, in the form `serve` takes"
+    )
 
     check_web = sub.add_parser(
         "check-web-config",
@@ -123,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "check-config":
-        return _check_config(args.file)
+        if (args.file is None) == (args.config is None):
+            parser.error("check-config takes one config file: check-config FILE, or check-config --config FILE")
+        return _check_config(args.file or args.config)
     if args.command == "check-web-config":
         return _check_web_config(args.file)
     if args.command == "reference":

@@ -6,7 +6,9 @@ what is wrong; unknown keys are errors, never silently ignored.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import io
 import math
 import os
 import re
@@ -261,8 +263,10 @@ class _Checker:
             return {}
         for key, sub in node.value.items():
             if key not in allowed:
+                near = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.75)
+                hint = f"did you mean {near[0]!r}? " if near else ""
                 close = ", ".join(sorted(allowed))
-                self.fail(f"{path}.{key}" if path else key, sub, f"unknown key (allowed here: {close})")
+                self.fail(f"{path}.{key}" if path else key, sub, f"unknown key ({hint}allowed here: {close})")
         for key in required:
             if key not in node.value:
                 self.fail(f"{path}.{key}" if path else key, node, "is required")
@@ -538,7 +542,9 @@ def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float], b
 def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Config:
     """Validate YAML text into a :class:`Config`; raise :class:`ConfigError` listing every problem."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        stream = io.StringIO(text)
+        stream.name = source  # YAML's own messages then name the file, not "<unicode string>"
+        root = yaml.compose(stream, Loader=yaml.SafeLoader)
         tree = _to_nodes(root) if root is not None else _Node(None, 1, 1)
     except ConfigError as exc:
         raise ConfigError(exc.problems, source) from None
@@ -676,6 +682,8 @@ def _auth(ck: _Checker, node: _Node, base_dir: str, model_names: set[str]) -> Au
                 for m in models:
                     if m != ALL_MODELS and m not in model_names:
                         ck.fail(f"{path}.models", tm["models"], f"unknown model {m!r}")
+                if "actions" not in tm:
+                    continue  # reported: "is required"
                 actions = _string_list(ck, f"{path}.actions", tm["actions"], default=[])
                 for a in actions:
                     if a not in ACTIONS:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, parse_config, parse_duration
+from exporter.config import ConfigError, load_config, parse_config, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,6 +141,69 @@ def test_check_config_exits_1_and_names_the_problem(tmp_path):
     )
     assert result.returncode == 1
     assert f"{bad}: line 2: models[0].colour: unknown key" in result.stderr
+
+
+@pytest.mark.parametrize("form", [["FILE"], ["--config", "FILE"], ["--config.file", "FILE"]])
+def test_check_config_takes_the_file_as_serve_does(tmp_path, form):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("models:\n  - {name: a, task: regression, colour: red}\n")
+    argv = [str(bad) if a == "FILE" else a for a in form]
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "check-config", *argv], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 1
+    assert f"{bad}: line 2: models[0].colour: unknown key" in result.stderr
+    good = [a if a != "FILE" else "examples/config.yml" for a in form]
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "check-config", *good], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_check_config_wants_one_file():
+    for argv in ([], ["examples/config.yml", "--config", "examples/config.yml"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "exporter", "check-config", *argv], capture_output=True, text=True, cwd=ROOT
+        )
+        assert result.returncode == 2 and "check-config takes one config file" in result.stderr
+
+
+def test_a_token_without_actions_is_a_config_error_not_a_crash():
+    text = "models:\n  - {name: m, task: regression}\nauth:\n  tokens:\n    - {name: a, sha256: %s}\n" % ("0" * 64)
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "x.yml")
+    assert "line 5: auth.tokens[0].actions: is required" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("model:\n  - {name: m, task: regression}\n", "model: unknown key (did you mean 'models'?"),
+        (
+            "models:\n  - {name: m, task: regression, thresholds: {acuracy_min: 0.8}}\n",
+            "thresholds.acuracy_min: unknown key (did you mean 'accuracy_min'?",
+        ),
+    ],
+)
+def test_a_misspelt_key_gets_a_suggestion(text, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "x.yml")
+    assert message in str(err.value)
+
+
+def test_no_suggestion_for_a_key_like_none():
+    with pytest.raises(ConfigError) as err:
+        parse_config("models:\n  - {name: m, task: regression, colour: red}\n", "x.yml")
+    assert "did you mean" not in str(err.value)
+
+
+def test_a_yaml_syntax_error_names_the_file(tmp_path):
+    path = tmp_path / "broken.yml"
+    path.write_text("models:\n  - {name: m, task: regression\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert f'in "{path}", line 2' in str(err.value)
+    assert "<unicode string>" not in str(err.value)
 
 
 def test_serve_with_a_bad_config_is_a_usage_error(tmp_path):
