@@ -921,9 +921,13 @@ def metrics_app(registry: CollectorRegistry) -> Callable:
     fallback = make_wsgi_app(registry)
 
     def app(environ, start_response):
+        # Mounted at /metrics: only /metrics itself exists, for GET; the rest answers as the API does.
+        if environ.get("PATH_INFO") not in ("", "/"):
+            return _wsgi_error(start_response, 404, "no such path; the metrics are at /metrics")
+        if environ["REQUEST_METHOD"] != "GET":
+            return _wsgi_error(start_response, 405, "/metrics answers GET only", [("Allow", "GET")])
         encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT"))
-        plain_get = environ["REQUEST_METHOD"] == "GET" and environ.get("PATH_INFO") != "/favicon.ico"
-        if encoder is not generate_latest or not plain_get:
+        if encoder is not generate_latest:
             return fallback(environ, start_response)
         params = parse_qs(environ.get("QUERY_STRING", ""))
         target = registry.restricted_registry(params["name[]"]) if "name[]" in params else registry
@@ -936,6 +940,14 @@ def metrics_app(registry: CollectorRegistry) -> Callable:
         return [output]
 
     return app
+
+
+def _wsgi_error(start_response, status: int, message: str, headers: list | None = None) -> list[bytes]:
+    """The JSON error of :func:`error_body`, outside Flask (the /metrics app is mounted beside it)."""
+    name = _status_name(status)
+    body = orjson.dumps({"error": {"code": status, "name": name, "message": message}})
+    start_response(f"{status} {name}", [("Content-Type", "application/json"), *(headers or [])])
+    return [body]
 
 
 def _status_name(status: int) -> str:

@@ -356,6 +356,26 @@ def test_method_not_allowed_names_the_allowed_methods(client):
     assert r.status_code == 405 and "POST" in r.headers["Allow"]
 
 
+@pytest.mark.parametrize(
+    "method, path, status",
+    [("POST", "/metrics", 405), ("HEAD", "/metrics", 405), ("DELETE", "/metrics", 405), ("GET", "/metrics/foo", 404), ("GET", "/metrics/x/y", 404)],
+)
+def test_metrics_other_paths_and_methods_answer_the_json_error(client, method, path, status):
+    r = client.open(path, method=method)
+    assert r.status_code == status
+    assert r.headers["Content-Type"] == "application/json"
+    if method != "HEAD":
+        error = r.get_json()["error"]
+        assert error["code"] == status and error["message"]
+    if status == 405:
+        assert r.headers["Allow"] == "GET"
+
+
+def test_metrics_answers_with_a_trailing_slash(client):
+    r = client.get("/metrics/")
+    assert r.status_code == 200 and b"mlmon_" in r.data
+
+
 def test_metrics_can_be_filtered_by_name(client):
     client.post("/api/v1/predictions", json=churn(label="stay"))
     text = client.get("/metrics?name[]=mlmon_accuracy&name[]=mlmon_predictions_total").get_data(as_text=True)
