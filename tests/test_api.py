@@ -358,7 +358,13 @@ def test_method_not_allowed_names_the_allowed_methods(client):
 
 @pytest.mark.parametrize(
     "method, path, status",
-    [("POST", "/metrics", 405), ("HEAD", "/metrics", 405), ("DELETE", "/metrics", 405), ("GET", "/metrics/foo", 404), ("GET", "/metrics/x/y", 404)],
+    [
+        ("POST", "/metrics", 405),
+        ("HEAD", "/metrics", 405),
+        ("DELETE", "/metrics", 405),
+        ("GET", "/metrics/foo", 404),
+        ("GET", "/metrics/x/y", 404),
+    ],
 )
 def test_metrics_other_paths_and_methods_answer_the_json_error(client, method, path, status):
     r = client.open(path, method=method)
