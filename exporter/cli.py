@@ -263,25 +263,11 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
         wsgi = webconfig.Guard(app, web, peers=peers, registry=mlmon.registry)
     # Waitress's own body limit sits above the app's, so the app answers 413 in its JSON shape.
     # With TLS, waitress listens on a random loopback port behind the TLS listener (exporter/tls.py).
-    server = waitress.create_server(
-        wsgi,
-        host="127.0.0.1" if public is not None else host,
-        port=0 if public is not None else port,
-        threads=args.threads,
-        ident="mlmon",
-        max_request_body_size=2 * limit + 65536,
-        channel_timeout=60,
-        # Slow clients cost a connection each, not a thread (waitress reads whole requests before a worker
-        # sees them): allow many, so that a few hundred trickling connections do not lock others out.
-        connection_limit=1000,
-        # A batch body up to 1 MiB is buffered in memory (waitress's default spills bodies over 512 KiB to a
-        # temporary file: a batch of 1000 predictions with 30 features is 545 KiB), read 256 KiB per recv
-        # (default 8 KiB). Together they cut waitress's CPU per batch of 1000 from 1.3 to 0.35 ms
-        # (docs/performance.md); the worst case, every allowed connection holding a 1 MiB body, is 1 GiB.
-        inbuf_overflow=1 << 20,
-        recv_bytes=256 * 1024,
-        clear_untrusted_proxy_headers=True,
-    )
+    try:
+        server = _create_server(waitress, wsgi, host, port, public, args.threads, limit)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        mlmon.close()
+        parser.exit(1, f"mlmon serve: cannot listen on {host}:{port}: {exc.strerror or exc}\n")
     listener = None
     if public is not None:
         listener = tls.TLSListener(public, server.effective_port, web, peers)  # type: ignore[arg-type]
@@ -325,3 +311,26 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
         mlmon.close()  # a last checkpoint: the next start has no journal to replay
     log.info("stopped")
     return 0
+
+
+def _create_server(waitress, wsgi, host: str, port: int, public, threads: int, limit: int):
+    """waitress's server, bound (an OSError when the address is taken)."""
+    return waitress.create_server(
+        wsgi,
+        host="127.0.0.1" if public is not None else host,
+        port=0 if public is not None else port,
+        threads=threads,
+        ident="mlmon",
+        max_request_body_size=2 * limit + 65536,
+        channel_timeout=60,
+        # Slow clients cost a connection each, not a thread (waitress reads whole requests before a worker
+        # sees them): allow many, so that a few hundred trickling connections do not lock others out.
+        connection_limit=1000,
+        # A batch body up to 1 MiB is buffered in memory (waitress's default spills bodies over 512 KiB to a
+        # temporary file: a batch of 1000 predictions with 30 features is 545 KiB), read 256 KiB per recv
+        # (default 8 KiB). Together they cut waitress's CPU per batch of 1000 from 1.3 to 0.35 ms
+        # (docs/performance.md); the worst case, every allowed connection holding a 1 MiB body, is 1 GiB.
+        inbuf_overflow=1 << 20,
+        recv_bytes=256 * 1024,
+        clear_untrusted_proxy_headers=True,
+    )

@@ -20,6 +20,7 @@ survives a restart.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -34,6 +35,7 @@ from exporter.config import Storage
 log = logging.getLogger("mlmon.storage")
 
 DB_NAME = "mlmon.db"
+LOCK_NAME = "LOCK"  # held by the process that has the directory open (_DirLock)
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -89,12 +91,60 @@ def digest(body: bytes) -> bytes:
     return hashlib.blake2b(body, digest_size=16).digest()
 
 
+class _DirLock:
+    """One process per data directory: an exclusive ``flock`` on ``LOCK`` in it, held while a store is open.
+
+    Two exporters journalling into one directory would each replay the other's requests as their own. The
+    lock is per process (stores opened again in the same process, as tests do, share it) and the kernel
+    drops it when the process dies, so a crash never leaves a stale lock behind.
+    """
+
+    _held: dict[str, _DirLock] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, path: str, fd: int):
+        self.path, self.fd, self.users = path, fd, 0
+
+    @classmethod
+    def acquire(cls, path: str) -> _DirLock:
+        with cls._guard:
+            lock = cls._held.get(path)
+            if lock is None:
+                name = os.path.join(path, LOCK_NAME)
+                try:
+                    fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644)
+                except OSError as exc:
+                    raise StorageError(f"cannot open {name}: {exc.strerror}") from None
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise StorageError(
+                        f"the data directory {path} is in use by another mlmon process (pid {owner}); "
+                        "give each exporter its own storage.path"
+                    ) from None
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                lock = cls._held[path] = cls(path, fd)
+            lock.users += 1
+            return lock
+
+    def release(self) -> None:
+        with self._guard:
+            self.users -= 1
+            if self.users == 0:
+                self._held.pop(self.path, None)
+                os.close(self.fd)  # closing the descriptor releases the flock
+
+
 class Store:
     """The journal, the snapshot and the Idempotency-Keys; thread-safe (one connection behind a lock)."""
 
     def __init__(self, settings: Storage):
         self.settings = settings
         self.durable = settings.backend == "sqlite"
+        self._dir_lock: _DirLock | None = None
         if self.durable:
             path = os.path.abspath(settings.path)
             try:
@@ -102,6 +152,7 @@ class Store:
             except OSError as exc:
                 raise StorageError(f"cannot create the data directory {path} (storage.path): {exc.strerror}") from None
             self.file = os.path.join(path, DB_NAME)
+            self._dir_lock = _DirLock.acquire(path)
         else:
             self.file = ":memory:"
         self.lock = threading.Lock()
@@ -118,7 +169,12 @@ class Store:
             self.replica = self._replica_id()
             self.last_seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()[0]
             self.journal_bytes = self.db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM journal").fetchone()[0]
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StorageError) as exc:
+            if self._dir_lock is not None:
+                self._dir_lock.release()
+                self._dir_lock = None
+            if isinstance(exc, StorageError):
+                raise
             raise StorageError(f"{self.file}: {exc}") from None
 
     # -- opening ------------------------------------------------------------------------------------
@@ -252,3 +308,6 @@ class Store:
     def close(self) -> None:
         with self.lock:
             self.db.close()
+            if self._dir_lock is not None:
+                self._dir_lock.release()
+                self._dir_lock = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ import pytest
 from exporter.app import create_app
 from exporter.config import parse_config
 from tests.conftest import Clock, Metrics, scrape
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CONFIG = """
 windows: ["5m", "1h"]
@@ -322,3 +325,40 @@ def test_the_same_key_twice_at_once_is_applied_once(tmp_path):
         t.join()
     assert set(codes) <= {202, 409} and codes.count(202) >= 1, codes
     assert scrape(app.test_client()).get("mlmon_predictions_total", model="price", version="default") == 50
+
+
+def test_a_second_process_on_the_same_data_directory_is_refused(tmp_path):
+    """Two exporters on one data directory would replay each other's journal: the second must not start."""
+    import subprocess
+    import sys
+
+    from exporter.config import Storage
+    from exporter.storage import StorageError, Store
+
+    data = tmp_path / "data"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from exporter.config import Storage; from exporter.storage import Store; "
+            f"s = Store(Storage(backend='sqlite', path={str(data)!r})); print('open', flush=True); "
+            "sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StorageError, match=rf"in use by another mlmon process \(pid {holder.pid}\)"):
+            Store(Storage(backend="sqlite", path=str(data)))
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    # The holder has exited: the kernel released its lock, and the directory opens (and reopens in-process).
+    first = Store(Storage(backend="sqlite", path=str(data)))
+    second = Store(Storage(backend="sqlite", path=str(data)))
+    second.close()
+    first.close()
+    Store(Storage(backend="sqlite", path=str(data))).close()
