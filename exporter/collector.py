@@ -113,7 +113,9 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
     abs_err = CounterFamily("mlmon_absolute_error", "Sum of |prediction - label| of regression models.", labels=MV)
     sq_err = CounterFamily("mlmon_squared_error", "Sum of (prediction - label)^2 of regression models.", labels=MV)
     last_pred = GaugeFamily(
-        "mlmon_last_prediction_timestamp_seconds", "Time of the newest prediction received (unix seconds).", labels=MV
+        "mlmon_last_prediction_timestamp_seconds",
+        "Arrival time of the newest prediction, by the exporter's clock (unix seconds).",
+        labels=MV,
     )
     last_label = GaugeFamily(
         "mlmon_last_label_timestamp_seconds", "Time the newest label was joined (unix seconds).", labels=MV

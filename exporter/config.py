@@ -569,11 +569,20 @@ def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Con
         else:
             secs = [ck.duration(f"windows[{i}]", w) for i, w in enumerate(wn.value)]
             if all(s is not None for s in secs):
-                if len(set(secs)) != len(secs):
-                    ck.fail("windows", wn, "has two windows of the same length")
-                elif any(s < 10 or s > 90 * 86400 for s in secs):  # type: ignore[operator]
-                    ck.fail("windows", wn, "each window must be from 10s to 90d long")
-                else:
+                bad = [i for i, s in enumerate(secs) if not 10 <= s <= 90 * 86400]  # type: ignore[operator]
+                same = [i for i, s in enumerate(secs) if s in secs[:i]]
+                for i in bad:
+                    ck.fail(
+                        f"windows[{i}]", wn.value[i], f"{wn.value[i].value!r}: a window must be from 10s to 90d long"
+                    )
+                for i in same:
+                    first = wn.value[secs.index(secs[i])].value
+                    ck.fail(
+                        f"windows[{i}]",
+                        wn.value[i],
+                        f"{wn.value[i].value!r} is as long as {first!r}, an earlier window",
+                    )
+                if not bad and not same:
                     windows = tuple(w.value for w in wn.value)
                     window_seconds = tuple(secs)  # type: ignore[arg-type]
 

@@ -301,10 +301,13 @@ class Validator:
         if ts <= 0:
             it.fail("timestamp", "invalid_value", "must be after 1970")
         elif ts > now + FUTURE_SKEW_SECONDS:
+            hint = ""
+            if 946_684_800 <= ts / 1000 <= now + FUTURE_SKEW_SECONDS:  # a time since 2000, in milliseconds
+                hint = "; it looks like milliseconds: send unix seconds (milliseconds / 1000)"
             it.fail(
                 "timestamp",
                 "invalid_value",
-                f"is {ts - now:.0f}s in the future (clock skew up to {FUTURE_SKEW_SECONDS:.0f}s is tolerated)",
+                f"is {ts - now:.0f}s in the future (clock skew up to {FUTURE_SKEW_SECONDS:.0f}s is tolerated){hint}",
             )
         return min(ts, now)
 

@@ -280,6 +280,15 @@ def test_an_item_without_its_model_is_rejected_with_one_model_configured(path, i
     assert scrape(client).get("mlmon_ingest_errors_total", model="", reason="missing_field") == 1
 
 
+def test_a_millisecond_timestamp_gets_a_hint(client, clock):
+    r = client.post("/api/v1/predictions", json=churn(timestamp=clock.now * 1000))
+    assert r.status_code == 400
+    detail = r.get_json()["error"]["details"][0]
+    assert detail["field"] == "timestamp" and "looks like milliseconds" in detail["message"]
+    r = client.post("/api/v1/predictions", json=churn(timestamp=clock.now + 10 * 86400))
+    assert r.status_code == 400 and "milliseconds" not in r.get_json()["error"]["details"][0]["message"]
+
+
 def test_rfc3339_and_unix_timestamps(client, clock):
     from datetime import datetime, timezone
 

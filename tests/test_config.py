@@ -106,7 +106,7 @@ def test_every_problem_is_reported_at_once():
         ("models:\n  - {name: a, task: multiclass, classes: [x, x]}", "duplicate class names"),
         ("models:\n  - {name: a, task: regression, classes: [x, y]}", "only applies to classification"),
         ("models:\n  - {name: 'a b', task: regression}", "models[0].name"),
-        ("windows: [5m, 300s]\nmodels:\n  - {name: a, task: regression}", "same length"),
+        ("windows: [5m, 300s]\nmodels:\n  - {name: a, task: regression}", "as long as"),
         ("models:\n  - {name: a, task: regression, prediction_buckets: [3, 1]}", "increasing order"),
         ("models: [\n", "not valid YAML"),
         ("models:\n  - {name: a, task: regression}\nmodels: []", "duplicate key 'models'"),
@@ -269,3 +269,39 @@ def test_thresholds_default_then_file_wide_then_per_model():
 def test_bad_thresholds_are_explained(text):
     found = "\n".join(problems(f"{text}\nmodels:\n  - {{name: a, task: regression}}"))
     assert "line 1: thresholds.ac" in found
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = tmp_path / "mlmon.yml"
+        config.write_text("models:\n  - {name: m, task: regression}\n")
+        result = subprocess.run(
+            [sys.executable, "-m", "exporter", "serve", "--config", str(config), "--host", "127.0.0.1"]
+            + ["--port", str(port), "--log.level", "error"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"mlmon serve: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    "windows, message",
+    [
+        ('["5m", "300s"]', "windows[1]: '300s' is as long as '5m', an earlier window"),
+        ('["5s", "1h"]', "windows[0]: '5s': a window must be from 10s to 90d long"),
+        ('["1h", "91d"]', "windows[1]: '91d': a window must be from 10s to 90d long"),
+    ],
+)
+def test_a_window_error_names_the_window(windows, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(f"windows: {windows}\nmodels:\n  - {{name: m, task: regression}}\n", "x.yml")
+    assert f"x.yml: line 1: {message}" in str(err.value)
