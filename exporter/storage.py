@@ -117,15 +117,23 @@ class _DirLock:
                     raise StorageError(f"cannot open {name}: {exc.strerror}") from None
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
+                except BlockingIOError:
                     owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
                     os.close(fd)
                     raise StorageError(
                         f"the data directory {path} is in use by another mlmon process (pid {owner}); "
                         "give each exporter its own storage.path"
                     ) from None
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                except OSError as exc:  # a file system without flock (some NFS): run, as before the lock
+                    os.close(fd)
+                    fd = -1
+                    log.warning(
+                        "cannot lock the data directory; a second exporter on it would not be refused",
+                        extra={"fields": {"path": path, "error": exc.strerror}},
+                    )
+                if fd >= 0:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
                 lock = cls._held[path] = cls(path, fd)
             lock.users += 1
             return lock
@@ -135,7 +143,8 @@ class _DirLock:
             self.users -= 1
             if self.users == 0:
                 self._held.pop(self.path, None)
-                os.close(self.fd)  # closing the descriptor releases the flock
+                if self.fd >= 0:
+                    os.close(self.fd)  # closing the descriptor releases the flock
 
 
 class Store:

@@ -362,3 +362,19 @@ def test_a_second_process_on_the_same_data_directory_is_refused(tmp_path):
     second.close()
     first.close()
     Store(Storage(backend="sqlite", path=str(data))).close()
+
+
+def test_a_file_system_without_locks_still_opens_with_a_warning(tmp_path, monkeypatch, caplog):
+    import errno
+
+    from exporter import storage
+    from exporter.config import Storage
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(storage.fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING", logger="mlmon.storage"):
+        store = storage.Store(Storage(backend="sqlite", path=str(tmp_path / "data")))
+    store.close()
+    assert "cannot lock the data directory" in caplog.text
