@@ -463,8 +463,13 @@ def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float], b
                 if "name" not in fm or "type" not in fm:
                     continue
                 fname, ftype = fm["name"].value, fm["type"].value
-                if not isinstance(fname, str) or not NAME_RE.match(fname):
-                    ck.fail(f"{fpath}.name", fm["name"], "must be 1-64 characters of letters, digits, '_', '.', '-'")
+                if not isinstance(fname, str) or not 0 < len(fname) <= 128 or not fname.isprintable():
+                    ck.fail(
+                        f"{fpath}.name",
+                        fm["name"],
+                        "must be 1 to 128 printable characters (spaces, parentheses, slashes and dots are fine; "
+                        "no tabs or newlines)",
+                    )
                 elif fname in seen:
                     ck.fail(f"{fpath}.name", fm["name"], f"duplicate feature name {fname!r}")
                 elif ftype not in FEATURE_TYPES:

@@ -123,6 +123,10 @@ def label_type(model: ModelConfig) -> type:
     )
 
 
+def _renamable(name: str) -> bool:
+    return '"' not in name and "\\" not in name and name.isprintable()
+
+
 # The union member that keeps "model" required (see FastDecoder); its tag is no valid model name.
 _NoModel = msgspec.defstruct(
     "NoModel", [], tag_field="model", tag="\x00", forbid_unknown_fields=True, namespace={"MODEL": None}
@@ -143,7 +147,9 @@ class FastDecoder:
     def __init__(self, validator):
         self.validator = validator
         self._class_index = validator.class_index
-        models = validator.config.models
+        # A model with a feature name msgspec cannot rename to (a quote or a backslash in it) is left out:
+        # its items fail the tag look-up and go to the general path.
+        models = [m for m in validator.config.models if all(_renamable(f.name) for f in m.features)]
         limit = validator.config.limits.max_batch_size
         self.enabled = bool(models)
         if not self.enabled:

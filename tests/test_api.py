@@ -573,3 +573,29 @@ def test_metrics_text_is_client_pythons_byte_for_byte(client):
     openmetrics = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert openmetrics.headers["Content-Type"].startswith("application/openmetrics-text")
     assert openmetrics.get_data(as_text=True).endswith("# EOF\n")
+
+
+def test_feature_names_with_spaces_quotes_and_slashes_are_served_and_escaped():
+    """scikit-learn's own column names, and the characters the exposition format must escape."""
+    import json
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = ["mean radius", "petal length (cm)", "od280/od315_of_diluted_wines", 'quote"d', "back\\slash", "âge µ"]
+    features = "".join(f"      - {{name: {json.dumps(n)}, type: numeric}}\n" for n in names)
+    app, _ = make_app(f"models:\n  - name: m\n    task: regression\n    features:\n{features}")
+    client = app.test_client()
+    rows = [{"model": "m", "id": str(i), "prediction": 1.0, "features": {n: i / 10 for n in names}} for i in range(20)]
+    rows[0]["features"]["petal length (cm)"] = None
+    assert client.post("/api/v1/predictions", json={"predictions": rows}).status_code == 202
+    r = client.post("/api/v1/predictions", json={"model": "m", "prediction": 1.0, "features": {'quote"d': "x"}})
+    assert r.status_code == 400 and r.get_json()["error"]["details"][0]["field"] == 'features.quote"d'
+    samples = [
+        s
+        for f in text_string_to_metric_families(client.get("/metrics").data.decode())
+        for s in f.samples
+        if s.name == "mlmon_feature_missing_total"
+    ]
+    assert {s.labels["feature"]: s.value for s in samples} == {
+        n: (1.0 if n == "petal length (cm)" else 0.0) for n in names
+    }

@@ -305,3 +305,24 @@ def test_a_window_error_names_the_window(windows, message):
     with pytest.raises(ConfigError) as err:
         parse_config(f"windows: {windows}\nmodels:\n  - {{name: m, task: regression}}\n", "x.yml")
     assert f"x.yml: line 1: {message}" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "name", ["mean radius", "petal length (cm)", "od280/od315_of_diluted_wines", 'a"b\\c', "âge µ", "x" * 128]
+)
+def test_feature_names_as_data_sets_have_them(name):
+    import json
+
+    text = "models:\n  - name: m\n    task: regression\n    features:\n"
+    text += f"      - {{name: {json.dumps(name)}, type: numeric}}\n"
+    assert parse_config(text).models[0].features[0].name == name
+
+
+@pytest.mark.parametrize("name", ["", "x" * 129, "tab\there", "new\nline"])
+def test_feature_names_that_cannot_be_label_values_are_refused(name):
+    import json
+
+    text = "models:\n  - name: m\n    task: regression\n    features:\n"
+    text += f"      - {{name: {json.dumps(name)}, type: numeric}}\n"
+    with pytest.raises(ConfigError, match=r"features\[0\]\.name: must be 1 to 128 printable characters"):
+        parse_config(text)

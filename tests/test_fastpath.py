@@ -40,6 +40,8 @@ models:
       - {name: tenure, type: numeric}
       - {name: user.age, type: numeric}
       - {name: plan-type, type: categorical}
+      - {name: "mean radius (cm)", type: numeric}
+      - {name: "od280/od315 ratio", type: categorical}
       - {name: region, type: categorical}
     segments: {features: [region]}
   - name: iris
@@ -147,7 +149,14 @@ def item(draw, valid=None):
     pick = (lambda s: draw(s)) if valid else (lambda s: draw(st.one_of(s, anything)))
     out: dict = {"model": model if valid or draw(st.integers(0, 9)) else draw(st.sampled_from(["nope", 3, None]))}
     if model == "churn":
-        feats = {"tenure": numbers, "user.age": numbers, "plan-type": categories, "region": categories}
+        feats = {
+            "tenure": numbers,
+            "user.age": numbers,
+            "plan-type": categories,
+            "region": categories,
+            "mean radius (cm)": numbers,
+            "od280/od315 ratio": categories,
+        }
         classes = st.sampled_from(["stay", "churn"])
     elif model == "iris":
         feats = {"petal_length": numbers}
@@ -158,7 +167,9 @@ def item(draw, valid=None):
     if draw(st.integers(0, 9)):
         features = {name: pick(s) for name, s in feats.items() if draw(st.integers(0, 5))}
         if not valid and draw(st.integers(0, 3)) == 0:
-            features[draw(st.sampled_from(["other", "tenure ", "v0", "ATTRIBUTES"]))] = pick(numbers)
+            features[
+                draw(st.sampled_from(["other", "tenure ", "v0", "ATTRIBUTES", "mean radius", "mean radius (cm) "]))
+            ] = pick(numbers)
         out["features"] = features
     if draw(st.integers(0, 19)):
         out["prediction"] = pick(classes)
@@ -278,6 +289,8 @@ def test_binning_is_the_same_for_both_paths():
         "user.age": list(rng.normal(size=500)),
         "plan-type": list(rng.choice(["a", "b", "c"], 500)),
         "region": list(rng.choice(["eu", "us"], 500)),
+        "mean radius (cm)": list(rng.normal(size=500)),
+        "od280/od315 ratio": list(rng.choice(["x", "y"], 500)),
     }
     profile = build_profile(columns, model)
     binner = Binner(model, profile)
@@ -288,6 +301,8 @@ def test_binning_is_the_same_for_both_paths():
             "user.age": float(rng.normal()),
             "plan-type": ["a", "b", "c", "d", "", True, 1][i % 7],
             "region": None if i % 5 == 0 else ["eu", "us", "apac"][i % 3],
+            "mean radius (cm)": float(rng.normal(-0.2)),
+            "od280/od315 ratio": ["x", "y", "z"][i % 3],
         }
         if i % 11 == 0:
             del feats["user.age"]
@@ -427,6 +442,8 @@ def test_categorical_counts_match_a_direct_count():
         "user.age": list(rng.normal(size=300)),
         "plan-type": list(rng.choice(["a", "b", "c", "1", "true"], 300)),
         "region": list(rng.choice(["eu", "us"], 300)),
+        "mean radius (cm)": list(rng.normal(size=300)),
+        "od280/od315 ratio": list(rng.choice(["x", "y"], 300)),
     }
     binner = Binner(model, build_profile(columns, model))
     ref = binner.refs["plan-type"]
