@@ -28,6 +28,7 @@ WORKDIR /src
 # pyproject.toml names README.md as the long description, so the build needs it.
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
+COPY clients/python/mlmon_client ./clients/python/mlmon_client
 # No lock file: the version ranges of pyproject.toml apply, as for `pip install mlmon`.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir '.[demo,redis]' \

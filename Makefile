@@ -41,12 +41,12 @@ test: venv system-deps
 	$(PY) -m pytest -q
 
 lint: venv
-	$(VENV)/bin/ruff check exporter tests bench examples grafana
-	$(VENV)/bin/ruff format --check exporter tests bench examples grafana
+	$(VENV)/bin/ruff check exporter clients tests bench examples grafana
+	$(VENV)/bin/ruff format --check exporter clients tests bench examples grafana
 
 fmt: venv
-	$(VENV)/bin/ruff format exporter tests bench examples grafana
-	$(VENV)/bin/ruff check --fix exporter tests bench examples grafana
+	$(VENV)/bin/ruff format exporter clients tests bench examples grafana
+	$(VENV)/bin/ruff check --fix exporter clients tests bench examples grafana
 
 # The benchmarks run in their own virtualenv: the exporter plus the peers they are compared with
 # (Evidently, pandas, matplotlib; bench/requirements.txt), which mlmon itself never depends on.

@@ -30,9 +30,8 @@ from flask import Flask, jsonify, request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import mlmon_client as mlmon  # noqa: E402  (the light client: pip install ./clients/python)
 import scenario  # noqa: E402  (the demo's data sets and models)
-
-from exporter import client as mlmon  # noqa: E402
 
 log = logging.getLogger("model_server")
 

@@ -702,7 +702,14 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_sends_only_what_the_image_needs():
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     patterns = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
-    for path in ("pyproject.toml", "README.md", "exporter/cli.py", "examples/model_server.py", "examples/config.yml"):
+    for path in (
+        "pyproject.toml",
+        "README.md",
+        "exporter/cli.py",
+        "clients/python/mlmon_client/__init__.py",  # the exporter's package ships the client too
+        "examples/model_server.py",
+        "examples/config.yml",
+    ):
         assert not dockerignored(path, patterns), f"{path} must reach the build"
     for path in (
         ".git/HEAD",
@@ -712,6 +719,7 @@ def test_dockerignore_sends_only_what_the_image_needs():
         ".pytest_cache/v/cache/nodeids",
         "tests/test_api.py",
         "mlmon.egg-info/PKG-INFO",
+        "clients/python/pyproject.toml",
     ):
         assert dockerignored(path, patterns), f"{path} must stay out of the build context"
 
