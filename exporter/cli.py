@@ -218,7 +218,6 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
         if not port_text.isdigit():
             parser.error(f"--web.listen-address {args.listen!r} is not HOST:PORT")
         host, port = host.strip("[]") or "0.0.0.0", int(port_text)
-    import waitress
 
     from exporter import webconfig
     from exporter.app import create_app, tune_gc
@@ -264,7 +263,7 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
     # Waitress's own body limit sits above the app's, so the app answers 413 in its JSON shape.
     # With TLS, waitress listens on a random loopback port behind the TLS listener (exporter/tls.py).
     try:
-        server = _create_server(waitress, wsgi, host, port, public, args.threads, limit)
+        server = _create_server(wsgi, host, port, public is not None, args.threads, limit)
     except OSError as exc:  # the port is taken, or the address is not this machine's
         mlmon.close()
         parser.exit(1, f"mlmon serve: cannot listen on {host}:{port}: {exc.strerror or exc}\n")
@@ -313,12 +312,14 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
     return 0
 
 
-def _create_server(waitress, wsgi, host: str, port: int, public, threads: int, limit: int):
+def _create_server(wsgi, host: str, port: int, behind_tls: bool, threads: int, limit: int):
     """waitress's server, bound (an OSError when the address is taken)."""
+    import waitress
+
     return waitress.create_server(
         wsgi,
-        host="127.0.0.1" if public is not None else host,
-        port=0 if public is not None else port,
+        host="127.0.0.1" if behind_tls else host,
+        port=0 if behind_tls else port,
         threads=threads,
         ident="mlmon",
         max_request_body_size=2 * limit + 65536,

@@ -124,7 +124,7 @@ def label_type(model: ModelConfig) -> type:
 
 
 def _renamable(name: str) -> bool:
-    return '"' not in name and "\\" not in name and name.isprintable()
+    return '"' not in name and "\\" not in name  # the config already refuses control characters
 
 
 # The union member that keeps "model" required (see FastDecoder); its tag is no valid model name.

@@ -381,7 +381,11 @@ class VersionState:
             snap.abs_error, snap.sq_error = self.abs_error, self.sq_error
         snap.windows = {name: ring.totals(now) for name, ring in zip(self.window_names, self.rings)}
         arrays = SPAN_ARRAYS["classification" if self.model.is_classification else "regression"]
-        snap.spans = {s.name: self.rings[s.window].recent(now, s.buckets, arrays) for s in self.spans}
+        sums: dict[str, dict[str, np.ndarray]] = {}
+        for i, ring in enumerate(self.rings):
+            mine = [s for s in self.spans if s.window == i]
+            sums.update(zip((s.name for s in mine), ring.recents(now, [s.buckets for s in mine], arrays)))
+        snap.spans = {s.name: sums[s.name] for s in self.spans}
         snap.segments = {
             key: {name: ring.totals(now) for name, ring in zip(self.window_names, rings)}
             for key, rings in self.segments.items()

@@ -178,12 +178,11 @@ class Store:
             self.replica = self._replica_id()
             self.last_seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()[0]
             self.journal_bytes = self.db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM journal").fetchone()[0]
-        except (sqlite3.Error, StorageError) as exc:
-            if self._dir_lock is not None:
-                self._dir_lock.release()
-                self._dir_lock = None
-            if isinstance(exc, StorageError):
-                raise
+        except StorageError:
+            self._release_dir()
+            raise
+        except sqlite3.Error as exc:
+            self._release_dir()
             raise StorageError(f"{self.file}: {exc}") from None
 
     # -- opening ------------------------------------------------------------------------------------
@@ -317,6 +316,9 @@ class Store:
     def close(self) -> None:
         with self.lock:
             self.db.close()
-            if self._dir_lock is not None:
-                self._dir_lock.release()
-                self._dir_lock = None
+            self._release_dir()
+
+    def _release_dir(self) -> None:
+        if self._dir_lock is not None:
+            self._dir_lock.release()
+            self._dir_lock = None

@@ -81,6 +81,21 @@ class Ring:
         live = (self.bucket_of_slot > current - k) & (self.bucket_of_slot <= current)
         return {name: self.arrays[name][live].sum(axis=0) for name in names}
 
+    def recents(self, now: float, ks: Sequence[int], names: Sequence[str]) -> list[dict[str, np.ndarray]]:
+        """:meth:`recent` for each k of ``ks`` at once: the live buckets ordered newest first and summed
+        cumulatively, one pass over the ring whatever the number of spans."""
+        age = int(np.floor(now / self.width)) - self.bucket_of_slot
+        live = np.flatnonzero((age >= 0) & (age < self.k))
+        live = live[np.argsort(age[live], kind="stable")]
+        counts = np.searchsorted(age[live], ks)  # live buckets newer than k buckets: the span's
+        out: list[dict[str, np.ndarray]] = [{} for _ in ks]
+        for name in names:
+            a = self.arrays[name]
+            cumulative = np.concatenate([np.zeros((1, *a.shape[1:]), a.dtype), a[live].cumsum(axis=0)])
+            for sums, n in zip(out, counts):
+                sums[name] = cumulative[n]
+        return out
+
 
 @dataclass(frozen=True)
 class Span:

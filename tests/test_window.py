@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.window import Ring
 
@@ -67,3 +69,24 @@ def test_memory_does_not_depend_on_traffic():
         add(r, T + minute * 60 + np.arange(1000) * 0.05, now=T + minute * 60 + 59)
     assert r.nbytes() == before
     assert r.totals(T + 99 * 60 + 59)["n"] == 5000
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.lists(st.tuples(st.floats(0, 900), st.floats(-5, 5)), max_size=60),
+    st.floats(0, 1200),
+    st.lists(st.integers(1, 5), min_size=1, max_size=6),
+)
+def test_recents_at_once_equal_recent_one_by_one(events, now_offset, ks):
+    """The one-pass sums of the spans (used by every scrape) agree with the plain masked sum of each span."""
+    r = ring()
+    for offset, value in sorted(events):
+        slots = r.slots(np.array([T + offset]), T + offset)
+        if slots[0] >= 0:
+            r.arrays["n"][slots[0]] += 1
+            r.arrays["v"][slots[0]] += (value, value * value)
+    now = T + now_offset
+    for k, got in zip(ks, r.recents(now, ks, ["n", "v"])):
+        want = r.recent(now, k, ["n", "v"])
+        assert got["n"] == want["n"] and got["n"].dtype == want["n"].dtype
+        np.testing.assert_allclose(got["v"], want["v"], rtol=1e-12, atol=1e-12)
