@@ -37,11 +37,11 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from exporter import reference  # noqa: E402
-from exporter.collector import IngestErrors, MlmonCollector  # noqa: E402
 from exporter.config import parse_config  # noqa: E402
-from exporter.state import ModelState, ServerReports  # noqa: E402
-from exporter.validation import Label, Prediction  # noqa: E402
+from exporter.engine.state import ModelState, ServerReports  # noqa: E402
+from exporter.ingest.validation import IngestErrors, Label, Prediction  # noqa: E402
+from exporter.serve.collector import MlmonCollector  # noqa: E402
+from exporter.stats import reference  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RULES_DIR = os.path.join(ROOT, "prometheus", "rules")

@@ -1,9 +1,9 @@
 """Drift: false alarms and detection at the default thresholds, binned figures against the exact ones on
 raw rows, and what drift costs at ingest and at scrape time.
 
-Everything goes through the exporter's own code: a profile from `exporter.reference.build_profile`, each
-window binned by `exporter.binning.Binner` and summed with `exporter.binning.scatter` into the arrays of
-one window slot, and its figures from `exporter.binning.window_drift` (min_samples and all), decided with
+Everything goes through the exporter's own code: a profile from `exporter.stats.reference.build_profile`, each
+window binned by `exporter.stats.binning.Binner` and summed with `exporter.stats.binning.scatter` into the arrays of
+one window slot, and its figures from `exporter.stats.binning.window_drift` (min_samples and all), decided with
 the model's default thresholds. So the rates below are what a user gets with the defaults.
 
 Run: python bench/bench_drift.py [--full]   (prints a JSON summary; bench/run.py writes docs/benchmarks.md from
@@ -82,11 +82,12 @@ def _draw(rng: np.random.Generator, n: int, condition: str, std: dict[str, float
 
 def _window(model, profile, binner, cols: dict[str, np.ndarray], n: int):
     """Bin one window of raw rows the way ingest does, sum it like a window, and compute its figures."""
-    from exporter.binning import drift_schema, scatter, window_drift
+    from exporter.ingest.columns import bin_rows
+    from exporter.stats.binning import drift_schema, scatter, window_drift
 
     names = binner.names
     feats = [dict(zip(names, row)) for row in zip(*(cols[k].tolist() for k in names))]
-    binned = binner.bin(feats, [0.0] * n)
+    binned = bin_rows(binner, feats, [0.0] * n)
     arrays = {k: np.zeros((1, *shape), dtype) for k, (shape, dtype) in drift_schema(model).items()}
     slots = np.zeros(n, dtype=np.int64)
     for name, (ev, idx, weights) in binned.scatter.items():
@@ -101,10 +102,10 @@ def _seeds(seeds: list[int]) -> dict:
     from scipy.spatial.distance import jensenshannon
     from scipy.stats import chi2_contingency, ks_2samp, wasserstein_distance
 
-    from exporter import drift
-    from exporter.binning import Binner
     from exporter.config import parse_config
-    from exporter.reference import build_profile
+    from exporter.stats import drift
+    from exporter.stats.binning import Binner
+    from exporter.stats.reference import build_profile
 
     model = parse_config(MODEL_YAML).models[0]
     alarms: dict[str, int] = {}  # "feature|condition|n|method" -> windows over threshold
@@ -327,8 +328,8 @@ def _ingest_in_process(features: int, batch: int = 1000, rounds: int = 10) -> di
     import orjson
 
     from bench.common import median_of
-    from exporter.app import create_app
     from exporter.config import parse_config
+    from exporter.serve.app import create_app
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -365,8 +366,8 @@ def scrape(features: int = 30, sizes=(10_000, 100_000, 1_000_000), batch: int = 
     reference at the first size for comparison."""
     from prometheus_client import generate_latest
 
-    from exporter.app import create_app
     from exporter.config import parse_config
+    from exporter.serve.app import create_app
 
     def exposition(registry) -> tuple[float, int, int]:
         times = []
@@ -429,8 +430,8 @@ def scrape(features: int = 30, sizes=(10_000, 100_000, 1_000_000), batch: int = 
 def _drift_time(state, now: float) -> dict:
     """Where a scrape's drift time goes: window_drift over every window of the snapshot, and within it the
     KS statistic with its p-value (drift.ks) of every numeric feature."""
-    from exporter import drift
-    from exporter.binning import window_drift
+    from exporter.stats import drift
+    from exporter.stats.binning import window_drift
 
     snap = state.snapshot(now)
     model = snap.config
@@ -463,7 +464,7 @@ def ks_cost(
 ) -> list[dict]:
     """Time of one drift.ks call (statistic + p-value) by reference rows and window events: the slowest
     over KS gaps from 0.002 to 0.2 (the window's mass moved from the lowest bins above the range)."""
-    from exporter import drift
+    from exporter.stats import drift
 
     rows = []
     drift.ks(np.ones(42), np.ones(42))  # warm up (first-call imports)
@@ -504,7 +505,7 @@ def ks_formula(effective=(10, 30, 100, 1_000, 10_000, 100_000), points: int = 10
     ks_2samp(method="asymp") uses), at the same statistic: the largest difference over a grid of statistics."""
     from scipy.stats import kstwo
 
-    from exporter import drift
+    from exporter.stats import drift
 
     rows = []
     for en in effective:

@@ -206,8 +206,8 @@ def _restart(text: str) -> tuple[float, dict]:
 
 
 def _restart_here(text: str) -> dict:
-    from exporter.app import create_app
     from exporter.config import parse_config
+    from exporter.serve.app import create_app
 
     config = parse_config(text)
     started = time.perf_counter()
@@ -224,8 +224,8 @@ def checkpoints(
     """In process: fill the pending store with waiting predictions (no labels), then checkpoint `runs`
     times at each size (once above `single_above`); also the time of a restart from that snapshot (journal
     empty). The fill goes straight to the model state: the journal stays empty."""
-    from exporter.app import create_app
     from exporter.config import parse_config
+    from exporter.serve.app import create_app
 
     text = config_text(models=1, features=30, limits={"max_pending_per_model": 2 * sizes[-1]})
     config = parse_config(text)
@@ -271,8 +271,8 @@ def checkpoints(
 def restarts(sizes=(10_000, 100_000, 1_000_000), runs: int = 3, single_above: int = 100_000) -> list[dict]:
     """Restart time with a journal of n predictions and no snapshot (median of `runs` restarts, one run
     above `single_above`). The journal is written as ingest writes it (`Store.append` of the raw bodies)."""
-    from exporter.app import create_app
     from exporter.config import parse_config
+    from exporter.serve.app import create_app
 
     bodies = templates(BATCH, 3)
     rows = []

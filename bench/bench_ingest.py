@@ -60,11 +60,11 @@ def server_cpu_seconds(pid: int) -> float:
 
 
 def in_process(batch_size: int = 1000, rounds: int = 20, text: str | None = None) -> dict:
-    from exporter import reference
     from exporter.config import parse_config
-    from exporter.fastpath import FastDecoder
-    from exporter.state import ModelState
-    from exporter.validation import Validator
+    from exporter.engine.state import ModelState
+    from exporter.ingest.fastpath import FastDecoder
+    from exporter.ingest.validation import Validator
+    from exporter.stats import reference
 
     config = parse_config(text or config_text(models=1, features=30))
     clock = [1_800_000_000.0]
@@ -104,9 +104,9 @@ def stages(batch_size: int = 1000, rounds: int = 100) -> dict:
     the general path's parse and validation (what invalid bodies go through)."""
     import statistics
 
-    from exporter import storage
-    from exporter.app import create_app, tune_gc
     from exporter.config import parse_config
+    from exporter.engine import storage
+    from exporter.serve.app import create_app, tune_gc
 
     tune_gc()
     clock = [1_800_000_000.0]

@@ -30,8 +30,8 @@ def measure(sizes: list[int], with_ids: bool) -> list[dict]:
     import tracemalloc
 
     from exporter.config import parse_config
-    from exporter.state import ModelState
-    from exporter.validation import Validator
+    from exporter.engine.state import ModelState
+    from exporter.ingest.validation import Validator
 
     config = parse_config(config_text(models=1, features=30))
     now = [1_800_000_000.0]

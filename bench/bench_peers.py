@@ -124,8 +124,8 @@ def config_text(features: int) -> str:
 
 def _mlmon_state(features: int):
     from exporter.config import parse_config
-    from exporter.reference import build_profile
-    from exporter.state import ModelState
+    from exporter.engine.state import ModelState
+    from exporter.stats.reference import build_profile
 
     config = parse_config(config_text(features))
     model = config.models[0]
@@ -136,7 +136,7 @@ def _mlmon_state(features: int):
 
 def _events(x: np.ndarray, score: np.ndarray, label: np.ndarray, now: float) -> list:
     """Events as the validator builds them (class indices: no = 0, yes = 1; the score of "yes")."""
-    from exporter.validation import Prediction
+    from exporter.ingest.validation import Prediction
 
     names = [f"f{j}" for j in range(x.shape[1])]
     pred = (score >= 0.5).astype(np.int64).tolist()
@@ -152,8 +152,8 @@ def _events(x: np.ndarray, score: np.ndarray, label: np.ndarray, now: float) -> 
 
 def mlmon_refresh(state, now: float) -> dict:
     """What a scrape computes for the model's window: ring totals, drift and quality figures."""
-    from exporter import quality
-    from exporter.binning import window_drift
+    from exporter.stats import quality
+    from exporter.stats.binning import window_drift
 
     snap = state.snapshot(now)
     totals = snap.versions[0].windows["1h"]
@@ -173,7 +173,7 @@ def mlmon_refresh(state, now: float) -> dict:
 
 def mlmon_collect(state, now: float) -> int:
     """The whole collect of the model: every metric family of a scrape (without the text exposition)."""
-    from exporter.collector import _families
+    from exporter.serve.collector import _families
 
     return sum(len(f.samples) for f in _families([state.snapshot(now)], {}, {}))
 
@@ -194,7 +194,7 @@ class Exact:
         from scipy.stats import ks_2samp, wasserstein_distance
         from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
-        from exporter.drift import psi
+        from exporter.stats.drift import psi
 
         drift = {}
         for j in range(x.shape[1]):

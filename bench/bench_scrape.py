@@ -37,13 +37,13 @@ TARGET = (10, 30)  # the target: at most 100 ms for 10 models x 30 features x 3 
 
 
 def in_process(models: int = 10, events_per_model: int = 20_000, runs: int = 20) -> dict:
-    """The exposition as /metrics builds it (collector.text_exposition); beside it, client_python's own
+    """The exposition as /metrics builds it (exposition.text_exposition); beside it, client_python's own
     writer (generate_latest) on the same registry, which writes the same bytes."""
     from prometheus_client import generate_latest
 
-    from exporter.app import create_app
-    from exporter.collector import text_exposition
     from exporter.config import parse_config
+    from exporter.serve.app import create_app
+    from exporter.serve.exposition import text_exposition
 
     start = 1_800_000_000.0
     clock = [start]
@@ -101,8 +101,8 @@ def _profile(features: int, directory: str) -> str:
     """A reference of 10,000 rows (common.write_reference) profiled once, written as `mlmon reference build`
     writes it; every model of a grid cell with this many features names it (profiling the CSV again for each
     of 20 models would take most of the grid's time, and the scrape only reads the profile)."""
-    from exporter import reference
     from exporter.config import parse_config
+    from exporter.stats import reference
 
     csv = os.path.join(directory, f"reference-{features}.csv")
     write_reference(csv, features, seed=1000)
@@ -147,12 +147,12 @@ def grid_in_process(
     models: int, features: int, profile: str, body: str, now: float, runs: int, explain: bool = False
 ) -> dict:
     """One cell in process (create_app, default storage): the batch posted for every model through the API,
-    then the exposition /metrics writes (collector.text_exposition), and apart the collect alone
+    then the exposition /metrics writes (exposition.text_exposition), and apart the collect alone
     (registry.collect(): snapshots, drift, quality, the metric families) to see where the time goes.
     With `explain`: the exposition again with the cyclic garbage collector off, and a cProfile of one."""
-    from exporter.app import create_app
-    from exporter.collector import text_exposition
     from exporter.config import parse_config
+    from exporter.serve.app import create_app
+    from exporter.serve.exposition import text_exposition
 
     app = create_app(parse_config(_cell_config(models, features, profile)), clock=lambda: now)
     client = app.test_client()

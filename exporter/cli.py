@@ -145,7 +145,7 @@ def _flat(fields: dict) -> dict:
 
 
 def _reference_build(args) -> int:
-    from exporter import reference
+    from exporter.stats import reference
 
     try:
         config = load_config(args.config)
@@ -179,7 +179,7 @@ def _reference_build(args) -> int:
 def _check_config(path: str) -> int:
     try:
         config = load_config(path)
-        from exporter import reference
+        from exporter.stats import reference
 
         reference.load_all(config)
     except ConfigError as exc:
@@ -191,7 +191,7 @@ def _check_config(path: str) -> int:
 
 
 def _check_web_config(path: str) -> int:
-    from exporter import webconfig
+    from exporter.security import webconfig
 
     try:
         config = webconfig.load(path)
@@ -219,10 +219,10 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
             parser.error(f"--web.listen-address {args.listen!r} is not HOST:PORT")
         host, port = host.strip("[]") or "0.0.0.0", int(port_text)
 
-    from exporter import webconfig
-    from exporter.app import create_app, tune_gc
-    from exporter.joins import JoinStoreUnavailable
-    from exporter.storage import StorageError
+    from exporter.engine.joins import JoinStoreUnavailable
+    from exporter.engine.storage import StorageError
+    from exporter.security import webconfig
+    from exporter.serve.app import create_app, tune_gc
 
     logs.setup(args.log_level, args.log_format)
     tune_gc()
@@ -234,7 +234,7 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
             parser.exit(2, f"mlmon serve: invalid web config\n{exc}\n")
     public = None
     if web is not None and web.tls:
-        from exporter import tls
+        from exporter.security import tls
 
         try:
             public = tls.bind(host, port)  # before the app opens its data directory: a busy port fails fast
@@ -261,7 +261,7 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
         # Basic auth on /metrics, extra headers, the real client behind TLS (webconfig.Guard).
         wsgi = webconfig.Guard(app, web, peers=peers, registry=mlmon.registry)
     # Waitress's own body limit sits above the app's, so the app answers 413 in its JSON shape.
-    # With TLS, waitress listens on a random loopback port behind the TLS listener (exporter/tls.py).
+    # With TLS, waitress listens on a random loopback port behind the TLS listener (exporter/security/tls.py).
     try:
         server = _create_server(wsgi, host, port, public is not None, args.threads, limit)
     except OSError as exc:  # the port is taken, or the address is not this machine's

@@ -17,8 +17,6 @@ from typing import Any
 
 import yaml
 
-from exporter.window import Span, spans
-
 TASKS = ("binary", "multiclass", "regression")
 FEATURE_TYPES = ("numeric", "categorical")
 DEFAULT_WINDOWS = ("5m", "1h", "1d")
@@ -173,10 +171,10 @@ class Storage:
 
 @dataclass(frozen=True)
 class Auth:
-    """Bearer tokens of the API (exporter/auth.py); only their SHA-256 digests are kept."""
+    """Bearer tokens of the API (exporter/security/auth.py); only their SHA-256 digests are kept."""
 
     enabled: bool = False
-    tokens: tuple = ()  # exporter.auth.Token
+    tokens: tuple = ()  # exporter.security.auth.Token
     audit_path: str = ""  # JSON lines of admin actions and authentication failures; "" = in the data directory
 
 
@@ -206,11 +204,6 @@ class Config:
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
-
-    @functools.cached_property
-    def spans(self) -> tuple[Span, ...]:
-        """The windows and their recent parts, on which the alert rules test quality (window.spans)."""
-        return spans(self.windows, self.window_seconds, self.buckets_per_window)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -663,7 +656,7 @@ MIN_TOKEN_LENGTH = 16
 
 def _auth(ck: _Checker, node: _Node, base_dir: str, model_names: set[str]) -> Auth:
     """auth: {enabled, tokens: [{name, token_file | token_env | sha256, models, actions}], audit_log}."""
-    from exporter.auth import ACTIONS, ALL_MODELS, Token, digest
+    from exporter.security.auth import ACTIONS, ALL_MODELS, Token, digest
 
     am = ck.mapping("auth", node, {"enabled", "tokens", "audit_log"})
     tokens: list[Token] = []

@@ -7,8 +7,8 @@ import textwrap
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.app import create_app
 from exporter.config import parse_config
+from exporter.serve.app import create_app
 
 T0 = 1_800_000_000.0  # a fixed start time, so window buckets are reproducible
 

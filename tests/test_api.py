@@ -408,7 +408,7 @@ def test_metrics_can_be_filtered_by_name(client):
     ],
 )
 def test_rfc3339_forms(text, offset):
-    from exporter.validation import parse_rfc3339
+    from exporter.ingest.validation import parse_rfc3339
 
     assert parse_rfc3339(text) == pytest.approx(1767225600.0 + offset, abs=1e-6)
 
@@ -425,7 +425,7 @@ def test_rfc3339_forms(text, offset):
     ],
 )
 def test_not_rfc3339(text):
-    from exporter.validation import parse_rfc3339
+    from exporter.ingest.validation import parse_rfc3339
 
     assert parse_rfc3339(text) is None
 
@@ -455,7 +455,7 @@ def test_version_with_a_trailing_newline_is_rejected(client, version):
     ["٢٠٢٦-01-01T00:00:00Z", "2026-01-01T00:00:00+00:99", "2026-01-01T00:00:00Z\n", "2026-01-01T00:00:00+00:60"],
 )
 def test_rfc3339_rejects_non_ascii_digits_bad_offsets_and_a_trailing_newline(client, text):
-    from exporter.validation import parse_rfc3339
+    from exporter.ingest.validation import parse_rfc3339
 
     assert parse_rfc3339(text) is None
     r = client.post("/api/v1/predictions", json=churn(timestamp=text))
@@ -477,13 +477,13 @@ def test_metrics_text_of_changing_series():
     stay bounded however many series come and go (a version retired each scrape, say)."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from exporter import collector
+    from exporter.serve import exposition
 
     class Churn:
         scrape = 0
 
         def collect(self):
-            g = collector.GaugeFamily("churned_series", "series that change", labels=["version"])
+            g = exposition.GaugeFamily("churned_series", "series that change", labels=["version"])
             for v in range(50):
                 g.add_metric([f"v{self.scrape}-{v}"], v)
             yield g
@@ -493,14 +493,14 @@ def test_metrics_text_of_changing_series():
     registry.register(churn)
     for n in range(100):
         churn.scrape = n
-        text = collector.text_exposition(registry)
+        text = exposition.text_exposition(registry)
         assert text == generate_latest(registry)
         assert text.count(b"churned_series{") == 50 and f'"v{n}-49"'.encode() in text
-    assert len(collector._HEADS[("churned_series", ("version",))]) <= 2 * 50 + 1024
+    assert len(exposition._HEADS[("churned_series", ("version",))]) <= 2 * 50 + 1024
 
 
 def test_metrics_text_is_client_pythons_byte_for_byte(client):
-    """/metrics writes the text format itself (collector.text_exposition, for speed): the same bytes as
+    """/metrics writes the text format itself (exposition.text_exposition, for speed): the same bytes as
     prometheus_client.generate_latest, escapes, special values and OpenMetrics-only samples included."""
     import gzip
 
@@ -513,7 +513,7 @@ def test_metrics_text_is_client_pythons_byte_for_byte(client):
         Metric,
     )
 
-    from exporter.collector import CounterFamily, GaugeFamily, text_exposition
+    from exporter.serve.exposition import CounterFamily, GaugeFamily, text_exposition
 
     def odd_samples(g):
         """Label values to escape, and numbers the text format writes its own way."""
@@ -538,7 +538,7 @@ def test_metrics_text_is_client_pythons_byte_for_byte(client):
             yield m
 
     class OddRows:
-        """The same odd label values and numbers through mlmon's own families (collector._Rows), which
+        """The same odd label values and numbers through mlmon's own families (exposition._Rows), which
         text_exposition writes from their rows and generate_latest reads through their samples."""
 
         def collect(self):

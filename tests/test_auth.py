@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from exporter.app import create_app
 from exporter.client import Client
 from exporter.config import ConfigError, parse_config
+from exporter.serve.app import create_app
 from tests.conftest import Clock, scrape
 from tests.test_server import free_port, wait_ready
 

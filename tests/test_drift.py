@@ -13,10 +13,11 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, ks_2samp, wasserstein_distance
 
-from exporter import drift
-from exporter.binning import Binner, window_drift
 from exporter.config import parse_config
-from exporter.reference import (
+from exporter.ingest.columns import bin_rows
+from exporter.stats import drift
+from exporter.stats.binning import Binner, window_drift
+from exporter.stats.reference import (
     CategoricalRef,
     NumericRef,
     ReferenceError,
@@ -201,7 +202,7 @@ def test_published_drift_equals_the_computation_on_the_raw_rows(tmp_path):
 
 
 def _columns(path) -> dict[str, list]:
-    from exporter.reference import read_csv
+    from exporter.stats.reference import read_csv
 
     return read_csv(path.read_text())
 
@@ -309,7 +310,7 @@ def test_missing_reference_file_is_a_config_error(tmp_path):
 
 def test_binner_without_reference_counts_missing_only():
     cfg = parse_config(config("x.csv").replace("    reference: x.csv\n", ""))
-    b = Binner(cfg.models[0], None).bin([{"a": 1.0}, {"a": None, "plan": "x"}], [0, 1])
+    b = bin_rows(Binner(cfg.models[0], None), [{"a": 1.0}, {"a": None, "plan": "x"}], [0, 1])
     assert b.missing.tolist() == [1, 2, 2, 2, 2, 1]
     assert "num_counts" not in b.scatter
     d = window_drift(cfg.models[0], None, {"predictions": 2.0, "missing": b.missing})
@@ -473,8 +474,8 @@ def test_distributions_are_off_by_default(tmp_path):
 def test_drift_of_many_features_at_once_equals_feature_by_feature():
     """A scrape computes the numeric drift of every feature of a window in one pass over padded rows
     (binning._numeric_drift); each row must be the one-feature computation, whatever its number of bins."""
-    from exporter.binning import _numeric, _numeric_drift, _NumericTable
-    from exporter.reference import NUMERIC_SLOTS, Profile
+    from exporter.stats.binning import _numeric, _numeric_drift, _NumericTable
+    from exporter.stats.reference import NUMERIC_SLOTS, Profile
 
     rng = np.random.default_rng(11)
     ref_rows = {
@@ -516,6 +517,6 @@ def test_drift_of_many_features_at_once_equals_feature_by_feature():
 def test_binner_counts_every_feature_missing_for_an_event_without_features():
     cfg = parse_config(config("x.csv").replace("    reference: x.csv\n", ""))
     full = {**{f: 1.0 for f in FEATURES}, "plan": "x"}
-    b = Binner(cfg.models[0], None).bin([None, full, {**full, "a": None, "plan": ""}], [0, 1, 0])
+    b = bin_rows(Binner(cfg.models[0], None), [None, full, {**full, "a": None, "plan": ""}], [0, 1, 0])
     assert b.missing.tolist() == [2, 1, 1, 1, 1, 2]
     assert sorted(zip(*(x.tolist() for x in b.scatter["missing"][:2]))) == [(0, c) for c in range(6)] + [(2, 0), (2, 5)]

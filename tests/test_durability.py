@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.app import create_app
 from exporter.config import parse_config
+from exporter.serve.app import create_app
 from tests.conftest import Clock, Metrics, scrape
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -333,14 +333,14 @@ def test_a_second_process_on_the_same_data_directory_is_refused(tmp_path):
     import sys
 
     from exporter.config import Storage
-    from exporter.storage import StorageError, Store
+    from exporter.engine.storage import StorageError, Store
 
     data = tmp_path / "data"
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time; from exporter.config import Storage; from exporter.storage import Store; "
+            "import sys, time; from exporter.config import Storage; from exporter.engine.storage import Store; "
             f"s = Store(Storage(backend='sqlite', path={str(data)!r})); print('open', flush=True); "
             "sys.stdin.read()",
         ],
@@ -367,8 +367,8 @@ def test_a_second_process_on_the_same_data_directory_is_refused(tmp_path):
 def test_a_file_system_without_locks_still_opens_with_a_warning(tmp_path, monkeypatch, caplog):
     import errno
 
-    from exporter import storage
     from exporter.config import Storage
+    from exporter.engine import storage
 
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")

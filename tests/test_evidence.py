@@ -20,7 +20,7 @@ import yaml
 from scipy import stats
 from sklearn.metrics import accuracy_score
 
-from exporter.window import spans
+from exporter.stats.window import spans
 from tests.conftest import T0, make_app, scrape
 from tests.test_rules import PROMTOOL, ROOT, needs_promtool
 

@@ -1,4 +1,4 @@
-"""The fast path of prediction ingest (exporter/fastpath.py) against the general validation it shortcuts.
+"""The fast path of prediction ingest (exporter/ingest/fastpath.py) against the general validation it shortcuts.
 
 The general path (orjson + ``Validator.predictions``) defines what a valid prediction is. The fast path
 may decline any body (then the general path runs), but a body it takes must give exactly the predictions
@@ -19,11 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter import fastpath
-from exporter.binning import CAT_SLOTS, Binner
 from exporter.config import parse_config
-from exporter.reference import build_profile
-from exporter.validation import Invalid, Validator
+from exporter.ingest import fastpath
+from exporter.ingest.columns import bin_rows
+from exporter.ingest.validation import Invalid, Validator
+from exporter.stats.binning import CAT_SLOTS, Binner
+from exporter.stats.reference import build_profile
 
 NOW = 1_800_000_000.0
 
@@ -315,8 +316,8 @@ def test_binning_is_the_same_for_both_paths():
     got, expected = fastpath.FastDecoder(big).predictions(raw, NOW), big.predictions(orjson.loads(raw), NOW)
     assert got is not None
     same(got, expected)
-    a = binner.bin([e.features for e in got], [e.prediction for e in got])
-    b = binner.bin([e.features for e in expected], [e.prediction for e in expected])
+    a = bin_rows(binner, [e.features for e in got], [e.prediction for e in got])
+    b = bin_rows(binner, [e.features for e in expected], [e.prediction for e in expected])
     assert np.array_equal(a.missing, b.missing)
     assert a.scatter.keys() == b.scatter.keys()
     for key in a.scatter:
@@ -433,7 +434,7 @@ def test_categorical_counts_match_a_direct_count():
     """The binner's categorical counts (all-string columns take a shortcut) against collections.Counter."""
     from collections import Counter
 
-    from exporter.reference import category
+    from exporter.stats.reference import category
 
     rng = np.random.default_rng(11)
     model = config.models[0]
@@ -452,7 +453,7 @@ def test_categorical_counts_match_a_direct_count():
         [["a", "b", 1, 1.0, True, "", None, "zz"][i % 8] for i in range(200)],  # mixed: the general way
     ):
         rows = [{"tenure": 0.0, "user.age": 0.0, "plan-type": v, "region": "eu"} for v in values]
-        out = binner.bin(rows, [0] * len(rows))
+        out = bin_rows(binner, rows, [0] * len(rows))
         ev, idx, _ = out.scatter["cat_counts"]
         j = binner.categorical.index("plan-type")
         sel = (idx // CAT_SLOTS) == j

@@ -28,11 +28,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.validation import REASONS, parse_rfc3339
+from exporter.ingest.validation import REASONS, parse_rfc3339
 from tests.conftest import T0, Metrics, make_app
 
 # Huge values (1e308) once overflowed the squared-error sums into +Inf; numbers mlmon sums are now bounded to
-# ±1e100 (exporter/validation.py MAX_MAGNITUDE). An overflow anywhere is a failure, not a warning.
+# ±1e100 (exporter/ingest/validation.py MAX_MAGNITUDE). An overflow anywhere is a failure, not a warning.
 pytestmark = pytest.mark.filterwarnings("error:overflow encountered:RuntimeWarning")
 
 # Every Harness is a fresh app: with the default sqlite storage, the examples of one test would share a data
@@ -176,7 +176,7 @@ def check_error_shape(r) -> list[dict]:
 
 
 def uncounted_in_app(path: str, details: list[dict]) -> bool:
-    """Known deviation in exporter/app.py (see test_resources_body_that_is_not_an_object_is_counted): a
+    """Known deviation in exporter/serve/app.py (see test_resources_body_that_is_not_an_object_is_counted): a
     resource report whose body is not a JSON object is rejected but not counted."""
     return path == "/api/v1/resources" and [d["reason"] for d in details] == ["invalid_body"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from exporter.config import parse_config
-from exporter.state import ModelState
-from exporter.validation import Label, Prediction
+from exporter.engine.state import ModelState
+from exporter.ingest.validation import Label, Prediction
 
 T = 1_800_000_000.0
 

@@ -19,7 +19,7 @@ from sklearn.naive_bayes import GaussianNB
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from exporter.quality import SCORE_EDGES
+from exporter.stats.quality import SCORE_EDGES
 from tests.conftest import make_app, scrape
 
 EXACT = 1e-12

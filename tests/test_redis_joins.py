@@ -13,8 +13,8 @@ import pytest
 redis = pytest.importorskip("redis")
 
 from exporter.config import Joins  # noqa: E402
-from exporter.joins import DUP, DUP_JOIN, EARLY, INLINE, JOINED, WAITING, EarlyLabel, JoinStore, Pending  # noqa: E402
-from exporter.redis_joins import JoinStoreUnavailable, RedisJoinStore, connect  # noqa: E402
+from exporter.engine.joins import DUP, DUP_JOIN, EARLY, INLINE, JOINED, WAITING, EarlyLabel, JoinStore, Pending  # noqa: E402
+from exporter.engine.redis_joins import JoinStoreUnavailable, RedisJoinStore, connect  # noqa: E402
 
 T = 1_800_000_000.0
 
@@ -327,7 +327,7 @@ def test_entries_older_than_the_ttl_expire_and_are_counted(client):
 
 
 def test_expiry_of_many_entries_goes_in_steps(client, monkeypatch):
-    from exporter import redis_joins
+    from exporter.engine import redis_joins
 
     monkeypatch.setattr(redis_joins, "EXPIRE_STEP", 7)
     store = RedisJoinStore(client, "mlmon", "m", 10, 1000)

@@ -19,8 +19,8 @@ import pytest
 import requests
 import yaml
 
-from exporter import webconfig
-from exporter.webconfig import Guard, Holder, Peers, WebConfigError
+from exporter.security import webconfig
+from exporter.security.webconfig import Guard, Holder, Peers, WebConfigError
 
 bcrypt = pytest.importorskip("bcrypt")
 trustme = pytest.importorskip("trustme")
@@ -165,7 +165,7 @@ MLMON_STRICTER = ("curve_preferences", "RequestClientCert", "client_allowed_sans
 )
 def test_mlmon_and_promtool_agree(certs, text):
     """What promtool (exporter-toolkit) accepts mlmon accepts, and what it refuses mlmon refuses. (The few
-    deviations are in the docstring of exporter/webconfig.py and excluded here.)"""
+    deviations are in the docstring of exporter/security/webconfig.py and excluded here.)"""
     path = write(certs, text)
     promtool = subprocess.run([PROMTOOL, "check", "web-config", path], capture_output=True, text=True)
     try:
@@ -335,8 +335,8 @@ def test_the_cache_compares_in_constant_time(guarded, monkeypatch):
 
 
 def test_counter_is_on_the_apps_registry(tmp_path):
-    from exporter.app import create_app
     from exporter.config import parse_config
+    from exporter.serve.app import create_app
     from tests.conftest import BASIC_CONFIG
 
     app = create_app(parse_config(BASIC_CONFIG))
@@ -384,12 +384,12 @@ def test_tls_cannot_be_turned_on_by_a_reload(certs):
 
 
 class Served:
-    """waitress on loopback behind exporter.tls.TLSListener, both in threads of this process."""
+    """waitress on loopback behind exporter.security.tls.TLSListener, both in threads of this process."""
 
     def __init__(self, web_path: str, app=inner_app, **listener_args):
         import waitress
 
-        from exporter import tls
+        from exporter.security import tls
 
         self.holder = Holder(web_path, check_every=0.1)
         self.peers = Peers()

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.window import Ring
+from exporter.stats.window import Ring
 
 T = 1_800_000_000.0  # a multiple of 60, so bucket edges fall on whole minutes
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import logging
 import os
+import pickle
 import sqlite3
 import threading
 import uuid
@@ -61,6 +63,31 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_at ON requests (at);
 """
+
+
+# Where the classes of a snapshot written by an earlier release live now: a snapshot pickles the windows'
+# objects by module path, and release 0.1.0 kept every module at the top of the package. Old paths are read
+# through this map, so a data directory keeps its windows across the move (tests/test_datadir_compat.py).
+MOVED_MODULES = {
+    **{f"exporter.{m}": f"exporter.security.{m}" for m in ("auth", "audit", "webconfig", "tls")},
+    **{f"exporter.{m}": f"exporter.stats.{m}" for m in ("window", "quality", "drift", "reference", "binning")},
+    **{f"exporter.{m}": f"exporter.ingest.{m}" for m in ("validation", "fastpath")},
+    **{f"exporter.{m}": f"exporter.engine.{m}" for m in ("state", "joins", "redis_joins", "storage")},
+    **{f"exporter.{m}": f"exporter.serve.{m}" for m in ("collector", "openapi")},
+    "exporter.app": "exporter.engine.core",
+}
+MOVED_CLASSES = {("exporter.state", "Histogram"): ("exporter.stats.histogram", "Histogram")}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        module, name = MOVED_CLASSES.get((module, name), (MOVED_MODULES.get(module, module), name))
+        return super().find_class(module, name)
+
+
+def unpickle(blob: bytes):
+    """``pickle.loads`` that also reads the class paths of earlier releases (:data:`MOVED_MODULES`)."""
+    return _Unpickler(io.BytesIO(blob)).load()
 
 
 PAGE_SIZE = 65536

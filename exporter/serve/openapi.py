@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from exporter import __version__
-from exporter.validation import REASONS
+from exporter.ingest.validation import REASONS
 
 _CLASS = {"oneOf": [{"type": "string"}, {"type": "integer"}], "description": "A class named in the model's config."}
 _OUTCOME = {
@@ -421,7 +421,7 @@ def _document() -> dict:
     }
 
 
-# The operations that need a bearer token when authentication is on (exporter/app.py ENDPOINT_ACTIONS).
+# The operations that need a bearer token when authentication is on (exporter/serve/app.py ENDPOINT_ACTIONS).
 SECURED = {
     ("/api/v1/predictions", "post"): "write",
     ("/api/v1/labels", "post"): "write",

@@ -6,23 +6,22 @@ absent (never 0 or NaN); ``mlmon_window_samples`` always says how many samples a
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.openmetrics.exposition import escape_label_name, escape_metric_name
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
-from exporter import __version__, quality
-from exporter.binning import decision_method, distribution, window_drift
+from exporter import __version__
 from exporter.config import ModelConfig
-from exporter.drift import CATEGORICAL_METHODS, CLASS_METHODS, NUMERIC_METHODS
-from exporter.state import Histogram, ModelSnapshot, ModelState, ServerReports
-from exporter.validation import REASONS
+from exporter.engine.state import ModelSnapshot, ModelState, ServerReports
+from exporter.ingest.validation import IngestErrors
+from exporter.serve.exposition import CounterFamily, GaugeFamily
+from exporter.stats import quality
+from exporter.stats.binning import decision_method, distribution, window_drift
+from exporter.stats.drift import CATEGORICAL_METHODS, CLASS_METHODS, NUMERIC_METHODS
+from exporter.stats.histogram import Histogram
 
 MV = ["model", "version"]
 MVW = ["model", "version", "window"]
@@ -48,23 +47,6 @@ REGRESSION_GAUGES = {
     "r2": "Coefficient of determination (R^2) in the window; absent when labels have no variance.",
     "mean_error": "Mean of prediction minus label in the window (bias).",
 }
-
-
-class IngestErrors:
-    """Counts of rejected input by model and reason; every known label set starts at 0."""
-
-    def __init__(self, models: list[str]):
-        self._lock = threading.Lock()
-        self.counts = {(m, r): 0 for m in models for r in REASONS}
-        self.counts.update({("", r): 0 for r in REASONS})
-
-    def inc(self, model: str, reason: str, n: int = 1) -> None:
-        with self._lock:
-            self.counts[(model, reason)] = self.counts.get((model, reason), 0) + n
-
-    def snapshot(self) -> dict:
-        with self._lock:
-            return dict(self.counts)
 
 
 class MlmonCollector(Collector):
@@ -585,154 +567,3 @@ def _regression_window(mvw, totals, gauges) -> None:
     )
     for name, value in figures.items():
         gauges[name].add_metric(mvw, value)
-
-
-# -------------------------------------------------------------------------------------------------------
-# The text exposition format (0.0.4), written fast.
-
-
-class _Rows:
-    """A family whose samples are kept as (label values, value) rows; client_python's Samples (a dict of
-    labels each) are made only when something other than :func:`text_exposition` reads ``samples`` (the
-    OpenMetrics format, a ``name[]`` selection). Building those dicts was about a sixth of a scrape."""
-
-    _suffix = ""
-
-    def add_metric(self, labels, value, timestamp=None) -> None:
-        if timestamp is not None:
-            raise ValueError("mlmon's families take no timestamps")
-        self._rows.append((tuple(labels), value))
-
-    @property
-    def samples(self) -> list[Sample]:
-        name, names = self.name + self._suffix, self._labelnames
-        return [Sample(name, dict(zip(names, values)), value, None) for values, value in self._rows]
-
-    @samples.setter
-    def samples(self, samples: list) -> None:  # Metric.__init__ sets an empty list
-        if samples:
-            raise ValueError("add samples with add_metric")
-        self._rows: list[tuple[tuple[str, ...], float]] = []
-
-
-class GaugeFamily(_Rows, GaugeMetricFamily):
-    """A gauge family with the samples of :class:`_Rows`."""
-
-
-class CounterFamily(_Rows, CounterMetricFamily):
-    """A counter family (samples named ``<name>_total``) with the samples of :class:`_Rows`."""
-
-    _suffix = "_total"
-
-
-# The type each metric type is exposed as in the text format, and the suffix its name takes (as client_python).
-_TEXT_TYPES = {
-    "counter": ("counter", "_total"),
-    "info": ("gauge", "_info"),
-    "stateset": ("gauge", ""),
-    "gaugehistogram": ("histogram", ""),
-    "unknown": ("untyped", ""),
-}
-_OPENMETRICS_SUFFIXES = ("_created", "_gsum", "_gcount")
-
-
-def text_exposition(registry) -> bytes:
-    """What ``prometheus_client.generate_latest(registry)`` writes, byte for byte, in a fraction of its time.
-
-    client_python escapes and validates every label name of every sample (about a third of a scrape of
-    thousands of series); here each family's label names are escaped once, in their sorted order, and only
-    label values that need it are escaped. tests/test_api.py compares the two on a full scrape.
-    """
-    output: list[str] = []
-    metric_names: dict[str, str] = {}
-    label_specs: dict[tuple[str, ...], list[tuple[str, str]]] = {}
-
-    def metric_name(name: str) -> str:
-        escaped = metric_names.get(name)
-        if escaped is None:
-            escaped = metric_names[name] = escape_metric_name(name)
-        return escaped
-
-    def sample_line(sample) -> str:
-        labels = sample.labels
-        if labels:
-            keys = tuple(labels)
-            spec = label_specs.get(keys)
-            if spec is None:  # (label, 'name="') in sorted order, as generate_latest sorts them
-                spec = label_specs[keys] = [(k, f'{escape_label_name(k)}="') for k in sorted(keys)]
-            text = ",".join([f'{prefix}{labels[k]}"' for k, prefix in spec])
-            if "\\" in text or "\n" in text or text.count('"') != 2 * len(spec):  # a value to escape (rare)
-                text = ",".join([f'{prefix}{_label_value(labels[k])}"' for k, prefix in spec])
-            head = f"{metric_name(sample.name)}{{{text}}}"
-        else:
-            head = metric_name(sample.name)
-        value = _number(sample.value)
-        if sample.timestamp is not None:
-            return f"{head} {value} {int(float(sample.timestamp) * 1000):d}\n"
-        return f"{head} {value}\n"
-
-    for metric in registry.collect():
-        try:
-            mtype, suffix = _TEXT_TYPES.get(metric.type, (metric.type, ""))
-            mname = metric_name(metric.name + suffix)
-            documentation = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
-            output.append(f"# HELP {mname} {documentation}\n# TYPE {mname} {mtype}\n")
-            if isinstance(metric, _Rows):
-                _write_rows(output, metric.name + metric._suffix, metric._labelnames, metric._rows)
-                continue
-            om_samples: dict[str, list[str]] = {}
-            special = {metric.name + x: x for x in _OPENMETRICS_SUFFIXES}
-            for sample in metric.samples:
-                x = special.get(sample.name)
-                if x is None:
-                    output.append(sample_line(sample))
-                else:  # OpenMetrics-only samples go in a gauge of their own, at the end
-                    om_samples.setdefault(x, []).append(sample_line(sample))
-        except Exception as exception:
-            exception.args = (exception.args or ("",)) + (metric,)
-            raise
-        for x, lines in sorted(om_samples.items()):
-            name = metric_name(metric.name + x)
-            output.append(f"# HELP {name} {documentation}\n# TYPE {name} gauge\n")
-            output.extend(lines)
-    return "".join(output).encode("utf-8")
-
-
-# The head of each sample line ('name{a="x",b="y"}'), by sample name and label names, then by label values:
-# the series of one scrape are nearly all those of the last one, so most heads are looked up, not written.
-_HEADS: dict[tuple[str, tuple[str, ...]], dict[tuple[str, ...], str]] = {}
-
-
-def _write_rows(output: list[str], name: str, label_names: tuple[str, ...], rows: list) -> None:
-    """The sample lines of a :class:`_Rows` family, as ``text_exposition`` writes any sample."""
-    heads = _HEADS.get((name, label_names))
-    if heads is None:
-        heads = _HEADS[(name, label_names)] = {}
-    order = sorted(range(len(label_names)), key=label_names.__getitem__)  # generate_latest sorts the labels
-    prefixes = [f'{escape_label_name(label_names[i])}="' for i in order]
-    escaped_name = escape_metric_name(name)
-    append = output.append
-    for values, value in rows:
-        head = heads.get(values)
-        if head is None:
-            if values:
-                text = ",".join([f'{p}{_label_value(values[i])}"' for p, i in zip(prefixes, order)])
-                head = f"{escaped_name}{{{text}}}"
-            else:
-                head = escaped_name
-            heads[values] = head
-        append(f"{head} {_number(value)}\n")
-    if len(heads) > 2 * len(rows) + 1024:  # series that went away (a retired version, a new reference): forget
-        heads.clear()
-
-
-def _number(value) -> str:
-    """A sample value as generate_latest writes it (repr below 1e6; floatToGoString from 1e6 up, NaN, Inf)."""
-    d = float(value)
-    return repr(d) if -1e6 < d < 1e6 else floatToGoString(d)
-
-
-def _label_value(value: str) -> str:
-    if "\\" in value or "\n" in value or '"' in value:
-        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-    return value

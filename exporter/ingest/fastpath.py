@@ -1,6 +1,6 @@
 """The fast path of prediction ingest: typed JSON decoding in C (msgspec) for the common, valid batch.
 
-:class:`Validator.predictions` (exporter/validation.py) is the definition of a valid prediction and the
+:class:`Validator.predictions` (exporter/ingest/validation.py) is the definition of a valid prediction and the
 wording of every problem. It parses with orjson and then checks every value in Python: about 6 ms for a
 batch of 1000 predictions with 30 features, half of what the exporter spends on such a request.
 
@@ -26,7 +26,7 @@ import msgspec
 from msgspec import Meta
 
 from exporter.config import ModelConfig
-from exporter.validation import (
+from exporter.ingest.validation import (
     _VERSION_RE,
     FUTURE_SKEW_SECONDS,
     MAX_ID_LENGTH,

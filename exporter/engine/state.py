@@ -15,51 +15,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from exporter import joins, quality, reference
-from exporter.binning import REFERENCE_ARRAYS, Binner, drift_schema, scatter
 from exporter.config import Config, ModelConfig
-from exporter.joins import JoinStore, Pending
-from exporter.reference import Profile, category
-from exporter.validation import Label, Prediction
-from exporter.window import Ring, Schema
+from exporter.engine import joins, storage
+from exporter.engine.joins import JoinStore, Pending
+from exporter.ingest.columns import bin_rows
+from exporter.ingest.validation import Label, Prediction
+from exporter.stats import quality, reference
+from exporter.stats.binning import REFERENCE_ARRAYS, Binner, drift_schema, scatter
+from exporter.stats.histogram import Histogram
+from exporter.stats.reference import Profile, category
+from exporter.stats.window import Ring, Schema, Span, spans
 
 # What a span publishes (mlmon_span_*): enough for a test of accuracy or MAE against a threshold.
 SPAN_ARRAYS = {"classification": ("labeled", "confusion"), "regression": ("labeled", "abs_err", "sq_err")}
 
 # Top-label confidence buckets (upper bounds) of mlmon_prediction_confidence.
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
-
-
-class Histogram:
-    """A cumulative Prometheus-style histogram (counter semantics) fed with arrays."""
-
-    def __init__(self, edges):
-        self.edges = np.asarray(edges, dtype=np.float64)
-        self.counts = np.zeros(len(self.edges) + 1, dtype=np.int64)  # last bucket is +Inf only
-        self.sum = 0.0
-
-    def observe(self, values: np.ndarray) -> None:
-        if len(values):
-            # side="left": a value equal to an edge belongs to that edge's bucket (le is inclusive).
-            idx = np.searchsorted(self.edges, values, side="left")
-            self.counts += np.bincount(idx, minlength=len(self.counts))
-            self.sum += float(np.sum(values))
-
-    def copy(self) -> Histogram:
-        h = Histogram.__new__(Histogram)
-        h.edges, h.counts, h.sum = self.edges, self.counts.copy(), self.sum
-        return h
-
-    def buckets(self) -> list[tuple[str, int]]:
-        """Cumulative (le, count) pairs ending with +Inf, as HistogramMetricFamily wants them."""
-        cum = np.cumsum(self.counts)
-        out = [(_le(e), int(c)) for e, c in zip(self.edges, cum)]
-        out.append(("+Inf", int(cum[-1])))
-        return out
-
-
-def _le(edge: float) -> str:
-    return repr(float(edge))
 
 
 def ring_schema(model: ModelConfig) -> Schema:
@@ -194,6 +165,11 @@ class ModelSnapshot:
     feature_errors: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
+def config_spans(config: Config) -> tuple[Span, ...]:
+    """The windows and their recent parts, on which the alert rules test quality (window.spans)."""
+    return spans(config.windows, config.window_seconds, config.buckets_per_window)
+
+
 class VersionState:
     def __init__(self, model: ModelConfig, config: Config, version: str):
         self.model = model
@@ -201,7 +177,7 @@ class VersionState:
         schema = ring_schema(model)
         self.rings = [Ring(sec, config.buckets_per_window, schema) for sec in config.window_seconds]
         self.window_names = config.windows
-        self.spans = config.spans
+        self.spans = config_spans(config)
         self.predictions = 0
         self.labels = 0
         self.last_prediction = 0.0
@@ -238,13 +214,13 @@ class VersionState:
         self.last_seen = now
         latencies = [e.latency for e in events if e.latency is not None]
         self.latency.observe(np.asarray(latencies, dtype=np.float64))
-        binned = binner.bin([e.features for e in events], [e.prediction for e in events], _errors(events))
+        binned = bin_rows(binner, [e.features for e in events], [e.prediction for e in events], _errors(events))
         if binned.missing is not None:
             self.missing += binned.missing
         _predictions_into(self.rings, ts, binned, now)
         for (feature, value), idx in _segment_groups(self.model.segment_features, segments):
             sub = [events[i] for i in idx]
-            part = binner.bin([e.features for e in sub], [e.prediction for e in sub], _errors(sub))
+            part = bin_rows(binner, [e.features for e in sub], [e.prediction for e in sub], _errors(sub))
             _predictions_into(self._segment_rings(feature, value), ts[idx], part, now)
         if self.model.is_classification:
             preds = np.fromiter((e.prediction for e in events), dtype=np.int64, count=n)
@@ -567,7 +543,7 @@ class ModelState:
                 dict(self.feature_errors),
             )
 
-    # -- durability (exporter/storage.py) ------------------------------------------------------------
+    # -- durability (exporter/engine/storage.py) ------------------------------------------------------------
 
     def capture(self) -> dict:
         """A copy of everything this model's windows and counters hold, for a snapshot.
@@ -601,14 +577,14 @@ class ModelState:
 
     def restore(self, blob: bytes) -> bool:
         """Take back what ``export`` saved; False (and nothing changed) if the model's config changed shape."""
-        data = pickle.loads(blob)
+        data = storage.unpickle(blob)
         if data["fingerprint"] != fingerprint(self.model, self.config):
             return False
         with self.lock:
             for version in data["versions"].values():
                 version.model = self.model
                 version.window_names = self.config.windows
-                version.spans = self.config.spans  # derived from the windows, which the fingerprint covers
+                version.spans = config_spans(self.config)  # derived from the windows, which the fingerprint covers
             self.versions = data["versions"]
             if data["joins"] is not None and not self.joins.shared:
                 self.joins = data["joins"]

@@ -18,7 +18,7 @@ What mlmon does with it:
 
 - ``basic_auth_users`` protect ``/metrics`` (the scrape). The API has its own bearer tokens; ``/healthz`` and
   ``/readyz`` stay open for probes. :class:`Guard` is the WSGI middleware that checks them.
-- ``tls_server_config`` turns the listening port into TLS. Waitress speaks no TLS, so :mod:`exporter.tls`
+- ``tls_server_config`` turns the listening port into TLS. Waitress speaks no TLS, so :mod:`exporter.security.tls`
   terminates it in the same process and hands the plain bytes to waitress on a loopback port; the
   :class:`Peers` map lets :class:`Guard` give the app the real client address (``REMOTE_ADDR``) and
   ``wsgi.url_scheme`` ``https``, and refuse anything that reached the loopback port without the listener.

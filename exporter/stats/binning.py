@@ -7,17 +7,15 @@ drift and data-quality figures with the pure functions of `drift.py`.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import operator
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from exporter import drift, fastpath
 from exporter.config import ModelConfig
-from exporter.reference import NUMERIC_SLOTS, TOP_CATEGORIES, CategoricalRef, NumericRef, Profile, category
-from exporter.window import Schema
+from exporter.stats import drift
+from exporter.stats.reference import NUMERIC_SLOTS, TOP_CATEGORIES, CategoricalRef, NumericRef, Profile, category
+from exporter.stats.window import Schema
 
 CAT_SLOTS = TOP_CATEGORIES + 1
 # Arrays of the window rings that depend on the reference's bins (cleared when the reference changes).
@@ -68,15 +66,21 @@ class Binner:
             if name in self.refs
         }
 
-    def bin(self, features: list[dict | None], predictions: list, errors: list | None = None) -> Binned:
-        """``errors``: per event, the (feature, reason) pairs validation left out (type errors are not missing)."""
-        n = len(features)
+    def bin(
+        self, numeric: np.ndarray, categorical: list[list], predictions: list, errors: list | None = None
+    ) -> Binned:
+        """Bin one batch given as columns (exporter/ingest/columns.py makes them from decoded items).
+
+        ``numeric``: events x ``self.numeric`` floats, NaN where missing; ``categorical``: per feature of
+        ``self.categorical``, its values (None or "" where missing); ``predictions``: class indices or values;
+        ``errors``: per event, the (feature, reason) pairs validation left out (type errors are not missing).
+        """
+        n = len(predictions)
         out = Binned()
-        rows = _rows(features)
         missing_rows, missing_cols = [], []
-        # Numeric: every column at once, one float array (None is NaN: missing); then binned column by column.
+        # Numeric: every column at once, one float array (NaN: missing); then binned column by column.
         if self.numeric:
-            values = _numeric_columns(rows, self.numeric)
+            values = numeric
             gone = np.isnan(values)
             if gone.any():
                 ev, j = np.nonzero(gone)
@@ -86,8 +90,7 @@ class Binner:
                 self._bin_numeric(values, gone, out)
         # Categorical: missing values found by a comprehension; against a reference, a look-up per value.
         cat_ev, cat_idx, unseen_ev, unseen_idx = [], [], [], []
-        for j, name in enumerate(self.categorical):
-            column = _column(rows, name)
+        for j, (name, column) in enumerate(zip(self.categorical, categorical)):
             # As in a reference CSV, an empty value is a missing one.
             absent = [i for i, v in enumerate(column) if v is None or v == ""]
             if absent:
@@ -165,46 +168,6 @@ class Binner:
             out.scatter["num_counts"] = (np.concatenate(num_ev), np.concatenate(num_idx), None)
         if out_ev:
             out.scatter["num_out"] = (np.concatenate(out_ev), np.concatenate(out_idx), np.concatenate(out_val))
-
-
-def _rows(features: list) -> list:
-    """The feature rows of a batch, a prediction sent without features standing as one with every feature
-    missing. A row is a dict (general validation path) or a features struct (the fast path, all of a batch)."""
-    if None not in features:
-        return features
-    decoded = next((f for f in features if f is not None and not isinstance(f, dict)), None)
-    blank = {} if decoded is None else fastpath.empty(decoded)
-    return [blank if f is None else f for f in features]
-
-
-def _numeric_columns(rows: list, names: list[str]) -> np.ndarray:
-    """The values of the numeric features ``names`` as an events x features float array, NaN where missing.
-
-    Validation let only numbers and None through; the values are read by C-level getters (a Python
-    generator per column cost about a quarter of ingest).
-    """
-    if rows and not isinstance(rows[0], dict):
-        get = fastpath.getter(rows[0], names)
-        if len(names) > 1:
-            with contextlib.suppress(TypeError):  # a None (missing value) among them: the general way below
-                # One pass in C, without the shape discovery np.array does over a list of tuples.
-                flat = itertools.chain.from_iterable(map(get, rows))
-                return np.fromiter(flat, dtype=np.float64, count=len(rows) * len(names)).reshape(len(rows), len(names))
-        table = [get(row) for row in rows]
-    else:
-        get = operator.itemgetter(*names)
-        try:
-            table = [get(row) for row in rows]  # every feature present: the common case
-        except KeyError:
-            table = [tuple(map(row.get, names)) for row in rows]
-    return np.array(table, dtype=np.float64).reshape(len(rows), len(names))
-
-
-def _column(rows: list, name: str) -> list:
-    """One feature's values over the rows (None where missing)."""
-    if rows and not isinstance(rows[0], dict):
-        return list(map(fastpath.getter(rows[0], [name]), rows))
-    return [row.get(name) for row in rows]
 
 
 def scatter(array: np.ndarray, slots: np.ndarray, ev: np.ndarray, idx: np.ndarray, weights) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -441,3 +442,20 @@ def _rejection(problems: list[Problem], n_items: int) -> Invalid:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+class IngestErrors:
+    """Counts of rejected input by model and reason; every known label set starts at 0."""
+
+    def __init__(self, models: list[str]):
+        self._lock = threading.Lock()
+        self.counts = {(m, r): 0 for m in models for r in REASONS}
+        self.counts.update({("", r): 0 for r in REASONS})
+
+    def inc(self, model: str, reason: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[(model, reason)] = self.counts.get((model, reason), 0) + n
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return dict(self.counts)

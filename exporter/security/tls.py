@@ -10,10 +10,10 @@ module keeps that property and adds TLS in front of it, in the same process:
   loopback connection to waitress per client connection and copies bytes both ways, with back-pressure
   (``drain``) and an idle timeout. It parses no HTTP: keep-alive, pipelining and waitress's limits work as
   without TLS.
-- Before forwarding a byte it records, in :class:`exporter.webconfig.Peers`, the local port of its loopback
-  connection -> the real client. :class:`exporter.webconfig.Guard` looks the request's ``REMOTE_PORT`` up there,
-  so the app sees the real ``REMOTE_ADDR`` and ``wsgi.url_scheme`` ``https``; a request whose port is not in the
-  map reached waitress's loopback port directly, bypassing TLS, and is refused with 403.
+- Before forwarding a byte it records, in :class:`webconfig.Peers`, the local port of its loopback connection
+  -> the real client. :class:`webconfig.Guard` looks the request's ``REMOTE_PORT`` up there, so the app sees
+  the real ``REMOTE_ADDR`` and ``wsgi.url_scheme`` ``https``; a request whose port is not in the map reached
+  waitress's loopback port directly, bypassing TLS, and is refused with 403.
 - A reloaded web config (new certificate, key, CA, versions) applies to new connections: a new asyncio server
   is started on a duplicate of the same listening socket and the old one stops accepting, so no connection is
   refused during the swap and open connections keep their session.
@@ -28,7 +28,7 @@ import logging
 import socket
 import threading
 
-from exporter.webconfig import Holder, Peers, WebConfig
+from exporter.security.webconfig import Holder, Peers, WebConfig
 
 log = logging.getLogger("mlmon.tls")
 

@@ -12,7 +12,7 @@ Actions (docs/security.md):
 - ``read``: GET /api/v1/models and /api/v1/models/{name} (the list shows the token's models only);
 - ``admin``: PUT /api/v1/models/{name}/reference and POST /api/v1/models/{name}/reset.
 
-``/metrics`` is protected by the web config (basic auth and TLS, exporter/webconfig.py), the way Prometheus
+``/metrics`` is protected by the web config (basic auth and TLS, exporter/security/webconfig.py), the way Prometheus
 scrapes; ``/``, ``/api/v1/openapi.json``, ``/healthz`` and ``/readyz`` are open.
 """
 

@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from exporter.joins import (
+from exporter.engine.joins import (
     DROP_REASONS,
     DUP,
     DUP_JOIN,
