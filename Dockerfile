@@ -14,7 +14,7 @@
 # entrypoint with `python`); docker-compose.yml does that.
 
 # Both stages use the same base, pinned by exact tag: Python 3.11 on Debian bookworm, the Debian release
-# the tests run on. Bump both lines together (tests/test_compose.py checks that they agree).
+# the tests run on. Bump both lines together (tests/bundle/test_compose.py checks that they agree).
 
 # --- build: install the package, its `demo` extra (scikit-learn) and its `redis` extra (the shared join
 # store, joins.backend: redis) into a virtualenv ---------------------------------------------------------------

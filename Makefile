@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager redis-server
 
-.PHONY: demo test lint fmt bench bench-full bench-alerts venv system-deps clean
+.PHONY: demo test test-fast lint fmt bench bench-full bench-alerts venv system-deps clean
 
 # `make demo DEMO_ARGS="--duration 60 --speed 10"` for a quick run.
 DEMO_ARGS ?=
@@ -39,6 +39,10 @@ demo: venv
 
 test: venv system-deps
 	$(PY) -m pytest -q
+
+# The tests without the end-to-end runs of real processes (tests/e2e, marked slow): a quick loop while coding.
+test-fast: venv system-deps
+	$(PY) -m pytest -q -m "not slow"
 
 lint: venv
 	$(VENV)/bin/ruff check exporter clients tests bench examples grafana

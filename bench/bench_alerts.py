@@ -9,7 +9,7 @@ simulated weeks); a harness group records when each alert starts firing, and the
 For each scenario and seed it reports, per alert, the delay from the change to the first firing, and the
 firing episodes without cause (before the change, or over a stationary week). The table goes into
 docs/alerts.md between the ``bench-alerts`` markers. ``--rules-dir`` runs another copy of the rules, so a rule
-made slower or noisier shows in the table (tests/test_bench_alerts.py checks that it does).
+made slower or noisier shows in the table (tests/bundle/test_bench_alerts.py checks that it does).
 
     python bench/bench_alerts.py                 # every scenario, 5 seeds where the outcome is random
     python bench/bench_alerts.py --quick         # 2 seeds, for a look (does not write docs/alerts.md)

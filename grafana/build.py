@@ -1,7 +1,7 @@
 """Generates mlmon's Grafana dashboards (grafana/dashboards/*.json) from code: one builder per dashboard.
 
 Run `python grafana/build.py` after changing this file or grafana/lib.py, and commit the JSON;
-tests/test_dashboards.py fails while the committed JSON is stale. `--out DIR` writes elsewhere.
+tests/bundle/test_dashboards.py fails while the committed JSON is stale. `--out DIR` writes elsewhere.
 """
 
 from __future__ import annotations

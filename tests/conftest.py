@@ -1,14 +1,29 @@
-"""Shared fixtures: a controllable clock, an app built from a config text, and a /metrics reader."""
+"""Shared fixtures: a controllable clock, an app built from a config text, and a /metrics reader.
+
+The tests mirror the package's layers (tests/security, tests/stats, tests/ingest, tests/engine, tests/serve),
+with the bundle's checks in tests/bundle and the end-to-end runs of real processes in tests/e2e, which are
+marked ``slow``: ``make test`` runs everything, ``make test-fast`` (``-m "not slow"``) leaves them out.
+"""
 
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import parse_config
 from exporter.serve.app import create_app
+
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if E2E in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.slow)
+
 
 T0 = 1_800_000_000.0  # a fixed start time, so window buckets are reproducible
 

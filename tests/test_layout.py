@@ -1,12 +1,12 @@
 """The package's layers, and that imports only point down (a module may import its own layer and those below).
 
-    cli, demo, client          the command line and the light client's re-export
-    serve                      app factory and routes, /metrics families, exposition, OpenAPI
-    engine                     per-model state, joins, durability
-    ingest                     validation, the fast decoder, columns for the statistics
-    stats                      windows, histograms, quality, drift, reference, binning
-    config                     the config file's schema
-    security                   tokens, audit, web config, TLS
+cli, demo, client          the command line and the light client's re-export
+serve                      app factory and routes, /metrics families, exposition, OpenAPI
+engine                     per-model state, joins, durability
+ingest                     validation, the fast decoder, columns for the statistics
+stats                      windows, histograms, quality, drift, reference, binning
+config                     the config file's schema
+security                   tokens, audit, web config, TLS
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ CREATE INDEX IF NOT EXISTS requests_at ON requests (at);
 
 # Where the classes of a snapshot written by an earlier release live now: a snapshot pickles the windows'
 # objects by module path, and release 0.1.0 kept every module at the top of the package. Old paths are read
-# through this map, so a data directory keeps its windows across the move (tests/test_datadir_compat.py).
+# through this map, so a data directory keeps its windows across the move (tests/engine/test_datadir_compat.py).
 MOVED_MODULES = {
     **{f"exporter.{m}": f"exporter.security.{m}" for m in ("auth", "audit", "webconfig", "tls")},
     **{f"exporter.{m}": f"exporter.stats.{m}" for m in ("window", "quality", "drift", "reference", "binning")},

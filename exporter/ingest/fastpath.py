@@ -13,7 +13,7 @@ look-ups, timestamps, scores). Decoding and those checks take about 2.5 ms for t
 The fast path only accepts: anything it does not take (a problem of any kind, a feature left out under
 ``invalid_features: count``, an edge its types do not cover) returns None, and the caller runs the general
 path, which accepts or words the problems exactly as before. So both paths give the same predictions for a
-body, or the general path decides: tests/test_fastpath.py checks that on generated bodies.
+body, or the general path decides: tests/ingest/test_fastpath.py checks that on generated bodies.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def text_exposition(registry) -> bytes:
 
     client_python escapes and validates every label name of every sample (about a third of a scrape of
     thousands of series); here each family's label names are escaped once, in their sorted order, and only
-    label values that need it are escaped. tests/test_api.py compares the two on a full scrape.
+    label values that need it are escaped. tests/serve/test_api.py compares the two on a full scrape.
     """
     output: list[str] = []
     metric_names: dict[str, str] = {}

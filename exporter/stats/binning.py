@@ -297,7 +297,7 @@ def _coarse(groups: np.ndarray, counts: np.ndarray) -> np.ndarray:
 def _numeric_drift(model: ModelConfig, table: _NumericTable, totals: dict, result: WindowDrift) -> None:
     """Out-of-range shares and drift of every numeric feature of a window at once (one row per feature).
 
-    The same figures as :func:`_numeric` feature by feature, up to rounding; tests/test_drift.py compares them.
+    The same figures as :func:`_numeric` feature by feature, up to rounding; tests/stats/test_drift.py compares them.
     """
     cur = np.where(table.valid, totals["num_counts"], 0).astype(np.float64)
     n = cur.sum(axis=1)

@@ -21,8 +21,8 @@ from scipy import stats
 from sklearn.metrics import accuracy_score
 
 from exporter.stats.window import spans
+from tests.bundle.test_rules import PROMTOOL, ROOT, needs_promtool
 from tests.conftest import T0, make_app, scrape
-from tests.test_rules import PROMTOOL, ROOT, needs_promtool
 
 FLOAT_SUMS = 1e-9
 CONFIG = """

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import requests
 
-from tests.test_server import free_port, wait_ready
+from tests.serve.test_server import free_port, wait_ready
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_trickling_clients_do_not_stall_ingest(tmp_path):

@@ -10,7 +10,7 @@ import yaml
 
 from bench import bench_alerts
 from bench.bench_alerts import HOUR, Scenario, report, run_one
-from tests.test_rules import ROOT, needs_promtool
+from tests.bundle.test_rules import ROOT, needs_promtool
 
 COLLAPSE = Scenario(
     "collapse 10/s (short)",

@@ -17,9 +17,9 @@ from exporter.client import Client
 from exporter.config import ConfigError, parse_config
 from exporter.serve.app import create_app
 from tests.conftest import Clock, scrape
-from tests.test_server import free_port, wait_ready
+from tests.serve.test_server import free_port, wait_ready
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 WRITER = "w" * 8 + "churn-writer-token"  # write churn
 READER = "r" * 8 + "all-models-reader"  # read every model

@@ -14,8 +14,8 @@ from collections import Counter
 import pytest
 import requests
 
-from tests.test_crash_and_load import Exporter, total
-from tests.test_redis_joins import redis_url  # noqa: F401 - the fixture that starts redis-server
+from tests.e2e.test_crash_and_load import Exporter, total
+from tests.engine.test_redis_joins import redis_url  # noqa: F401 - the fixture that starts redis-server
 
 pytest.importorskip("redis")
 

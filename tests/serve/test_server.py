@@ -18,7 +18,7 @@ import requests
 from exporter.client import Client
 from tests.conftest import Metrics
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

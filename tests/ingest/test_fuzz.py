@@ -37,7 +37,7 @@ pytestmark = pytest.mark.filterwarnings("error:overflow encountered:RuntimeWarni
 
 # Every Harness is a fresh app: with the default sqlite storage, the examples of one test would share a data
 # directory (the test's cwd) and see each other's journal and Idempotency-Keys. The journal is exercised by
-# tests/test_durability.py; here the API's answers are.
+# tests/engine/test_durability.py; here the API's answers are.
 FUZZ_CONFIG = """
 windows: ["5m"]
 storage: {backend: memory}

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Clock
-from tests.test_durability import build, mlmon_series
+from tests.engine.test_durability import build, mlmon_series
 
-DATA = Path(__file__).resolve().parent / "fixtures"
+DATA = Path(__file__).resolve().parents[1] / "fixtures"
 RELEASES = sorted(p.name for p in DATA.glob("datadir-*"))
 
 

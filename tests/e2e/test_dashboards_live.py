@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.test_server import free_port
+from tests.serve.test_server import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 # The demo scrapes every 2 s; Grafana's $__rate_interval is at least 4 scrape intervals.
 MACROS = {"$__rate_interval": "20s", "$__interval": "2s", "$__range": "5m"}

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.conftest import Metrics
-from tests.test_server import free_port
+from tests.serve.test_server import free_port
 
 LAG = 1.0  # seconds after a phase starts before its labels dominate (labels arrive 0.25 s late on average)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.conftest import make_app, scrape
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def documented() -> dict[str, int]:

@@ -11,7 +11,7 @@ import venv
 import pytest
 
 from tests.conftest import Metrics
-from tests.test_server import ROOT, exporter  # noqa: F401  (the live exporter fixture)
+from tests.serve.test_server import ROOT, exporter  # noqa: F401  (the live exporter fixture)
 
 
 @pytest.fixture(scope="module")

@@ -440,7 +440,7 @@ def test_alert_thresholds_are_published_for_every_model(client):
     }
 
 
-# Found by tests/test_fuzz.py (issue 8).
+# Found by tests/ingest/test_fuzz.py (issue 8).
 
 
 @pytest.mark.parametrize("version", ["v1\n", "a" * 64 + "\n"])

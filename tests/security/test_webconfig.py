@@ -25,7 +25,7 @@ from exporter.security.webconfig import Guard, Holder, Peers, WebConfigError
 bcrypt = pytest.importorskip("bcrypt")
 trustme = pytest.importorskip("trustme")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
 PASSWORD = "s3cret-pässword"  # non-ASCII on purpose: RFC 7617 credentials are UTF-8

@@ -17,7 +17,7 @@ import yaml
 
 from exporter.config import load_config, parse_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SCALE_OUT_FILE = ROOT / "deploy" / "compose" / "scale-out.yml"
 SERVICES = {"exporter", "model-server", "traffic", "prometheus", "alertmanager", "grafana", "node-exporter"}
@@ -717,7 +717,7 @@ def test_dockerignore_sends_only_what_the_image_needs():
         "deploy/compose/secrets/grafana_admin_password",
         "exporter/__pycache__/cli.cpython-311.pyc",
         ".pytest_cache/v/cache/nodeids",
-        "tests/test_api.py",
+        "tests/serve/test_api.py",
         "mlmon.egg-info/PKG-INFO",
         "clients/python/pyproject.toml",
     ):

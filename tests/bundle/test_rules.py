@@ -15,7 +15,7 @@ from urllib.parse import quote_plus
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_CONFIG = ROOT / "prometheus" / "prometheus.yml"
 RULE_FILES = sorted((ROOT / "prometheus" / "rules").glob("*.yml"))
 TEST_FILES = sorted((ROOT / "prometheus" / "tests").glob("*_test.yml"))

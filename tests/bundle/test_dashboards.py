@@ -1,6 +1,6 @@
 """The generated Grafana dashboards: fresh, and clean by the rules of grafana/dashboard-linter and mixtool
 (CONVENTIONS.md §6.3), reproduced here, plus the links the alert rules and provisioning depend on.
-tests/test_dashboards_live.py runs every query against a real Prometheus."""
+tests/e2e/test_dashboards_live.py runs every query against a real Prometheus."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 BUILD = ROOT / "grafana" / "build.py"
 EXPECTED = {

@@ -2,7 +2,7 @@
 
 A "restart" here builds a second app on the same data directory without closing the first: what the
 second one sees is exactly what a `kill -9` leaves on disk (every acknowledged request was committed
-before it was answered). tests/test_crash.py does the same with a real process and a real SIGKILL.
+before it was answered). tests/e2e/test_crash_and_load.py does the same with a real process and a real SIGKILL.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from exporter.config import parse_config
 from exporter.serve.app import create_app
 from tests.conftest import Clock, Metrics, scrape
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 CONFIG = """
 windows: ["5m", "1h"]

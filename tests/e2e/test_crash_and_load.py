@@ -23,9 +23,9 @@ import requests
 
 from exporter.client import Client
 from tests.conftest import Metrics
-from tests.test_server import free_port, wait_ready
+from tests.serve.test_server import free_port, wait_ready
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # The load test's length; MLMON_LOAD_SECONDS=120 for a longer look at memory by hand.
 LOAD_SECONDS = float(os.environ.get("MLMON_LOAD_SECONDS", "20"))
 

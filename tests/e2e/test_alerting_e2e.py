@@ -22,7 +22,7 @@ import pytest
 import requests
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager")
 
@@ -142,7 +142,7 @@ def write_prometheus_config(tmp: Path, exporter: str, prometheus: str, alertmana
     targets = yaml.safe_load((src / "targets" / "mlmon.yml").read_text())
     targets[0]["targets"] = [exporter]
     # This exporter runs without a web config: plain HTTP, chosen per target as targets/README.md says. The
-    # job's TLS and basic-auth settings stay as committed, so their files must exist (tests/test_webconfig.py
+    # job's TLS and basic-auth settings stay as committed, so their files must exist (tests/security/test_webconfig.py
     # scrapes a protected exporter with them).
     targets[0].setdefault("labels", {})["__scheme__"] = "http"
     (dst / "targets" / "mlmon.yml").write_text(yaml.safe_dump(targets))
