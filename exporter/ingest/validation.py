@@ -14,6 +14,18 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from exporter.config import Config, ModelConfig
+from exporter.ingest import schema
+from exporter.ingest.schema import (
+    FUTURE_SKEW_SECONDS,
+    MAX_ID_LENGTH,
+    MAX_MAGNITUDE,
+    MAX_RESOURCE,
+    MAX_SERVER_LENGTH,
+    MAX_STRING_LENGTH,
+    MAX_TIMESTAMP_LENGTH,
+    SCORE_SUM_TOLERANCE,
+    VERSION_PATTERN,
+)
 
 # Reason codes: a fixed set, so the metric's cardinality is bounded. Documented in docs/api.md.
 REASONS = (
@@ -32,17 +44,12 @@ REASONS = (
     "idempotency_key_reused",
 )
 
-MAX_ID_LENGTH = 256
-MAX_STRING_LENGTH = 1024
-FUTURE_SKEW_SECONDS = 300.0
-SCORE_SUM_TOLERANCE = 0.01
 # fullmatch, not match: "$" also matches before a trailing newline, so "v1\n" would pass.
-_VERSION_RE = re.compile(r"[A-Za-z0-9_.+:@\-]{1,64}")
+_VERSION_RE = re.compile(VERSION_PATTERN)
 
-PREDICTION_FIELDS = frozenset(
-    {"model", "version", "id", "timestamp", "features", "prediction", "scores", "score", "latency_seconds", "label"}
-)
-LABEL_FIELDS = frozenset({"model", "id", "label"})
+PREDICTION_FIELDS = schema.PREDICTION.names
+LABEL_FIELDS = schema.LABEL.names
+RESOURCE_FIELDS = schema.RESOURCES.names
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,14 @@ class Label:
     label: Any
 
 
+@dataclass(frozen=True)
+class ResourceReport:
+    server: str
+    models: tuple[str, ...]
+    cpu_seconds: float
+    resident_memory_bytes: float
+
+
 # ASCII digits only ("\d" also takes other scripts' digits, which int() reads), matched in full (fullmatch:
 # "$" would also match before a trailing newline).
 _RFC3339 = re.compile(
@@ -115,12 +130,6 @@ def parse_rfc3339(text: str) -> float | None:
 
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-# Numbers mlmon sums (regression predictions and labels, latencies, numeric features) must stay within
-# this magnitude: their squares and sums then never overflow a double, so one absurd value cannot turn a
-# counter or a window into infinity.
-MAX_MAGNITUDE = 1e100
 
 
 def _bounded(v: Any) -> bool:
@@ -290,7 +299,7 @@ class Validator:
             return now
         if _finite(value):
             ts = float(value)
-        elif isinstance(value, str) and len(value) <= 64:
+        elif isinstance(value, str) and len(value) <= MAX_TIMESTAMP_LENGTH:
             parsed = parse_rfc3339(value)
             if parsed is None:
                 it.fail("timestamp", "invalid_value", "must be unix seconds or RFC 3339 with a time zone")
@@ -430,6 +439,39 @@ class Validator:
         if problems:
             raise _rejection(problems, len(items))
         return out
+
+    # -- resource reports ---------------------------------------------------------------------------
+
+    def resources(self, body: Any) -> ResourceReport:
+        """Validate a model server's resource report (one object); raise :class:`Invalid` listing every problem."""
+        if not isinstance(body, dict):
+            raise Invalid(400, "the body must be a JSON object", [Problem(0, "", "invalid_body", "must be an object")])
+        problems: list[Problem] = []
+        for key in body:
+            if key not in RESOURCE_FIELDS:
+                allowed = ", ".join(sorted(RESOURCE_FIELDS))
+                problems.append(Problem(0, str(key)[:100], "unknown_field", f"allowed: {allowed}"))
+        server = body.get("server")
+        if not (isinstance(server, str) and 0 < len(server) <= MAX_SERVER_LENGTH and server.isprintable()):
+            message = f"must be a printable string of 1 to {MAX_SERVER_LENGTH} characters"
+            problems.append(Problem(0, "server", "invalid_value", message))
+        models = body.get("models")
+        if not (isinstance(models, list) and models and all(isinstance(x, str) for x in models)):
+            problems.append(Problem(0, "models", "invalid_value", "must be a non-empty list of model names"))
+            models = []
+        unknown = [x for x in models if x not in self.models]
+        if unknown:
+            message = f"unknown models {unknown[:10]}; known: {sorted(self.models)}"
+            problems.append(Problem(0, "models", "unknown_model", message))
+        for key in ("cpu_seconds_total", "resident_memory_bytes"):
+            v = body.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < MAX_RESOURCE:
+                problems.append(Problem(0, key, "invalid_value", "must be a number >= 0"))
+        if problems:
+            raise Invalid(400, "invalid resource report", problems)
+        return ResourceReport(
+            server, tuple(dict.fromkeys(models)), float(body["cpu_seconds_total"]), float(body["resident_memory_bytes"])
+        )
 
 
 def _rejection(problems: list[Problem], n_items: int) -> Invalid:

@@ -194,42 +194,13 @@ def _replayed(m: Mlmon, key: str, seen: storage.Seen | None, body_digest: bytes)
 def post_resources():
     m = _mlmon()
     body = _json_body()
-    problems = []
-    if not isinstance(body, dict):
-        m.errors.inc("", "invalid_body")
-        raise APIError(400, "the body must be a JSON object", [Problem(0, "", "invalid_body", "must be an object")])
-    allowed = {"server", "models", "cpu_seconds_total", "resident_memory_bytes"}
-    for key in body:
-        if key not in allowed:
-            problems.append(Problem(0, str(key)[:100], "unknown_field", f"allowed: {', '.join(sorted(allowed))}"))
-    server = body.get("server")
-    if not (isinstance(server, str) and 0 < len(server) <= 128 and server.isprintable()):
-        problems.append(Problem(0, "server", "invalid_value", "must be a printable string of 1 to 128 characters"))
-    models = body.get("models")
-    if not (isinstance(models, list) and models and all(isinstance(x, str) for x in models)):
-        problems.append(Problem(0, "models", "invalid_value", "must be a non-empty list of model names"))
-        models = []
-    unknown = [x for x in models if x not in m.models]
-    if unknown:
-        problems.append(
-            Problem(0, "models", "unknown_model", f"unknown models {unknown[:10]}; known: {sorted(m.models)}")
-        )
-    for key in ("cpu_seconds_total", "resident_memory_bytes"):
-        v = body.get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1e18:
-            problems.append(Problem(0, key, "invalid_value", "must be a number >= 0"))
-    if problems:
-        for p in problems[:1]:
-            m.errors.inc("", p.reason)
-        raise APIError(400, "invalid resource report", problems)
-    _require("write", set(models))
-    if not m.servers.report(
-        server,
-        tuple(dict.fromkeys(models)),
-        float(body["cpu_seconds_total"]),
-        float(body["resident_memory_bytes"]),
-        m.clock(),
-    ):
+    try:
+        report = m.validator.resources(body)
+    except Invalid as err:
+        m.errors.inc("", err.problems[0].reason)
+        raise APIError(err.status, err.message, err.problems) from None
+    _require("write", set(report.models))
+    if not m.servers.report(report.server, report.models, report.cpu_seconds, report.resident_memory_bytes, m.clock()):
         raise APIError(429, f"too many model servers reporting (limits.max_servers = {m.config.limits.max_servers})")
     return jsonify({"accepted": 1}), 202
 

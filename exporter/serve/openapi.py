@@ -3,62 +3,15 @@
 from __future__ import annotations
 
 from exporter import __version__
+from exporter.ingest import schema
+from exporter.ingest.schema import json_schema
 from exporter.ingest.validation import REASONS
 
-_CLASS = {"oneOf": [{"type": "string"}, {"type": "integer"}], "description": "A class named in the model's config."}
-_OUTCOME = {
-    "oneOf": [{"type": "string"}, {"type": "integer"}, {"type": "number"}],
-    "description": "A class for classification models, a number for regression models.",
-}
-_ID = {"oneOf": [{"type": "string", "minLength": 1, "maxLength": 256}, {"type": "integer"}]}
-
-PREDICTION = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["model", "prediction"],
-    "properties": {
-        "model": {"type": "string", "description": "A model named in the config."},
-        "version": {"type": "string", "pattern": "^[A-Za-z0-9_.+:@-]{1,64}$", "default": "default"},
-        "id": {**_ID, "description": "Needed to join a label sent later."},
-        "timestamp": {
-            "oneOf": [
-                {"type": "number", "minimum": 0, "exclusiveMinimum": True},
-                {"type": "string", "format": "date-time"},
-            ],
-            "description": "Unix seconds or RFC 3339 with a time zone; default: arrival time. At most 300 s "
-            "in the future.",
-        },
-        "features": {
-            "type": "object",
-            "additionalProperties": {
-                "oneOf": [{"type": "number"}, {"type": "string", "maxLength": 1024}, {"type": "boolean"}],
-                "nullable": True,
-            },
-            "description": "Feature name to value; names must be in the model's config; null means missing.",
-        },
-        "prediction": _OUTCOME,
-        "scores": {
-            "type": "object",
-            "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
-            "description": "Class to probability. Multiclass: every class, summing to 1 (within 0.01). Binary: "
-            "at least the positive class.",
-        },
-        "score": {
-            "type": "number",
-            "minimum": 0,
-            "maximum": 1,
-            "description": "Binary models only: probability of the positive class.",
-        },
-        "latency_seconds": {"type": "number", "minimum": 0},
-        "label": {**_OUTCOME, "description": "The true outcome, when it is known at once."},
-    },
-}
-LABEL = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["model", "id", "label"],
-    "properties": {"model": {"type": "string"}, "id": _ID, "label": _OUTCOME},
-}
+# The items are the ingest schema's (exporter/ingest/schema.py), so the document cannot drift from what the
+# validator and the fast decoder accept.
+PREDICTION = json_schema(schema.PREDICTION)
+LABEL = json_schema(schema.LABEL)
+RESOURCE_REPORT = json_schema(schema.RESOURCES)
 ERROR = {
     "type": "object",
     "required": ["error"],
@@ -285,21 +238,7 @@ def _document() -> dict:
                     "summary": "Report a model server's resource usage (sent by the Python client).",
                     "requestBody": {
                         "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "additionalProperties": False,
-                                    "required": ["server", "models", "cpu_seconds_total", "resident_memory_bytes"],
-                                    "properties": {
-                                        "server": {"type": "string", "minLength": 1, "maxLength": 128},
-                                        "models": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-                                        "cpu_seconds_total": {"type": "number", "minimum": 0},
-                                        "resident_memory_bytes": {"type": "number", "minimum": 0},
-                                    },
-                                }
-                            }
-                        },
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResourceReport"}}},
                     },
                     "responses": {"202": _json("Accepted", "Accepted."), **_error_responses(400, 413, 429)},
                 }
@@ -411,6 +350,7 @@ def _document() -> dict:
             "schemas": {
                 "Prediction": PREDICTION,
                 "Label": LABEL,
+                "ResourceReport": RESOURCE_REPORT,
                 "Error": ERROR,
                 "Accepted": ACCEPTED,
                 "Model": MODEL,

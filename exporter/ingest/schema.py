@@ -1,0 +1,191 @@
+"""The one definition of what an ingest item may hold: a prediction, a label, a model server's resource report.
+
+Each item is a tuple of :class:`Field` s (name, kind, required, what it means); each kind has its rule, with
+the limits below. Three things are made from it, so they cannot drift apart:
+
+- the general validator (exporter/ingest/validation.py) takes the field names, required fields and limits
+  from here, and checks each kind's rule in Python, wording every problem;
+- the fast decoder (exporter/ingest/fastpath.py) builds its msgspec structs field by field from here;
+- the OpenAPI document (exporter/serve/openapi.py) takes the JSON Schema of each item from :func:`json_schema`.
+
+tests/ingest/test_differential.py feeds both paths generated bodies and compares statuses, error lists and
+the state afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# -- limits -------------------------------------------------------------------------------------------------
+
+MAX_ID_LENGTH = 256  # characters of a prediction id
+MAX_STRING_LENGTH = 1024  # characters of a categorical feature's value
+MAX_TIMESTAMP_LENGTH = 64  # characters of an RFC 3339 timestamp
+FUTURE_SKEW_SECONDS = 300.0  # how far in the future a timestamp may be (clock skew)
+SCORE_SUM_TOLERANCE = 0.01  # how far from 1 the scores of every class may sum
+# Numbers mlmon sums (regression predictions and labels, latencies, numeric features) stay within this
+# magnitude: their squares and sums then never overflow a double, so one absurd value cannot turn a counter
+# or a window into infinity.
+MAX_MAGNITUDE = 1e100
+VERSION_PATTERN = r"[A-Za-z0-9_.+:@\-]{1,64}"
+MAX_SERVER_LENGTH = 128  # characters of a model server's name in a resource report
+MAX_RESOURCE = 1e18  # CPU seconds and bytes of a resource report
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of an item. ``kind`` names its rule (see :data:`KINDS`); ``nullable``: null stands for absent
+    (otherwise null is a value, and a wrong one)."""
+
+    name: str
+    kind: str
+    required: bool
+    description: str
+    nullable: bool = True
+    default: Any = None
+
+
+# What each kind of value may be, in words; the validator words its problems in the same terms.
+KINDS = {
+    "model": "the name of a model in the config",
+    "version": "1 to 64 letters, digits and _.+:@-",
+    "id": f"a string of 1 to {MAX_ID_LENGTH} characters, or an integer",
+    "timestamp": "unix seconds or an RFC 3339 date-time with a time zone",
+    "features": "an object of feature name to value (a number, string, boolean, or null for missing)",
+    "outcome": "a class of the model (classification) or a finite number (regression)",
+    "scores": "an object of class to probability",
+    "probability": "a probability from 0 to 1",
+    "seconds": f"a number from 0 to {MAX_MAGNITUDE:g}",
+    "server": f"a printable string of 1 to {MAX_SERVER_LENGTH} characters",
+    "models": "a non-empty list of model names",
+    "amount": f"a number from 0 to {MAX_RESOURCE:g}",
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    name: str  # the OpenAPI component's name
+    batch_key: str | None  # {"<batch_key>": [items]} sends a batch
+    fields: tuple[Field, ...]
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(f.name for f in self.fields)
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields if f.required)
+
+    def field(self, name: str) -> Field:
+        return next(f for f in self.fields if f.name == name)
+
+
+PREDICTION = Item(
+    "Prediction",
+    "predictions",
+    (
+        Field("model", "model", True, "A model named in the config.", nullable=False),
+        Field("version", "version", False, "The model's version.", nullable=False, default="default"),
+        Field("id", "id", False, "Needed to join a label sent later."),
+        Field(
+            "timestamp",
+            "timestamp",
+            False,
+            f"When the prediction was made; default: arrival time. At most {FUTURE_SKEW_SECONDS:.0f} s in the future.",
+        ),
+        Field("features", "features", False, "Feature name to value; names must be in the model's config."),
+        Field(
+            "prediction",
+            "outcome",
+            True,
+            "The predicted class (classification) or value (regression).",
+            nullable=False,
+        ),
+        Field(
+            "scores",
+            "scores",
+            False,
+            "Class to probability. Multiclass: every class, summing to 1 (within "
+            f"{SCORE_SUM_TOLERANCE}). Binary: at least the positive class.",
+        ),
+        Field("score", "probability", False, "Binary models only: probability of the positive class."),
+        Field("latency_seconds", "seconds", False, "Time the model took to predict."),
+        Field("label", "outcome", False, "The true outcome, when it is known at once."),
+    ),
+)
+
+LABEL = Item(
+    "Label",
+    "labels",
+    (
+        Field("model", "model", True, "A model named in the config.", nullable=False),
+        Field("id", "id", True, "The id of the prediction this label belongs to."),
+        Field("label", "outcome", True, "The true class (classification) or value (regression)."),
+    ),
+)
+
+RESOURCES = Item(
+    "ResourceReport",
+    None,
+    (
+        Field("server", "server", True, "The reporting model server's name.", nullable=False),
+        Field("models", "models", True, "The models this server serves.", nullable=False),
+        Field("cpu_seconds_total", "amount", True, "CPU time the server has used since it started.", nullable=False),
+        Field("resident_memory_bytes", "amount", True, "The server's resident memory.", nullable=False),
+    ),
+)
+
+ITEMS = (PREDICTION, LABEL, RESOURCES)
+
+
+# -- JSON Schema (OpenAPI 3.0) --------------------------------------------------------------------------------
+
+_JSON_KINDS: dict[str, dict] = {
+    "model": {"type": "string"},
+    "version": {"type": "string", "pattern": f"^{VERSION_PATTERN}$"},
+    "id": {"oneOf": [{"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}, {"type": "integer"}]},
+    "timestamp": {
+        "oneOf": [
+            {"type": "number", "minimum": 0, "exclusiveMinimum": True},
+            {"type": "string", "format": "date-time", "maxLength": MAX_TIMESTAMP_LENGTH},
+        ]
+    },
+    "features": {
+        "type": "object",
+        "additionalProperties": {
+            "oneOf": [
+                {"type": "number", "minimum": -MAX_MAGNITUDE, "maximum": MAX_MAGNITUDE},
+                {"type": "string", "maxLength": MAX_STRING_LENGTH},
+                {"type": "boolean"},
+            ],
+            "nullable": True,
+        },
+    },
+    "outcome": {"anyOf": [{"type": "string"}, {"type": "number"}]},
+    "scores": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}},
+    "probability": {"type": "number", "minimum": 0, "maximum": 1},
+    "seconds": {"type": "number", "minimum": 0, "maximum": MAX_MAGNITUDE},
+    "server": {"type": "string", "minLength": 1, "maxLength": MAX_SERVER_LENGTH},
+    "models": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+    "amount": {"type": "number", "minimum": 0, "maximum": MAX_RESOURCE, "exclusiveMaximum": True},
+}
+
+
+def json_schema(item: Item) -> dict:
+    """The item's JSON Schema as OpenAPI 3.0 writes it: every field, its rule, its meaning."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(item.required),
+        "properties": {f.name: _property(f) for f in item.fields},
+    }
+
+
+def _property(field: Field) -> dict:
+    out = {**_JSON_KINDS[field.kind], "description": field.description}
+    if field.nullable and not field.required:
+        out["nullable"] = True
+    if field.default is not None:
+        out["default"] = field.default
+    return out
