@@ -374,7 +374,24 @@ def model():
                 [query(weighted("mlmon_expected_calibration_error", WINDOW), mv)],
                 thr=thresholds((None, GOOD), (0.05, WARN), (0.15, BAD)),
             ),
+            6,
             8,
+        ),
+        (
+            ts(
+                "Score separation (binary)",
+                "How well the scores of binary versions tell the classes apart in the chosen window: ROC AUC, Gini "
+                "(2 AUC - 1) and KS separation (the largest gap between the score distributions of the two "
+                "classes). They look at the order of the scores only: a model can separate well and still be "
+                "miscalibrated (see ECE).",
+                "percentunit",
+                [
+                    query(weighted("mlmon_roc_auc", WINDOW), "AUC " + mv),
+                    query(weighted("mlmon_gini", WINDOW), "Gini " + mv),
+                    query(weighted("mlmon_ks_separation", WINDOW), "KS " + mv),
+                ],
+            ),
+            6,
             8,
         ),
         (
@@ -414,7 +431,7 @@ def model():
                     ("confidence", {"custom.cellOptions": {"type": "gauge", "mode": "basic"}}),
                 ],
             ),
-            8,
+            6,
             8,
         ),
         (
@@ -432,7 +449,7 @@ def model():
                 ],
                 y_unit="percentunit",
             ),
-            8,
+            6,
             8,
         ),
         (

@@ -32,6 +32,9 @@ CLASSIFICATION_GAUGES = {
     "balanced_accuracy": "Mean recall over the classes present in the window.",
     "roc_auc": "ROC AUC in the window (binary; one-vs-rest macro average for multiclass), from score "
     "histograms; docs/metrics.md gives the method and its error bound.",
+    "gini": "Gini coefficient (2 AUC - 1) of a binary model in the window, from score histograms.",
+    "ks_separation": "Kolmogorov-Smirnov separation of a binary model in the window: the largest gap between the "
+    "score distributions of the two classes, from score histograms; docs/metrics.md gives its error bound.",
     "log_loss": "Mean log loss of the labelled, scored predictions in the window.",
     "brier_score": "Mean Brier score of the labelled, scored predictions in the window.",
     "expected_calibration_error": "Top-label expected calibration error over 10 equal-width confidence bins.",
@@ -543,6 +546,14 @@ def _classification_window(classes, mvw, totals, gauges, per_class, confusion, r
     auc = quality.roc_auc(totals["hist_pos"], totals["hist_all"])
     if auc is not None:
         gauges["roc_auc"].add_metric(mvw, auc[0])
+    if len(totals["hist_pos"]) == 1:  # binary: one score column, the positive class's
+        gini = quality.gini(auc)
+        if gini is not None:
+            gauges["gini"].add_metric(mvw, gini[0])
+        pos = totals["hist_pos"][0]
+        ks = quality.ks_separation(pos, totals["hist_all"][0] - pos)
+        if ks is not None:
+            gauges["ks_separation"].add_metric(mvw, ks[0])
     gauges["log_loss"].add_metric(mvw, float(totals["log_loss"]) / scored)
     gauges["brier_score"].add_metric(mvw, float(totals["brier"]) / scored)
     ece = quality.expected_calibration_error(totals["ece_count"], totals["ece_correct"], totals["ece_confidence"])

@@ -96,6 +96,11 @@ def roc_auc(hist_pos: np.ndarray, hist_all: np.ndarray) -> tuple[float, float] |
     return float(np.mean([a for a, _ in defined])), float(np.mean([b for _, b in defined]))
 
 
+def gini(auc: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The Gini coefficient (accuracy ratio) of a binary model, 2 AUC - 1, with its bound (twice the AUC's)."""
+    return None if auc is None else (2.0 * auc[0] - 1.0, 2.0 * auc[1])
+
+
 def expected_calibration_error(count: np.ndarray, correct: np.ndarray, confidence_sum: np.ndarray) -> float | None:
     """Top-label ECE: sum over bins of |accuracy - mean confidence| weighted by the bin's share.
 
@@ -128,3 +133,20 @@ def z_of_confidence(confidence: float) -> float:
     """The one-sided normal quantile of ``confidence`` (0.99 -> 2.326): how many standard errors of evidence
     the bundled quality alerts ask for before they fire."""
     return NormalDist().inv_cdf(confidence)
+
+
+def ks_separation(pos_hist: np.ndarray, neg_hist: np.ndarray) -> tuple[float, float] | None:
+    """Kolmogorov-Smirnov separation of binary scores: the largest gap between the score distributions of
+    the positives and the negatives (as in credit scoring), from their histograms, with its error bound.
+
+    The gap is read at the bin edges. Inside a bin each distribution function rises by at most that bin's
+    share of its class, so the exact statistic (over every threshold) exceeds the binned one by at most
+    ``max_b max(pos_b / P, neg_b / N)``, which is returned as the bound.
+    """
+    pos = np.asarray(pos_hist, dtype=np.float64)
+    neg = np.asarray(neg_hist, dtype=np.float64)
+    p, n = pos.sum(), neg.sum()
+    if p == 0 or n == 0:
+        return None
+    gap = np.abs(np.cumsum(pos) / p - np.cumsum(neg) / n)
+    return float(gap.max()), float(np.maximum(pos / p, neg / n).max())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 from sklearn import metrics as skm
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -230,3 +231,59 @@ def test_reliability_diagram_equals_sklearn_calibration_curve(binary_data):
     edges = sorted(got, key=float)  # calibration_curve returns the non-empty bins in increasing order
     assert [got[e] for e in edges] == pytest.approx(list(acc), abs=EXACT)
     assert [got_conf[e] for e in edges] == pytest.approx(list(mean_conf), abs=FLOAT_SUMS)
+
+
+def _ks_bound(scores: np.ndarray, positive: np.ndarray) -> float:
+    """max_b max(pos_b / P, neg_b / N) over the exporter's score bins, from the raw scores."""
+    bins = np.searchsorted(SCORE_EDGES, scores, side="right")
+    pos = np.bincount(bins[positive], minlength=len(SCORE_EDGES) + 1) / positive.sum()
+    neg = np.bincount(bins[~positive], minlength=len(SCORE_EDGES) + 1) / (~positive).sum()
+    return float(np.maximum(pos, neg).max())
+
+
+@pytest.mark.parametrize("data", ["breast_cancer", "generated"])
+def test_score_separation_equals_sklearn_and_scipy(binary_data, data):
+    """Gini = 2 AUC - 1 (scikit-learn's roc_auc_score) and KS separation (scipy's ks_2samp on the scores of the
+    two classes), within the binning bounds of docs/metrics.md."""
+    if data == "breast_cancer":
+        y_true, y_pred, p_malignant = binary_data
+    else:  # 8,000 predictions whose scores overlap, a fifth of them positive
+        rng = np.random.default_rng(3)
+        positive = rng.random(8_000) < 0.2
+        p_malignant = np.where(positive, rng.beta(4, 2, positive.size), rng.beta(2, 4, positive.size))
+        y_true = np.where(positive, "malignant", "benign")
+        y_pred = np.where(p_malignant >= 0.5, "malignant", "benign")
+    app, clock = make_app(CONFIG)
+    client = app.test_client()
+    _send(client, "cancer", y_pred.tolist(), y_true.tolist(), [{"score": float(p)} for p in p_malignant])
+    clock.advance(90)
+    m = scrape(client)
+    w = {"model": "cancer", "version": "v1", "window": "5m"}
+    positive = y_true == "malignant"
+
+    exact_gini = 2 * skm.roc_auc_score(positive, p_malignant) - 1
+    assert abs(m.get("mlmon_gini", **w) - exact_gini) <= 2 * _auc_bound(p_malignant, positive) + EXACT
+
+    exact_ks = stats.ks_2samp(p_malignant[positive], p_malignant[~positive]).statistic
+    bound = _ks_bound(p_malignant, positive)
+    # A bin holds at most this share of a class (the 285 test rows of breast_cancer crowd a few bins).
+    assert bound < (0.12 if data == "breast_cancer" else 0.04), "the bound must be tight enough to mean something"
+    ks = m.get("mlmon_ks_separation", **w)
+    # The binned statistic is the gap at the bin edges: never above the exact one, at most the bound below it.
+    assert ks - EXACT <= exact_ks <= ks + bound + EXACT
+
+
+def test_score_separation_is_binary_only():
+    app, clock = make_app(CONFIG)
+    client = app.test_client()
+    classes = [str(d) for d in range(10)]
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet(np.ones(10), size=200)
+    y_true = [classes[i] for i in rng.integers(0, 10, 200)]
+    y_pred = [classes[i] for i in proba.argmax(axis=1)]
+    scores = [{"scores": dict(zip(classes, map(float, row)))} for row in proba]
+    _send(client, "digits", y_pred, y_true, scores)
+    clock.advance(90)
+    m = scrape(client)
+    assert m.get("mlmon_roc_auc", model="digits", version="v1", window="5m") is not None
+    assert m.all("mlmon_gini", model="digits") == [] and m.all("mlmon_ks_separation", model="digits") == []
