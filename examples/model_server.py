@@ -52,6 +52,9 @@ def upload_reference(name: str, world: scenario.World, estimator) -> None:
     columns = {f: X[:, j].tolist() for j, f in enumerate(world.features)}
     columns["prediction"] = estimator.predict(X).tolist()
     columns["label"] = y.tolist()
+    if world.task != "regression":  # the scores calibrate mlmon's estimated quality (docs/estimation.md)
+        for c, column in zip(estimator.classes_, estimator.predict_proba(X).T):
+            columns[f"scores.{c}"] = column.round(6).tolist()
     # --- the mlmon part: one call after training (or point the exporter's config at a reference file) ----
     try:
         mlmon.get_client().upload_reference(name, columns)

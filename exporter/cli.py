@@ -172,8 +172,20 @@ def _reference_build(args) -> int:
         f"{args.output}: profile of {profile.rows} rows, {len(profile.features)} features"
         + (", predictions" if profile.prediction else "")
         + (", labels" if profile.label else "")
+        + _calibration_text(profile)
     )
     return 0
+
+
+def _calibration_text(profile) -> str:
+    """How the profile calibrates the estimated quality, or why it has none (a line's tail)."""
+    c = profile.calibration
+    if c is not None:
+        return (
+            f"; scores calibrated for the estimated quality: {c.method} "
+            f"(ECE on {c.rows} reference rows {c.ece_raw:.4f} raw, {c.ece_calibrated:.4f} calibrated out of fold)"
+        )
+    return f"; {profile.calibration_note}" if profile.calibration_note else ""
 
 
 def _check_config(path: str) -> int:
@@ -181,12 +193,16 @@ def _check_config(path: str) -> int:
         config = load_config(path)
         from exporter.stats import reference
 
-        reference.load_all(config)
+        profiles = reference.load_all(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
     models = ", ".join(f"{m.name} ({m.task})" for m in config.models)
     print(f"{path}: OK: {len(config.models)} model(s): {models}; windows {', '.join(config.windows)}")
+    for name, profile in profiles.items():
+        model = config.model(name)
+        if model is not None and model.is_classification and profile.calibration is None:
+            print(f"note: model {name!r}: {profile.calibration_note}", file=sys.stderr)
     return 0
 
 

@@ -58,6 +58,22 @@ def cm_weight(sel: str, by: str) -> str:
     return f'label_replace(sum without ({other}) (mlmon_confusion_matrix{{{sel}}}), "class", "$1", "{by}", "(.*)")'
 
 
+def estimated_accuracy() -> str:
+    """The estimated accuracy of the chosen window, pooled over replicas by their scored predictions."""
+    return weighted("mlmon_estimated_accuracy", WINDOW, weight=f"mlmon_estimated_samples{{{WINDOW}}}")
+
+
+def estimated_stddev() -> str:
+    """The standard deviation of the pooled estimate: sqrt(sum of the replicas' variances of the number
+    correct) over their scored predictions."""
+    n = f"mlmon_estimated_samples{{{WINDOW}}}"
+    sd = f"mlmon_estimated_accuracy_stddev{{{WINDOW}}}"
+    return (
+        f"(sqrt(sum without (instance) (({sd} * on ({WINDOW_KEY}) group_left () {n}) ^ 2))"
+        f" / sum without (instance) ({n} and on ({WINDOW_KEY}) {sd}))"
+    )
+
+
 def class_weighted(metric: str, sel: str, extra: str, weight: str) -> str:
     return weighted(metric, sel, extra, weight=weight, key="job, instance, model, version, window, class")
 
@@ -318,6 +334,26 @@ def model():
                 lo=0,
             ),
             12,
+            8,
+        ),
+        (
+            ts(
+                "Estimated and realized accuracy",
+                "Accuracy in the chosen window as the labels show it (realized), and as the calibrated scores of "
+                "every prediction promise it before any label comes (estimated, docs/estimation.md), with a band "
+                "of two standard deviations. The estimate moves first when inputs shift; a realized accuracy "
+                "outside the band means the scores no longer mean what they meant on the reference (concept "
+                "drift). Estimates need a reference with scores and labels.",
+                "percentunit",
+                [
+                    query(weighted("mlmon_accuracy", WINDOW), "realized " + mv),
+                    query(estimated_accuracy(), "estimated " + mv),
+                    query(f"{estimated_accuracy()} - 2 * {estimated_stddev()}", "estimated -2 sd " + mv),
+                    query(f"{estimated_accuracy()} + 2 * {estimated_stddev()}", "estimated +2 sd " + mv),
+                ],
+                thr=QUALITY,
+            ),
+            24,
             8,
         ),
         (

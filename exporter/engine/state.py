@@ -20,7 +20,7 @@ from exporter.engine import joins, storage
 from exporter.engine.joins import JoinStore, Pending
 from exporter.ingest.columns import bin_rows
 from exporter.ingest.validation import Label, Prediction
-from exporter.stats import quality, reference
+from exporter.stats import estimate, quality, reference
 from exporter.stats.binning import REFERENCE_ARRAYS, Binner, drift_schema, scatter
 from exporter.stats.histogram import Histogram
 from exporter.stats.reference import Profile, category
@@ -33,7 +33,9 @@ SPAN_ARRAYS = {"classification": ("labeled", "confusion"), "regression": ("label
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
-def ring_schema(model: ModelConfig) -> Schema:
+def ring_schema(model: ModelConfig, estimates: bool = True) -> Schema:
+    """The arrays of a window bucket; ``estimates``: with those of the estimated quality (a version's rings,
+    not a segment's)."""
     if not model.is_classification:
         schema = {
             name: ((), np.float64) for name in ("predictions", "labeled", "err", "abs_err", "sq_err", "y", "y_sq")
@@ -53,6 +55,7 @@ def ring_schema(model: ModelConfig) -> Schema:
         "ece_count": ((quality.ECE_BINS,), np.int64),
         "ece_correct": ((quality.ECE_BINS,), np.int64),
         "ece_confidence": ((quality.ECE_BINS,), np.float64),
+        **(estimate.schema(c, model.task == "binary") if estimates else {}),
     }
 
 
@@ -217,6 +220,19 @@ class VersionState:
         binned = bin_rows(binner, [e.features for e in events], [e.prediction for e in events], _errors(events))
         if binned.missing is not None:
             self.missing += binned.missing
+        calibration = binner.profile.calibration if binner.profile is not None else None
+        if calibration is not None:
+            scored = [i for i, e in enumerate(events) if e.scores is not None]
+            if scored:
+                binned.scatter.update(
+                    estimate.scatter(
+                        calibration,
+                        np.asarray(scored, dtype=np.int64),
+                        np.fromiter((events[i].prediction for i in scored), dtype=np.int64, count=len(scored)),
+                        np.asarray([events[i].scores for i in scored], dtype=np.float64),
+                        self.positive,
+                    )
+                )
         _predictions_into(self.rings, ts, binned, now)
         for (feature, value), idx in _segment_groups(self.model.segment_features, segments):
             sub = [events[i] for i in idx]
@@ -285,7 +301,8 @@ class VersionState:
     def _segment_rings(self, feature: str, value: str) -> list[Ring]:
         rings = self.segments.get((feature, value))
         if rings is None:
-            rings = self.segments[feature, value] = [Ring(r.seconds, r.k, ring_schema(self.model)) for r in self.rings]
+            schema = ring_schema(self.model, estimates=False)
+            rings = self.segments[feature, value] = [Ring(r.seconds, r.k, schema) for r in self.rings]
         return rings
 
     def _classification_stats(self, pred: np.ndarray, actual: np.ndarray, scores: list) -> dict:
@@ -398,7 +415,7 @@ class ModelState:
             self.segments.use_reference(profile)
             for version in self.versions.values():
                 for ring in [*version.rings, *(r for rings in version.segments.values() for r in rings)]:
-                    for name in REFERENCE_ARRAYS:
+                    for name in (*REFERENCE_ARRAYS, *estimate.ARRAYS):  # the estimate rests on its calibration
                         if name in ring.arrays:
                             ring.arrays[name][:] = 0
 
@@ -581,7 +598,10 @@ class ModelState:
         if data["fingerprint"] != fingerprint(self.model, self.config):
             return False
         with self.lock:
+            schema = ring_schema(self.model)
             for version in data["versions"].values():
+                for ring in version.rings:
+                    ring.conform(schema)
                 version.model = self.model
                 version.window_names = self.config.windows
                 version.spans = config_spans(self.config)  # derived from the windows, which the fingerprint covers
@@ -633,7 +653,9 @@ def fingerprint(model: ModelConfig, config: Config) -> str:
 
     Thresholds, drift methods and limits are not in it: changing them keeps the windows.
     """
-    schema = {name: (shape, np.dtype(dtype).str) for name, (shape, dtype) in ring_schema(model).items()}
+    # Without the estimate's arrays: they depend only on the classes, and a snapshot written before them gets
+    # them empty on restore (Ring.conform) instead of losing its windows.
+    schema = {name: (shape, np.dtype(dtype).str) for name, (shape, dtype) in ring_schema(model, False).items()}
     return repr(
         (
             model.task,

@@ -248,7 +248,14 @@ def put_reference(name: str):
     m.set_reference(name, profile)
     log.info("reference replaced", extra={"fields": {"model": name, "rows": profile.rows}})
     _audit("reference_replaced", 200, model=name, rows=profile.rows)
-    return jsonify({"model": name, "rows": profile.rows, "features": len(profile.features)})
+    return jsonify(
+        {
+            "model": name,
+            "rows": profile.rows,
+            "features": len(profile.features),
+            "calibration": profile.calibration_summary(),
+        }
+    )
 
 
 @api.post("/models/<name>/reset")

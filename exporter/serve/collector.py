@@ -18,7 +18,7 @@ from exporter.config import ModelConfig
 from exporter.engine.state import ModelSnapshot, ModelState, ServerReports
 from exporter.ingest.validation import IngestErrors
 from exporter.serve.exposition import CounterFamily, GaugeFamily
-from exporter.stats import quality
+from exporter.stats import estimate, quality
 from exporter.stats.binning import decision_method, distribution, window_drift
 from exporter.stats.drift import CATEGORICAL_METHODS, CLASS_METHODS, NUMERIC_METHODS
 from exporter.stats.histogram import Histogram
@@ -164,6 +164,7 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
         "mlmon_retired_versions", "Versions dropped over limits.max_versions_per_model.", labels=["model"]
     )
     spans = _SpanFamilies()
+    estimated = _EstimateFamilies()
 
     drift_families = _DriftFamilies()
     segments = _SegmentFamilies()
@@ -172,6 +173,9 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
         model = snap.config
         m = model.name
         drift_families.model(snap)
+        calibration = snap.profile.calibration if snap.profile is not None else None
+        if calibration is not None:
+            estimated.info.add_metric([m, calibration.method], 1)
         pending.add_metric([m], snap.pending_predictions)
         early.add_metric([m], snap.pending_labels)
         for (kind, reason), n in snap.dropped.items():
@@ -212,6 +216,8 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
                 samples.add_metric(mvw + ["labeled"], float(totals["labeled"]))
                 if model.is_classification:
                     _classification_window(model.classes, mvw, totals, gauges, per_class, confusion, reliability)
+                    if calibration is not None and "est_n" in totals:
+                        estimated.window(model, mvw, totals)
                 else:
                     _regression_window(mvw, totals, gauges)
                 drift_families.window(mvw, window_drift(model, snap.profile, totals))
@@ -246,6 +252,7 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
         retired,
         thresholds,
         *spans.all(),
+        *estimated.all(),
         *drift_families.all(),
         *segments.all(),
     )
@@ -316,6 +323,65 @@ class _SpanFamilies:
 
     def all(self) -> list:
         return [self.labeled, self.correct, self.abs_error, self.sq_error]
+
+
+class _EstimateFamilies:
+    """Quality estimated from the calibrated scores of every scored prediction, labelled or not
+    (exporter/stats/estimate.py); published for the models whose reference calibrates their scores."""
+
+    def __init__(self):
+        self.info = GaugeFamily(
+            "mlmon_calibration_info",
+            "Always 1: how the model's scores are calibrated for the estimated quality (method: isotonic, fitted on "
+            "the reference's scores and labels; none: the scores were already calibrated on held-out reference rows).",
+            labels=["model", "method"],
+        )
+        self.samples = GaugeFamily(
+            "mlmon_estimated_samples",
+            "Scored predictions in the window, by prediction time: what the estimate rests on.",
+            labels=MVW,
+        )
+        self.gauges = {
+            "accuracy": GaugeFamily(
+                "mlmon_estimated_accuracy",
+                "Accuracy expected from the calibrated scores of the window's predictions, before any label (CBPE).",
+                labels=MVW,
+            ),
+            "accuracy_stddev": GaugeFamily(
+                "mlmon_estimated_accuracy_stddev",
+                "Standard deviation of the window's accuracy around the estimate, if the scores are calibrated.",
+                labels=MVW,
+            ),
+            "roc_auc": GaugeFamily(
+                "mlmon_estimated_roc_auc",
+                "ROC AUC expected from the calibrated scores of the window's predictions (binary models).",
+                labels=MVW,
+            ),
+        }
+        self.per_class = {
+            name: GaugeFamily(
+                f"mlmon_estimated_{name}",
+                f"{name.capitalize() if name != 'f1' else 'F1'} of each class expected from the calibrated scores "
+                "of the window's predictions.",
+                labels=MVW + ["class"],
+            )
+            for name in ("precision", "recall", "f1")
+        }
+
+    def window(self, model, mvw: list[str], totals: dict) -> None:
+        self.samples.add_metric(mvw, float(totals["est_n"]))
+        figures = estimate.figures(totals, model.task == "binary")
+        if figures is None:
+            return
+        for name, family in self.gauges.items():
+            if figures[name] is not None:
+                family.add_metric(mvw, figures[name])
+        for name, family in self.per_class.items():
+            for index, value in figures[name].items():
+                family.add_metric(mvw + [model.classes[index]], value)
+
+    def all(self) -> list:
+        return [self.info, self.samples, *self.gauges.values(), *self.per_class.values()]
 
 
 class _DriftFamilies:

@@ -107,7 +107,23 @@ MODEL = {
 REFERENCE_RESULT = {
     "type": "object",
     "required": ["model", "rows", "features"],
-    "properties": {"model": {"type": "string"}, "rows": {"type": "integer"}, "features": {"type": "integer"}},
+    "properties": {
+        "model": {"type": "string"},
+        "rows": {"type": "integer"},
+        "features": {"type": "integer"},
+        "calibration": {
+            "type": "object",
+            "description": "What the estimated quality rests on: method isotonic or none with the reference "
+            "rows and expected calibration errors, or method null and a note saying why there is no estimate.",
+            "properties": {
+                "method": {"type": "string", "nullable": True, "enum": ["isotonic", "none", None]},
+                "rows": {"type": "integer"},
+                "ece_raw": {"type": "number"},
+                "ece_calibrated": {"type": "number"},
+                "note": {"type": "string"},
+            },
+        },
+    },
 }
 STATUS = {
     "type": "object",

@@ -3,7 +3,8 @@
 A profile holds, per feature: numeric bin edges from reference quantiles with the reference counts per
 bin (plus a bin below the reference minimum and one above its maximum), summary statistics and the
 missing count; categorical: the most frequent categories with their counts, an "other" bucket, and the
-set of categories seen. Optionally the same for the model's predictions and labels. Built from a CSV
+set of categories seen. Optionally the same for the model's predictions and labels, and the calibration of
+its scores against the labels (exporter/stats/estimate.py). Built from a CSV
 (`mlmon reference build`, a `reference:` CSV in the config, or an upload), stored as JSON.
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from exporter.config import ModelConfig
+from exporter.stats import estimate
 
 FORMAT = "mlmon-reference/1"
 NUMERIC_BINS = 40  # interior quantile bins; PSI merges them into deciles
@@ -116,6 +118,10 @@ class Profile:
     features: dict[str, Ref]
     prediction: Ref | None = None
     label: Ref | None = None
+    # How scores become probabilities for the estimated quality (exporter/stats/estimate.py); None: the
+    # reference had no scores and labels to calibrate against (``calibration_note`` says which was missing).
+    calibration: estimate.Calibration | None = None
+    calibration_note: str = ""
 
     def as_json(self) -> dict:
         out = {
@@ -128,7 +134,23 @@ class Profile:
             ref = getattr(self, key)
             if ref is not None:
                 out[key] = ref.as_json()
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.as_json()
+        elif self.calibration_note:
+            out["calibration_note"] = self.calibration_note
         return out
+
+    def calibration_summary(self) -> dict:
+        """What the estimated quality rests on, for the answer to an upload and for check-config."""
+        c = self.calibration
+        if c is None:
+            return {"method": None, "note": self.calibration_note or "no calibration"}
+        return {
+            "method": c.method,
+            "rows": c.rows,
+            "ece_raw": round(c.ece_raw, 4),
+            "ece_calibrated": round(c.ece_calibrated, 4),
+        }
 
     def dumps(self) -> str:
         return json.dumps(self.as_json(), indent=1)
@@ -196,11 +218,12 @@ def build_profile(columns: dict[str, list], model: ModelConfig) -> Profile:
     names = {f.name: f.type for f in model.features}
     if not names:
         raise ReferenceError(f"model {model.name!r} has no features in the config: nothing to profile")
-    unknown = [c for c in columns if c not in names and c not in EXTRA_COLUMNS]
+    scores = score_columns(model)
+    unknown = [c for c in columns if c not in names and c not in EXTRA_COLUMNS and c not in scores]
     if unknown:
+        allowed = ", ".join([*EXTRA_COLUMNS, *scores])
         raise ReferenceError(
-            f"unknown columns {unknown[:10]}: the model's features are {sorted(names)}; "
-            f"{', '.join(EXTRA_COLUMNS)} are allowed besides"
+            f"unknown columns {unknown[:10]}: the model's features are {sorted(names)}; {allowed} are allowed besides"
         )
     missing = [f for f in names if f not in columns]
     if missing:
@@ -228,7 +251,66 @@ def build_profile(columns: dict[str, list], model: ModelConfig) -> Profile:
             if bad:
                 raise ReferenceError(f"column {key!r}: {sorted(bad)[:5]} are not classes of {model.name!r}")
             outcomes[key] = _class_profile(values, model)
-    return Profile(model.name, rows, features, outcomes["prediction"], outcomes["label"])
+    calibration, note = _calibration(columns, model, _score_columns_used(columns, model))
+    return Profile(model.name, rows, features, outcomes["prediction"], outcomes["label"], calibration, note)
+
+
+def score_columns(model: ModelConfig) -> list[str]:
+    """The reference columns that may hold the model's scores: ``score`` (the positive class's probability) or
+    ``scores.<class>`` for a binary model, ``scores.<class>`` for each class of a multiclass one; none for
+    regression."""
+    if model.task == "binary":
+        return ["score", *(f"scores.{c}" for c in model.classes)]
+    if model.task == "multiclass":
+        return [f"scores.{c}" for c in model.classes]
+    return []
+
+
+def _score_columns_used(columns: dict[str, list], model: ModelConfig) -> list[str]:
+    """The columns calibrated: one per score column of the API (binary: the positive class's)."""
+    if model.task == "binary":
+        return (
+            ["score"]
+            if "score" in columns or f"scores.{model.positive_class}" not in columns
+            else [f"scores.{model.positive_class}"]
+        )
+    return score_columns(model)
+
+
+def _calibration(columns: dict[str, list], model: ModelConfig, scores: list[str]):
+    """The calibration of the model's scores against the reference's labels, or None and why not."""
+    if not scores:
+        return None, "regression models have no estimated quality"
+    present = [c for c in scores if c in columns]
+    if "label" not in columns or not present:
+        missing = [c for c in ["label", *scores] if c not in columns]
+        return None, f"no estimated quality: the reference lacks the columns {missing[:5]} to calibrate the scores"
+    if len(present) != len(scores):
+        return (
+            None,
+            f"no estimated quality: the reference lacks the score columns {sorted(set(scores) - set(present))[:5]}",
+        )
+    table = np.column_stack([_floats(columns[c], c) for c in scores])
+    bad = ~np.isnan(table) & ((table < 0) | (table > 1))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ReferenceError(
+            f"column {scores[col]!r}, row {row + 2}: {table[row, col]!r} is not a probability from 0 to 1"
+        )
+    labels = [category(v) if v not in (None, "") else None for v in columns["label"]]
+    keep = np.array([lab is not None for lab in labels]) & ~np.isnan(table).any(axis=1)
+    if keep.sum() < estimate.MIN_ROWS:
+        return None, (
+            f"no estimated quality: {int(keep.sum())} reference rows have a label and every score; "
+            f"calibration needs {estimate.MIN_ROWS}"
+        )
+    index = {c: i for i, c in enumerate(model.classes)}
+    y = np.array([index[lab] for lab, k in zip(labels, keep) if k], dtype=np.int64)
+    score_class = (
+        [model.classes.index(model.positive_class)] if model.task == "binary" else list(range(len(model.classes)))
+    )
+    outcomes = np.column_stack([(y == k).astype(np.float64) for k in score_class])
+    return estimate.fit(table[keep], outcomes), ""
 
 
 def _class_profile(values: list, model: ModelConfig) -> CategoricalRef:
@@ -314,7 +396,22 @@ def from_json(data, model: ModelConfig) -> Profile:
     rows = data.get("rows", 0)
     if isinstance(rows, bool) or not isinstance(rows, int) or not 0 <= rows < 2**62:
         raise ReferenceError("'rows' must be a whole number of rows")
-    return Profile(model.name, rows, refs, extra.get("prediction"), extra.get("label"))
+    calibration = None
+    if data.get("calibration") is not None:
+        try:
+            calibration = estimate.Calibration.from_json(data["calibration"], len(model.score_classes))
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise ReferenceError(f"calibration: {exc}") from None
+    note = data.get("calibration_note", "")
+    return Profile(
+        model.name,
+        rows,
+        refs,
+        extra.get("prediction"),
+        extra.get("label"),
+        calibration,
+        note if isinstance(note, str) else "",
+    )
 
 
 def load_all(config) -> dict[str, Profile]:

@@ -31,6 +31,12 @@ class Ring:
         self.arrays = {name: np.zeros((self.k, *shape), dtype=dtype) for name, (shape, dtype) in schema.items()}
         self.bucket_of_slot = np.full(self.k, np.iinfo(np.int64).min, dtype=np.int64)
 
+    def conform(self, schema: Schema) -> None:
+        """Add the arrays of ``schema`` this ring lacks, empty (a ring restored from an older snapshot)."""
+        for name, (shape, dtype) in schema.items():
+            if name not in self.arrays:
+                self.arrays[name] = np.zeros((self.k, *shape), dtype=dtype)
+
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.arrays.values()) + self.bucket_of_slot.nbytes
 

@@ -739,7 +739,7 @@ def test_reference_uploads_never_break_the_contract():
         ctype, body = upload
         r = h.send("PUT", f"/api/v1/models/{name}/reference", body, headers_of(None, ctype))
         if r.status_code == 200:
-            assert set(r.get_json()) == {"model", "rows", "features"}
+            assert set(r.get_json()) == {"model", "rows", "features", "calibration"}
 
     run()
     assert h.statuses[200] > 5 and h.statuses[400] > 100, h.statuses

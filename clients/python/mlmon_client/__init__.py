@@ -394,8 +394,9 @@ class Client:
 
     def upload_reference(self, model: str, columns: Mapping[str, Any], timeout: float = 60.0) -> dict:
         """Set the model's drift reference from columns of raw rows (feature name -> values; optionally
-        ``prediction`` and ``label``), typically the training data. Synchronous, unlike ``log_*``: it
-        raises ``requests.HTTPError`` (with the exporter's message) when the exporter refuses it."""
+        ``prediction``, ``label`` and the scores ``scores.<class>``, which calibrate the estimated quality),
+        typically held-out validation data. Synchronous, unlike ``log_*``: it raises ``requests.HTTPError``
+        (with the exporter's message) when the exporter refuses it."""
         names = list(columns)
         lengths = {len(columns[n]) for n in names}
         if len(lengths) != 1:
