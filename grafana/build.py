@@ -60,17 +60,17 @@ def cm_weight(sel: str, by: str) -> str:
 
 def estimated_accuracy() -> str:
     """The estimated accuracy of the chosen window, pooled over replicas by their scored predictions."""
-    return weighted("mlmon_estimated_accuracy", WINDOW, weight=f"mlmon_estimated_samples{{{WINDOW}}}")
+    return weighted("mlmon_estimated_accuracy", WINDOW, weight=f'mlmon_estimated_samples{{{WINDOW},kind="scored"}}')
 
 
 def estimated_stddev() -> str:
     """The standard deviation of the pooled estimate: sqrt(sum of the replicas' variances of the number
     correct) over their scored predictions."""
-    n = f"mlmon_estimated_samples{{{WINDOW}}}"
+    n = f'mlmon_estimated_samples{{{WINDOW},kind="scored"}}'
     sd = f"mlmon_estimated_accuracy_stddev{{{WINDOW}}}"
     return (
         f"(sqrt(sum without (instance) (({sd} * on ({WINDOW_KEY}) group_left () {n}) ^ 2))"
-        f" / sum without (instance) ({n} and on ({WINDOW_KEY}) {sd}))"
+        f" / sum without (instance, kind) ({n} and on ({WINDOW_KEY}) {sd}))"
     )
 
 
@@ -339,15 +339,24 @@ def model():
         (
             ts(
                 "Estimated and realized accuracy",
-                "Accuracy in the chosen window as the labels show it (realized), and as the calibrated scores of "
+                "Accuracy in the chosen window as the labels show it (realized), as the calibrated scores of "
                 "every prediction promise it before any label comes (estimated, docs/estimation.md), with a band "
-                "of two standard deviations. The estimate moves first when inputs shift; a realized accuracy "
-                "outside the band means the scores no longer mean what they meant on the reference (concept "
-                "drift). Estimates need a reference with scores and labels.",
+                "of two standard deviations, and the nowcast: realized where labelled, estimated elsewhere. The "
+                "estimate moves first when inputs shift; a realized accuracy outside the band means the scores "
+                "no longer mean what they meant on the reference (concept drift). Estimates need a reference "
+                "with scores and labels.",
                 "percentunit",
                 [
                     query(weighted("mlmon_accuracy", WINDOW), "realized " + mv),
                     query(estimated_accuracy(), "estimated " + mv),
+                    query(
+                        weighted(
+                            "mlmon_nowcast_accuracy",
+                            WINDOW,
+                            weight=f'mlmon_estimated_samples{{{WINDOW},kind="scored"}}',
+                        ),
+                        "nowcast " + mv,
+                    ),
                     query(f"{estimated_accuracy()} - 2 * {estimated_stddev()}", "estimated -2 sd " + mv),
                     query(f"{estimated_accuracy()} + 2 * {estimated_stddev()}", "estimated +2 sd " + mv),
                 ],

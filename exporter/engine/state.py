@@ -70,6 +70,15 @@ def _predictions_into(rings: list[Ring], ts: np.ndarray, binned, now: float) -> 
                 scatter(ring.arrays[name], slots, ev, idx, weights)
 
 
+def _scatter_at(rings: list[Ring], ts: np.ndarray, entries: dict, now: float) -> None:
+    """Add ``entries`` (name -> events, flat indices, weights) into the bucket of each event's time."""
+    for ring in rings:
+        slots = ring.slots(ts, now)
+        if (slots >= 0).any():
+            for name, (ev, idx, weights) in entries.items():
+                scatter(ring.arrays[name], slots, ev, idx, weights)
+
+
 def _errors(events: list[Prediction]) -> list | None:
     """Per event, the features validation left out, or None when no event has any (the common case)."""
     return [e.feature_errors for e in events] if any(e.feature_errors for e in events) else None
@@ -267,8 +276,10 @@ class VersionState:
         labelled_at: list,
         segments: list,
         now: float,
+        calibration: estimate.Calibration | None = None,
     ) -> None:
-        """Labels joined to predictions: counters, label delay, and the window buckets holding ``now``.
+        """Labels joined to predictions: counters, label delay, and the window buckets holding ``now``; with a
+        ``calibration``, the estimate's labelled sums in the buckets of the predictions' times.
 
         ``now`` is the time of the join: the label's arrival, or the prediction's when the label came first.
         """
@@ -291,6 +302,14 @@ class VersionState:
                 self.y_shift = float(act[0])
             stats = self._regression_stats(pred, act)
         _add_now(self.rings, stats, now)
+        if calibration is not None and self.model.is_classification:
+            scored = [i for i, sc in enumerate(scores) if sc is not None]
+            if scored:
+                idx = np.asarray(scored, dtype=np.int64)
+                part = estimate.labelled_scatter(
+                    calibration, pred[idx], act[idx], np.asarray([scores[i] for i in scored]), self.positive
+                )
+                _scatter_at(self.rings, np.asarray(predicted_at, dtype=np.float64)[idx], part, now)
         for (feature, value), idx in _segment_groups(self.model.segment_features, segments):
             if self.model.is_classification:
                 part = self._classification_stats(pred[idx], act[idx], [scores[i] for i in idx])
@@ -538,7 +557,7 @@ class ModelState:
                 # The version was retired (limits.max_versions_per_model) while its predictions waited.
                 self.dropped["prediction", "version_retired"] += len(columns[0])
                 continue
-            state.add_outcomes(*columns, now)
+            state.add_outcomes(*columns, now, calibration=self.profile.calibration if self.profile else None)
 
     def expire(self, now: float) -> None:
         with self.lock:

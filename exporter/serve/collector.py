@@ -338,8 +338,9 @@ class _EstimateFamilies:
         )
         self.samples = GaugeFamily(
             "mlmon_estimated_samples",
-            "Scored predictions in the window, by prediction time: what the estimate rests on.",
-            labels=MVW,
+            "Scored predictions in the window by prediction time (kind=scored), and those of them labelled since "
+            "(kind=labeled): what the estimate and the calibration gap rest on.",
+            labels=MVW + ["kind"],
         )
         self.gauges = {
             "accuracy": GaugeFamily(
@@ -357,6 +358,27 @@ class _EstimateFamilies:
                 "ROC AUC expected from the calibrated scores of the window's predictions (binary models).",
                 labels=MVW,
             ),
+            "nowcast_accuracy": GaugeFamily(
+                "mlmon_nowcast_accuracy",
+                "Best guess of the window's accuracy: realized for its labelled predictions, estimated for the rest.",
+                labels=MVW,
+            ),
+            "nowcast_accuracy_stddev": GaugeFamily(
+                "mlmon_nowcast_accuracy_stddev",
+                "Standard deviation of the window's accuracy around the nowcast (from its unlabelled predictions).",
+                labels=MVW,
+            ),
+            "calibration_gap": GaugeFamily(
+                "mlmon_calibration_gap",
+                "Realized minus estimated accuracy of the window's labelled, scored predictions: below 0 the model "
+                "does worse than its scores promise (concept drift).",
+                labels=MVW,
+            ),
+            "calibration_gap_stddev": GaugeFamily(
+                "mlmon_calibration_gap_stddev",
+                "Standard deviation of the calibration gap if the scores are calibrated (sampling only).",
+                labels=MVW,
+            ),
         }
         self.per_class = {
             name: GaugeFamily(
@@ -369,7 +391,8 @@ class _EstimateFamilies:
         }
 
     def window(self, model, mvw: list[str], totals: dict) -> None:
-        self.samples.add_metric(mvw, float(totals["est_n"]))
+        self.samples.add_metric(mvw + ["scored"], float(totals["est_n"]))
+        self.samples.add_metric(mvw + ["labeled"], float(totals["est_lab_n"]))
         figures = estimate.figures(totals, model.task == "binary")
         if figures is None:
             return

@@ -145,6 +145,12 @@ def schema(classes: int, binary: bool) -> dict:
         "est_n": ((), np.int64),
         "est_confusion": ((classes, classes), np.float64),
         "est_var": ((), np.float64),
+        # The scored predictions of the bucket that have their label now (added when the label comes, into the
+        # prediction's bucket): how many, how many right, and their estimated number right with its variance.
+        "est_lab_n": ((), np.int64),
+        "est_lab_correct": ((), np.int64),
+        "est_lab_p": ((), np.float64),
+        "est_lab_var": ((), np.float64),
     }
     if binary:
         out["est_hist_n"] = ((quality.SCORE_BINS,), np.int64)
@@ -152,7 +158,17 @@ def schema(classes: int, binary: bool) -> dict:
     return out
 
 
-ARRAYS = ("est_n", "est_confusion", "est_var", "est_hist_n", "est_hist_pos")
+ARRAYS = (
+    "est_n",
+    "est_confusion",
+    "est_var",
+    "est_lab_n",
+    "est_lab_correct",
+    "est_lab_p",
+    "est_lab_var",
+    "est_hist_n",
+    "est_hist_pos",
+)
 
 
 def scatter(
@@ -181,15 +197,45 @@ def scatter(
     return out
 
 
+def labelled_scatter(
+    calibration: Calibration, predicted: np.ndarray, actual: np.ndarray, scores: np.ndarray, positive: int | None
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """What labels joined to scored predictions add to their predictions' buckets: the count, the number
+    right, and the calibrated probability of the predicted class (its sum and the sum of ``p (1 - p)``)."""
+    n = len(predicted)
+    prob = probabilities(calibration, scores, positive)
+    p_hat = prob[np.arange(n), predicted]
+    events, zero = np.arange(n), np.zeros(n, dtype=np.int64)
+    return {
+        "est_lab_n": (events, zero, None),
+        "est_lab_correct": (events, zero, (predicted == actual).astype(np.float64)),
+        "est_lab_p": (events, zero, p_hat),
+        "est_lab_var": (events, zero, p_hat * (1.0 - p_hat)),
+    }
+
+
 def figures(totals: dict, binary: bool) -> dict | None:
     """Estimated quality of a window from its summed arrays: accuracy with its standard deviation, the
-    per-class precision, recall and F1, and the ROC AUC of a binary model; None for an empty window."""
+    per-class precision, recall and F1, the ROC AUC of a binary model, the nowcast (realized where labelled,
+    estimated elsewhere) and the calibration gap (realized minus estimated, over the labelled predictions),
+    each with its standard deviation; None for an empty window."""
     n = float(totals["est_n"])
     if n == 0:
         return None
     conf = totals["est_confusion"]
     out = quality.classification(conf)
     out["accuracy_stddev"] = float(np.sqrt(max(float(totals["est_var"]), 0.0))) / n
+    # The nowcast: the labelled predictions as they turned out, the others as estimated.
+    labelled = float(totals["est_lab_n"])
+    right, expected = float(totals["est_lab_correct"]), float(totals["est_lab_p"])
+    out["nowcast_accuracy"] = min(max((float(np.trace(conf)) - expected + right) / n, 0.0), 1.0)
+    pending_var = max(float(totals["est_var"]) - float(totals["est_lab_var"]), 0.0)
+    out["nowcast_accuracy_stddev"] = float(np.sqrt(pending_var)) / n
+    # The calibration gap: realized minus estimated accuracy over the labelled ones.
+    out["calibration_gap"] = (right - expected) / labelled if labelled else None
+    out["calibration_gap_stddev"] = (
+        float(np.sqrt(max(float(totals["est_lab_var"]), 0.0))) / labelled if labelled else None
+    )
     out["roc_auc"] = None
     if binary:
         pos = totals["est_hist_pos"]

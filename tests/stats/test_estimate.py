@@ -106,7 +106,7 @@ def test_binary_estimate_equals_cbpe_on_raw_rows():
     expected = cbpe_binary(s_ref, y_ref, score, predicted)
 
     assert m.get("mlmon_calibration_info", model="churn", method="isotonic") == 1
-    assert m.get("mlmon_estimated_samples", **w) == 4000
+    assert m.get("mlmon_estimated_samples", kind="scored", **w) == 4000
     assert m.get("mlmon_window_samples", kind="labeled", **w) == 0  # no label yet: only the estimate speaks
     assert m.get("mlmon_estimated_accuracy", **w) == pytest.approx(expected["accuracy"], abs=FLOAT_SUMS)
     assert m.get("mlmon_estimated_accuracy_stddev", **w) == pytest.approx(expected["accuracy_stddev"], abs=FLOAT_SUMS)
@@ -288,3 +288,58 @@ def test_reference_build_and_check_config_say_what_the_estimate_rests_on(tmp_pat
     )
     assert r.returncode == 0, r.stderr
     assert "note: model 'churn': no estimated quality: the reference lacks the columns ['label', 'score']" in r.stderr
+
+
+@pytest.mark.parametrize("concept_drift", [False, True])
+def test_nowcast_and_calibration_gap_equal_numpy_on_raw_rows(concept_drift):
+    """Predictions over 20 minutes, labels for some of them later: the nowcast (realized where labelled,
+    estimated elsewhere) and the calibration gap (realized minus estimated over the labelled ones), by
+    prediction time, against numpy on the same rows. With concept drift (the outcomes flipped for a third of
+    the rows, scores unchanged) the gap falls several standard deviations below 0."""
+    rng = np.random.default_rng(9)
+    x_ref, y_ref, s_ref = binary_rows(rng, 3000)
+    app, clock = make_app(CONFIG)
+    client = app.test_client()
+    ref = csv_text({"x": x_ref, "label": np.array(["stay", "churn"])[y_ref], "score": s_ref})
+    assert client.put("/api/v1/models/churn/reference", data=ref, content_type="text/csv").status_code == 200
+    start = clock.now
+    n = 2400
+    _, y, score = binary_rows(rng, n)
+    if concept_drift:
+        flip = rng.random(n) < 1 / 3
+        y = np.where(flip, 1 - y, y)
+    predicted = (score >= 0.5).astype(int)
+    names = np.array(["stay", "churn"])
+    for minute in range(20):  # 120 predictions a minute
+        part = range(minute * 120, (minute + 1) * 120)
+        items = [
+            {"model": "churn", "id": f"c{i}", "prediction": names[predicted[i]], "score": float(score[i])} for i in part
+        ]
+        assert client.post("/api/v1/predictions", json={"predictions": items}).status_code == 202
+        clock.advance(60)
+    labelled = rng.random(n) < 0.4
+    labels = [{"model": "churn", "id": f"c{i}", "label": names[y[i]]} for i in np.flatnonzero(labelled)]
+    assert client.post("/api/v1/labels", json={"labels": labels}).status_code == 202
+    m = scrape(client)
+    w = {"model": "churn", "version": "default", "window": "1h"}
+
+    p = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(s_ref, y_ref).predict(score)
+    p_hat = np.where(predicted == 1, p, 1 - p)
+    right = predicted == y
+    nowcast = (right[labelled].sum() + p_hat[~labelled].sum()) / n
+    gap = (right[labelled].sum() - p_hat[labelled].sum()) / labelled.sum()
+    gap_sd = np.sqrt((p_hat[labelled] * (1 - p_hat[labelled])).sum()) / labelled.sum()
+    assert m.get("mlmon_estimated_samples", kind="labeled", **w) == labelled.sum()
+    assert m.get("mlmon_nowcast_accuracy", **w) == pytest.approx(nowcast, abs=FLOAT_SUMS)
+    pending_sd = np.sqrt((p_hat[~labelled] * (1 - p_hat[~labelled])).sum()) / n
+    assert m.get("mlmon_nowcast_accuracy_stddev", **w) == pytest.approx(pending_sd, abs=FLOAT_SUMS)
+    assert m.get("mlmon_calibration_gap", **w) == pytest.approx(gap, abs=FLOAT_SUMS)
+    assert m.get("mlmon_calibration_gap_stddev", **w) == pytest.approx(gap_sd, abs=FLOAT_SUMS)
+    z = gap / gap_sd
+    assert (z < -5) if concept_drift else (abs(z) < 4), z
+    # The 5m window holds the predictions of the last five minutes only (sent at minutes 16 to 19; those of
+    # minute 15, exactly five minutes old, have left it): the labels count in their predictions' buckets.
+    recent = np.arange(n) >= n - 4 * 120
+    w5 = {**w, "window": "5m"}
+    assert m.get("mlmon_estimated_samples", kind="labeled", **w5) == (labelled & recent).sum()
+    assert clock.now - start == 20 * 60
