@@ -55,10 +55,12 @@ FEATURES = 20
 # can add up to one evaluation interval), then the alerts.
 GROUPS = {
     "quality": ["mlmon-pooled-shared", "mlmon-evidence", "mlmon-quality"],
+    "estimate": ["mlmon-pooled-shared", "mlmon-pooled-estimate", "mlmon-quality"],
     "drift": ["mlmon-pooled-shared", "mlmon-pooled-quality", "mlmon-pooled-drift", "mlmon-drift"],
 }
 ALERTS = {
     "quality": ("MlmonModelAccuracyLow", "MlmonModelAccuracyDrop", "MlmonModelErrorRise"),
+    "estimate": ("MlmonModelEstimatedAccuracyLow",),
     "drift": ("MlmonModelFeatureDrift", "MlmonModelPredictionDrift", "MlmonModelFeatureValuesMissing"),
 }
 
@@ -70,8 +72,10 @@ class Scenario:
     hours, one sample every ``step`` seconds; before that the exporter warms up in steps of ``warm_step``."""
 
     name: str
-    family: str  # quality | drift
-    kind: str  # healthy | collapse | decay | drop_above_floor | mae_double | regression_healthy | stationary | shift
+    family: str  # quality | drift | estimate
+    # healthy | collapse | decay | drop_above_floor | mae_double | regression_healthy | stationary | shift |
+    # covariate_shift | calibrated (estimate: the inputs move, the relation of inputs to outcomes stays)
+    kind: str
     rate: float
     hours: float
     change: float | None = None
@@ -263,6 +267,43 @@ def scenarios() -> list[Scenario]:
                 watch=("MlmonModelFeatureDrift",),
             )
         )
+    # Before the labels: a covariate shift moves the inputs towards the model's boundary, so that its true
+    # accuracy falls from 0.92 to 0.65 while the labels are 6 hours late; the estimate must warn within 30
+    # minutes. And a week of the same inputs must raise no estimated-accuracy warning.
+    estimate = ("MlmonModelEstimatedAccuracyLow",)
+    for rate in (mid, high):
+        out.append(
+            Scenario(
+                f"covariate shift to 0.65, labels 6 h late, {_rate_name(rate)}",
+                "estimate",
+                "covariate_shift",
+                rate,
+                24 + 2,
+                change=24,
+                record_from=23,
+                label_delay=6 * HOUR,
+                seeds=1 if rate == high else 3,
+                target="warning within 30 min",
+                within=30,
+                watch=estimate,
+            )
+        )
+    out.append(
+        Scenario(
+            "estimate, stationary week 0.2/s",
+            "estimate",
+            "calibrated",
+            mid,
+            WEEK / HOUR,
+            step=60,
+            label_delay=6 * HOUR,
+            seeds=1,
+            target="no estimated-accuracy warning",
+            watch=estimate,
+            quiet=True,
+            chunk=DAY,
+        )
+    )
     return out
 
 
@@ -297,7 +338,21 @@ def config_text(s: Scenario) -> str:
     if s.family == "drift":
         lines.append("    features:")
         lines += [f"      - {{name: f{i}, type: numeric}}" for i in range(FEATURES)]
+    if s.family == "estimate":
+        lines += ['    positive_class: "yes"', "    features:", "      - {name: x, type: numeric}"]
     return "\n".join(lines) + "\n"
+
+
+# The estimate's world: the outcome is "yes" with probability sigmoid(K x); the model predicts the likelier
+# class and scores that probability. Inputs spread as N(0, 2.23) give it an accuracy of 0.92; a covariate
+# shift to N(0, 0.275) brings them near its boundary, where it is right 0.65 of the time.
+K, SPREAD, SHIFTED_SPREAD = 3.0, 2.2317, 0.2753
+
+
+def _estimate_rows(rng: np.random.Generator, n: int, spread: float):
+    x = rng.normal(0.0, spread, n)
+    p = 1.0 / (1.0 + np.exp(-K * x))
+    return x, p, (rng.random(n) < p).astype(np.int64)
 
 
 class Replay:
@@ -316,6 +371,12 @@ class Replay:
         self.now = 0.0
         self.next_id = 0
         self.waiting: list[tuple[float, int, list]] = []  # (due, replica, labels) of delayed labels
+        if s.family == "estimate":
+            x, p, y = _estimate_rows(self.rng, 20_000, SPREAD)
+            columns = {"x": list(x), "label": [("no", "yes")[v] for v in y], "score": list(p)}
+            profile = reference.build_profile(columns, self.model)
+            for st in self.states:
+                st.set_reference(profile)
         if s.family == "drift":
             ref = self.rng.standard_normal((20_000, FEATURES))
             profile = reference.build_profile({f"f{i}": list(ref[:, i]) for i in range(FEATURES)}, self.model)
@@ -359,6 +420,21 @@ class Replay:
             for e in events:
                 e.timestamp = t
             st.add_predictions(events, t)
+            return
+        if s.family == "estimate":
+            shifted = s.kind == "covariate_shift" and t >= s.change * HOUR
+            x, p, y = _estimate_rows(rng, n, SHIFTED_SPREAD if shifted else SPREAD)
+            ids = [str(self.next_id + i) for i in range(n)]
+            self.next_id += n
+            predicted = (p >= 0.5).astype(np.int64)
+            st.add_predictions(
+                [
+                    Prediction("m", "v1", i, t, c, (float(q),), None, None, {"x": float(v)})
+                    for i, c, q, v in zip(ids, predicted.tolist(), p, x)
+                ],
+                t,
+            )
+            self.waiting.append((t + s.label_delay, replica, [Label("m", i, a) for i, a in zip(ids, y.tolist())]))
             return
         if s.task == "binary":
             actual = rng.integers(0, 2, n)

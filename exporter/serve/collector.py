@@ -353,6 +353,12 @@ class _EstimateFamilies:
                 "Standard deviation of the window's accuracy around the estimate, if the scores are calibrated.",
                 labels=MVW,
             ),
+            "accuracy_stderr": GaugeFamily(
+                "mlmon_estimated_accuracy_stderr",
+                "Standard error of the estimated accuracy itself: how much it varies with the sample of inputs. "
+                "The estimate alert tests the estimate against the floor with it.",
+                labels=MVW,
+            ),
             "roc_auc": GaugeFamily(
                 "mlmon_estimated_roc_auc",
                 "ROC AUC expected from the calibrated scores of the window's predictions (binary models).",

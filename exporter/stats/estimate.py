@@ -145,6 +145,7 @@ def schema(classes: int, binary: bool) -> dict:
         "est_n": ((), np.int64),
         "est_confusion": ((classes, classes), np.float64),
         "est_var": ((), np.float64),
+        "est_sq": ((), np.float64),
         # The scored predictions of the bucket that have their label now (added when the label comes, into the
         # prediction's bucket): how many, how many right, and their estimated number right with its variance.
         "est_lab_n": ((), np.int64),
@@ -162,6 +163,7 @@ ARRAYS = (
     "est_n",
     "est_confusion",
     "est_var",
+    "est_sq",
     "est_lab_n",
     "est_lab_correct",
     "est_lab_p",
@@ -190,6 +192,7 @@ def scatter(
     }
     p_hat = prob[np.arange(n), predicted]
     out["est_var"] = (events, np.zeros(n, dtype=np.int64), p_hat * (1.0 - p_hat))
+    out["est_sq"] = (events, np.zeros(n, dtype=np.int64), p_hat * p_hat)
     if positive is not None:
         bins = quality.score_bin(scores[:, 0])
         out["est_hist_n"] = (events, bins, None)
@@ -225,6 +228,11 @@ def figures(totals: dict, binary: bool) -> dict | None:
     conf = totals["est_confusion"]
     out = quality.classification(conf)
     out["accuracy_stddev"] = float(np.sqrt(max(float(totals["est_var"]), 0.0))) / n
+    # The estimate's own standard error: how much it varies with the sample of inputs (the spread of the
+    # predictions' probabilities of being right over sqrt(n)); what a test of the estimate against a floor needs.
+    total = float(np.trace(conf))
+    spread = max(float(totals["est_sq"]) - total * total / n, 0.0)
+    out["accuracy_stderr"] = float(np.sqrt(spread / (n * (n - 1)))) if n > 1 else None
     # The nowcast: the labelled predictions as they turned out, the others as estimated.
     labelled = float(totals["est_lab_n"])
     right, expected = float(totals["est_lab_correct"]), float(totals["est_lab_p"])

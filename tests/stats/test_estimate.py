@@ -110,6 +110,9 @@ def test_binary_estimate_equals_cbpe_on_raw_rows():
     assert m.get("mlmon_window_samples", kind="labeled", **w) == 0  # no label yet: only the estimate speaks
     assert m.get("mlmon_estimated_accuracy", **w) == pytest.approx(expected["accuracy"], abs=FLOAT_SUMS)
     assert m.get("mlmon_estimated_accuracy_stddev", **w) == pytest.approx(expected["accuracy_stddev"], abs=FLOAT_SUMS)
+    p_hat = np.where(predicted == 1, expected["p"], 1 - expected["p"])
+    stderr = p_hat.std(ddof=1) / np.sqrt(len(p_hat))
+    assert m.get("mlmon_estimated_accuracy_stderr", **w) == pytest.approx(stderr, rel=1e-6)
     for name in ("precision", "recall", "f1"):
         for cls, value in expected[name].items():
             got = m.get(f"mlmon_estimated_{name}", **w, **{"class": cls})
