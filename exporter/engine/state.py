@@ -28,6 +28,9 @@ from exporter.stats.window import Ring, Schema, Span, spans
 
 # What a span publishes (mlmon_span_*): enough for a test of accuracy or MAE against a threshold.
 SPAN_ARRAYS = {"classification": ("labeled", "confusion"), "regression": ("labeled", "abs_err", "sq_err")}
+# ...and what the estimate alert tests (classification, by prediction time): scored predictions, the sum of
+# their probabilities of being right and of the squares of those.
+ESTIMATE_SPAN_ARRAYS = ("est_n", "est_confusion", "est_sq")
 
 # Top-label confidence buckets (upper bounds) of mlmon_prediction_confidence.
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -393,6 +396,8 @@ class VersionState:
             snap.abs_error, snap.sq_error = self.abs_error, self.sq_error
         snap.windows = {name: ring.totals(now) for name, ring in zip(self.window_names, self.rings)}
         arrays = SPAN_ARRAYS["classification" if self.model.is_classification else "regression"]
+        if self.model.is_classification:
+            arrays = (*arrays, *ESTIMATE_SPAN_ARRAYS)
         sums: dict[str, dict[str, np.ndarray]] = {}
         for i, ring in enumerate(self.rings):
             mine = [s for s in self.spans if s.window == i]

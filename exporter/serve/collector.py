@@ -221,7 +221,7 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
                 else:
                     _regression_window(mvw, totals, gauges)
                 drift_families.window(mvw, window_drift(model, snap.profile, totals))
-            spans.version(mv, v.spans, model.is_classification)
+            spans.version(mv, v.spans, model.is_classification, calibration is not None)
             for (seg_feature, seg_value), windows in v.segments.items():
                 for window, totals in windows.items():
                     segments.window(model, snap.profile, mv + [window, seg_feature, seg_value], totals)
@@ -310,19 +310,47 @@ class _SpanFamilies:
             "Sum of (prediction - label)^2 over the span's labelled predictions (regression).",
             labels=labels,
         )
+        self.estimated = GaugeFamily(
+            "mlmon_span_estimated",
+            "Scored predictions in the most recent span of a window, by prediction time (models whose reference "
+            "calibrates their scores).",
+            labels=labels,
+        )
+        self.estimated_correct = GaugeFamily(
+            "mlmon_span_estimated_correct",
+            "Sum over the span's scored predictions of the calibrated probability of being right.",
+            labels=labels,
+        )
+        self.estimated_squares = GaugeFamily(
+            "mlmon_span_estimated_correct_squares",
+            "Sum over the span's scored predictions of the squared calibrated probability of being right.",
+            labels=labels,
+        )
 
-    def version(self, mv: list[str], spans: dict[str, dict], classification: bool) -> None:
+    def version(self, mv: list[str], spans: dict[str, dict], classification: bool, estimated: bool = False) -> None:
         for name, sums in spans.items():
             labels = mv + [name]
             self.labeled.add_metric(labels, float(sums["labeled"]))
             if classification:
                 self.correct.add_metric(labels, float(np.trace(sums["confusion"])))
+                if estimated and "est_n" in sums:
+                    self.estimated.add_metric(labels, float(sums["est_n"]))
+                    self.estimated_correct.add_metric(labels, float(np.trace(sums["est_confusion"])))
+                    self.estimated_squares.add_metric(labels, float(sums["est_sq"]))
             else:
                 self.abs_error.add_metric(labels, float(sums["abs_err"]))
                 self.sq_error.add_metric(labels, float(sums["sq_err"]))
 
     def all(self) -> list:
-        return [self.labeled, self.correct, self.abs_error, self.sq_error]
+        return [
+            self.labeled,
+            self.correct,
+            self.abs_error,
+            self.sq_error,
+            self.estimated,
+            self.estimated_correct,
+            self.estimated_squares,
+        ]
 
 
 class _EstimateFamilies:

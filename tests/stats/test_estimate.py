@@ -113,6 +113,11 @@ def test_binary_estimate_equals_cbpe_on_raw_rows():
     p_hat = np.where(predicted == 1, expected["p"], 1 - expected["p"])
     stderr = p_hat.std(ddof=1) / np.sqrt(len(p_hat))
     assert m.get("mlmon_estimated_accuracy_stderr", **w) == pytest.approx(stderr, rel=1e-6)
+    # The span sums the estimate alert tests (every span holds the batch: it was sent at once).
+    span = {"model": "churn", "version": "default", "span": "5m"}
+    assert m.get("mlmon_span_estimated", **span) == 4000
+    assert m.get("mlmon_span_estimated_correct", **span) == pytest.approx(p_hat.sum(), rel=1e-12)
+    assert m.get("mlmon_span_estimated_correct_squares", **span) == pytest.approx((p_hat**2).sum(), rel=1e-12)
     for name in ("precision", "recall", "f1"):
         for cls, value in expected[name].items():
             got = m.get(f"mlmon_estimated_{name}", **w, **{"class": cls})
