@@ -64,20 +64,18 @@ def ring_schema(model: ModelConfig, estimates: bool = True) -> Schema:
 
 def _predictions_into(rings: list[Ring], ts: np.ndarray, binned, now: float) -> None:
     """Count predictions, and their binned features, into the bucket of each one's time."""
+    _scatter_at(rings, ts, binned.scatter, now, count="predictions")
+
+
+def _scatter_at(rings: list[Ring], ts: np.ndarray, entries: dict, now: float, count: str | None = None) -> None:
+    """Add ``entries`` (name -> events, flat indices, weights) into the bucket of each event's time, and with
+    ``count`` one per event into that array."""
     for ring in rings:
         slots = ring.slots(ts, now)
         kept = slots[slots >= 0]
         if kept.size:
-            ring.arrays["predictions"] += np.bincount(kept, minlength=ring.k)
-            for name, (ev, idx, weights) in binned.scatter.items():
-                scatter(ring.arrays[name], slots, ev, idx, weights)
-
-
-def _scatter_at(rings: list[Ring], ts: np.ndarray, entries: dict, now: float) -> None:
-    """Add ``entries`` (name -> events, flat indices, weights) into the bucket of each event's time."""
-    for ring in rings:
-        slots = ring.slots(ts, now)
-        if (slots >= 0).any():
+            if count is not None:
+                ring.arrays[count] += np.bincount(kept, minlength=ring.k)
             for name, (ev, idx, weights) in entries.items():
                 scatter(ring.arrays[name], slots, ev, idx, weights)
 

@@ -268,12 +268,9 @@ def score_columns(model: ModelConfig) -> list[str]:
 
 def _score_columns_used(columns: dict[str, list], model: ModelConfig) -> list[str]:
     """The columns calibrated: one per score column of the API (binary: the positive class's)."""
+    positive = f"scores.{model.positive_class}"
     if model.task == "binary":
-        return (
-            ["score"]
-            if "score" in columns or f"scores.{model.positive_class}" not in columns
-            else [f"scores.{model.positive_class}"]
-        )
+        return [positive] if positive in columns and "score" not in columns else ["score"]
     return score_columns(model)
 
 
