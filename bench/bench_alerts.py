@@ -60,7 +60,7 @@ GROUPS = {
 }
 ALERTS = {
     "quality": ("MlmonModelAccuracyLow", "MlmonModelAccuracyDrop", "MlmonModelErrorRise"),
-    "estimate": ("MlmonModelEstimatedAccuracyLow",),
+    "estimate": ("MlmonModelEstimatedAccuracyLow", "MlmonModelCalibrationGap"),
     "drift": ("MlmonModelFeatureDrift", "MlmonModelPredictionDrift", "MlmonModelFeatureValuesMissing"),
 }
 
@@ -74,7 +74,8 @@ class Scenario:
     name: str
     family: str  # quality | drift | estimate
     # healthy | collapse | decay | drop_above_floor | mae_double | regression_healthy | stationary | shift |
-    # covariate_shift | calibrated (estimate: the inputs move, the relation of inputs to outcomes stays)
+    # covariate_shift | calibrated (estimate: the inputs move, the relation of inputs to outcomes stays) |
+    # concept_drift (estimate: the inputs stay, a share of the outcomes turns)
     kind: str
     rate: float
     hours: float
@@ -288,6 +289,27 @@ def scenarios() -> list[Scenario]:
                 watch=estimate,
             )
         )
+    # With the labels: a concept drift keeps the inputs (and so the estimate) as they were while the outcomes
+    # change, accuracy 0.92 to 0.84: above the floor and within accuracy_drop, so only the calibration gap
+    # (0.08 against a tolerated 0.05) can tell.
+    gap = ("MlmonModelCalibrationGap", "MlmonModelEstimatedAccuracyLow")
+    for rate in (mid, high):
+        out.append(
+            Scenario(
+                f"concept drift to 0.84, same inputs, {_rate_name(rate)}",
+                "estimate",
+                "concept_drift",
+                rate,
+                24 + 3,
+                change=24,
+                record_from=23,
+                seeds=1 if rate == high else 3,
+                target="warning within 60 min; no estimated-accuracy warning",
+                within=60,
+                watch=gap,
+                max_other=0,
+            )
+        )
     out.append(
         Scenario(
             "estimate, stationary week 0.2/s",
@@ -297,10 +319,11 @@ def scenarios() -> list[Scenario]:
             WEEK / HOUR,
             step=60,
             label_delay=6 * HOUR,
-            seeds=1,
-            target="no estimated-accuracy warning",
-            watch=estimate,
+            seeds=2,
+            target="no estimated-accuracy or calibration-gap warning",
+            watch=(*estimate, "MlmonModelCalibrationGap"),
             quiet=True,
+            max_other=0,
             chunk=DAY,
         )
     )
@@ -345,8 +368,10 @@ def config_text(s: Scenario) -> str:
 
 # The estimate's world: the outcome is "yes" with probability sigmoid(K x); the model predicts the likelier
 # class and scores that probability. Inputs spread as N(0, 2.23) give it an accuracy of 0.92; a covariate
-# shift to N(0, 0.275) brings them near its boundary, where it is right 0.65 of the time.
+# shift to N(0, 0.275) brings them near its boundary, where it is right 0.65 of the time. A concept drift
+# turns a share FLIP of the outcomes, whatever the input: accuracy 0.92 (1 - FLIP) + 0.08 FLIP = 0.84.
 K, SPREAD, SHIFTED_SPREAD = 3.0, 2.2317, 0.2753
+FLIP = 0.08 / 0.84
 
 
 def _estimate_rows(rng: np.random.Generator, n: int, spread: float):
@@ -424,6 +449,8 @@ class Replay:
         if s.family == "estimate":
             shifted = s.kind == "covariate_shift" and t >= s.change * HOUR
             x, p, y = _estimate_rows(rng, n, SHIFTED_SPREAD if shifted else SPREAD)
+            if s.kind == "concept_drift" and t >= s.change * HOUR:
+                y = np.where(rng.random(n) < FLIP, 1 - y, y)
             ids = [str(self.next_id + i) for i in range(n)]
             self.next_id += n
             predicted = (p >= 0.5).astype(np.int64)
@@ -703,9 +730,9 @@ def report(results: dict[str, list[dict]], all_scenarios: list[Scenario], took: 
         f"Measured by `make bench-alerts` (`python bench/bench_alerts.py`) on {datetime.date.today().isoformat()}, "
         f"{mode} mode, in {took / 60:.1f} min, with the bundled rules and the default thresholds "
         "(`accuracy_min` 0.7, `accuracy_drop` 0.1, `error_rise` 0.25, `min_labeled_samples` 100, "
-        "`evidence_confidence` 0.99) and windows (5m, 1h, 1d; 60 buckets each). Delays are from the change "
-        "to the first firing, as the median over the runs (seeds) with the fastest and slowest in brackets; "
-        "episodes are counted per run."
+        "`evidence_confidence` 0.99, `calibration_gap_max` 0.05) and windows (5m, 1h, 1d; 60 buckets each). "
+        "Delays are from the change to the first firing, as the median over the runs (seeds) with the fastest and "
+        "slowest in brackets; episodes are counted per run."
         + "".join(f" This run sets `{k}` to {v:g}." for k, v in all_scenarios[0].thresholds),
         "",
         "| scenario | events | alert | delay | episodes without cause | target | met |",

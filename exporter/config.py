@@ -47,6 +47,9 @@ THRESHOLDS: dict[str, tuple[float, float, float]] = {
     "traffic_stale_seconds": (600, 10, 30 * 86400),  # no prediction for this long: traffic stopped
     "labels_stale_seconds": (21600, 60, 90 * 86400),  # no label joined for this long while predictions wait
     "missing_ratio_max": (0.1, 0, 1),  # share of missing values of a feature in a window
+    # |realized - estimated accuracy| of the labelled, scored predictions tolerated before the scores are
+    # proven off their calibration (concept drift; docs/estimation.md)
+    "calibration_gap_max": (0.05, 0, 1),
 }
 
 

@@ -94,14 +94,19 @@ class Stack:
         raise RuntimeError(f"{name} was not ready within {timeout:.0f}s; see {logfile.name}")
 
     def stop(self) -> None:
+        """Ask every process to stop, give them 10 seconds together (not each: Ctrl-C should not wait for
+        the slowest one after another), then kill what is left."""
         for _, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.terminate()
+        deadline = time.monotonic() + 10
         for _, proc in reversed(self.procs):
             try:
-                proc.wait(10)
+                proc.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for _, proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
         self.procs.clear()
 
@@ -244,7 +249,8 @@ class Status:
             f"  {STORY.get(self.phase, '')}",
             f"  throughput {rate:6.1f} predictions/s, {total:,.0f} in all",
             "",
-            f"  {'model':<9} {'version':<8} {'quality':<10} {'1m':>7} {'5m':>7} {'1h':>7}  {'pending':>7}  drifting",
+            f"  {'model':<9} {'version':<8} {'quality':<10} {'1m':>7} {'5m':>7} {'1h':>7}  "
+            f"{'est. 1m':>7}  {'pending':>7}  drifting",
         ]
         rows = []
         for model in sorted({s.labels["model"] for s in samples if s.name == "mlmon_model_info"}):
@@ -268,11 +274,14 @@ class Status:
             for window in ("1m", "5m", "1h"):
                 v = _get(samples, metric, model=model, version=version, window=window)
                 cells.append("-" if v is None else (f"{v:.1f}" if task == "regression" else f"{v:.1%}"))
+            # Estimated from the calibrated scores of every prediction, labelled or not: it moves before the labels.
+            est = _get(samples, "mlmon_estimated_accuracy", model=model, version=version, window="1m")
             pending = _get(samples, "mlmon_pending_labels", model=model) or 0
             drifting = _get(samples, "mlmon_drifted_features", model=model, version=version, window="1m")
             out.append(
                 f"  {model:<9} {version:<8} {metric[6:]:<10} {cells[0]:>7} {cells[1]:>7} {cells[2]:>7}  "
-                f"{pending:>7.0f}  {'-' if drifting is None else int(drifting)}"
+                f"{'-' if est is None else f'{est:.1%}':>7}  {pending:>7.0f}  "
+                f"{'-' if drifting is None else int(drifting)}"
             )
         if self.prometheus:
             out += ["", "  alerts firing (Prometheus): " + (", ".join(self._alerts()) or "none")]

@@ -58,9 +58,9 @@ def cm_weight(sel: str, by: str) -> str:
     return f'label_replace(sum without ({other}) (mlmon_confusion_matrix{{{sel}}}), "class", "$1", "{by}", "(.*)")'
 
 
-def estimated_accuracy() -> str:
-    """The estimated accuracy of the chosen window, pooled over replicas by their scored predictions."""
-    return weighted("mlmon_estimated_accuracy", WINDOW, weight=f'mlmon_estimated_samples{{{WINDOW},kind="scored"}}')
+def estimated_accuracy(sel: str = WINDOW) -> str:
+    """The estimated accuracy of the window ``sel`` selects, pooled over replicas by their scored predictions."""
+    return weighted("mlmon_estimated_accuracy", sel, weight=f'mlmon_estimated_samples{{{sel},kind="scored"}}')
 
 
 def estimated_stddev() -> str:
@@ -68,6 +68,21 @@ def estimated_stddev() -> str:
     correct) over their scored predictions."""
     n = f'mlmon_estimated_samples{{{WINDOW},kind="scored"}}'
     sd = f"mlmon_estimated_accuracy_stddev{{{WINDOW}}}"
+    return (
+        f"(sqrt(sum without (instance) (({sd} * on ({WINDOW_KEY}) group_left () {n}) ^ 2))"
+        f" / sum without (instance, kind) ({n} and on ({WINDOW_KEY}) {sd}))"
+    )
+
+
+def calibration_gap() -> str:
+    """The calibration gap of the chosen window, pooled over replicas by their labelled, scored predictions."""
+    return weighted("mlmon_calibration_gap", WINDOW, weight=f'mlmon_estimated_samples{{{WINDOW},kind="labeled"}}')
+
+
+def calibration_gap_stddev() -> str:
+    """Its standard deviation if the scores are calibrated, pooled as the estimate's."""
+    n = f'mlmon_estimated_samples{{{WINDOW},kind="labeled"}}'
+    sd = f"mlmon_calibration_gap_stddev{{{WINDOW}}}"
     return (
         f"(sqrt(sum without (instance) (({sd} * on ({WINDOW_KEY}) group_left () {n}) ^ 2))"
         f" / sum without (instance, kind) ({n} and on ({WINDOW_KEY}) {sd}))"
@@ -98,11 +113,14 @@ def fleet():
                 "Models",
                 "One row per model and version, from the chosen window, pooled over the exporter replicas serving it "
                 "(weighted by their samples, docs/scaling.md): accuracy (classifiers) or MAE (regressors), "
-                "the accuracy floor from the config, features drifting, predictions per second, p99 latency and "
-                "labels still pending. Click a model name to open its dashboard.",
+                "the accuracy estimated from the calibrated scores of every prediction, labelled or not (classifiers "
+                "whose reference carries scores and labels; it speaks before the labels come), the accuracy floor "
+                "from the config, features drifting, predictions per second, p99 latency and labels still pending. "
+                "Click a model name to open its dashboard.",
                 "short",
                 [
                     query(f"max by (model, version) ({weighted('mlmon_accuracy', fw)})", instant=True, fmt="table"),
+                    query(f"max by (model, version) ({estimated_accuracy(fw)})", instant=True, fmt="table"),
                     query(f"max by (model, version) ({weighted('mlmon_mae', fw)})", instant=True, fmt="table"),
                     query(
                         f'max by (model) (mlmon_alert_threshold{{{TARGET},threshold="accuracy_min"}})',
@@ -130,12 +148,13 @@ def fleet():
                             "excludeByName": {"Time": True},
                             "renameByName": {
                                 "Value #A": "accuracy",
-                                "Value #B": "MAE",
-                                "Value #C": "accuracy floor",
-                                "Value #D": "drifting features",
-                                "Value #E": "predictions/s",
-                                "Value #F": "latency p99",
-                                "Value #G": "pending labels",
+                                "Value #B": "estimated accuracy",
+                                "Value #C": "MAE",
+                                "Value #D": "accuracy floor",
+                                "Value #E": "drifting features",
+                                "Value #F": "predictions/s",
+                                "Value #G": "latency p99",
+                                "Value #H": "pending labels",
                             },
                         },
                     ),
@@ -144,6 +163,16 @@ def fleet():
                     ("model", {"links": [model_link(row=True).build()]}),
                     (
                         "accuracy",
+                        {
+                            "unit": "percentunit",
+                            "min": 0,
+                            "max": 1,
+                            "custom.cellOptions": {"type": "color-background"},
+                            "thresholds": QUALITY.build(),
+                        },
+                    ),
+                    (
+                        "estimated accuracy",
                         {
                             "unit": "percentunit",
                             "min": 0,
@@ -362,7 +391,32 @@ def model():
                 ],
                 thr=QUALITY,
             ),
-            24,
+            16,
+            8,
+        ),
+        (
+            ts(
+                "Calibration gap",
+                "Realized minus estimated accuracy of the window's labelled, scored predictions, with the band "
+                "of two standard deviations it keeps to while the scores mean what they meant on the reference. "
+                "Below the band the model does worse than its scores promise (concept drift; MlmonModelCalibrationGap "
+                "fires past calibration_gap_max, the lines `tolerated`).",
+                "percentunit",
+                [
+                    query(calibration_gap(), "gap " + mv),
+                    query(f"-2 * {calibration_gap_stddev()}", "-2 sd " + mv),
+                    query(f"2 * {calibration_gap_stddev()}", "+2 sd " + mv),
+                    query(
+                        f'max by (model) (mlmon_alert_threshold{{{MODEL},threshold="calibration_gap_max"}})',
+                        "tolerated {{model}}",
+                    ),
+                    query(
+                        f'-max by (model) (mlmon_alert_threshold{{{MODEL},threshold="calibration_gap_max"}})',
+                        "tolerated {{model}}",
+                    ),
+                ],
+            ),
+            8,
             8,
         ),
         (

@@ -8,6 +8,7 @@ the windows when the label arrives (its arrival time), prediction statistics at 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import pickle
 import threading
@@ -28,9 +29,10 @@ from exporter.stats.window import Ring, Schema, Span, spans
 
 # What a span publishes (mlmon_span_*): enough for a test of accuracy or MAE against a threshold.
 SPAN_ARRAYS = {"classification": ("labeled", "confusion"), "regression": ("labeled", "abs_err", "sq_err")}
-# ...and what the estimate alert tests (classification, by prediction time): scored predictions, the sum of
-# their probabilities of being right and of the squares of those.
-ESTIMATE_SPAN_ARRAYS = ("est_n", "est_confusion", "est_sq")
+# ...and what the estimate alerts test (classification, by prediction time): scored predictions, the sum of
+# their probabilities of being right and of the squares of those; and of those with their label now, how many,
+# how many right, and the sums of p and p (1 - p) of being right (the calibration gap).
+ESTIMATE_SPAN_ARRAYS = ("est_n", "est_confusion", "est_sq", "est_lab_n", "est_lab_correct", "est_lab_p", "est_lab_var")
 
 # Top-label confidence buckets (upper bounds) of mlmon_prediction_confidence.
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -72,12 +74,30 @@ def _scatter_at(rings: list[Ring], ts: np.ndarray, entries: dict, now: float, co
     ``count`` one per event into that array."""
     for ring in rings:
         slots = ring.slots(ts, now)
+        first = int(slots[0]) if slots.size else -1
+        if first >= 0 and (slots == first).all():  # the common case: the batch within one bucket
+            if count is not None:
+                ring.arrays[count][first] += slots.size
+            for name, (ev, idx, weights) in entries.items():
+                scatter(ring.arrays[name], slots, ev, idx, weights, single=first)
+            continue
         kept = slots[slots >= 0]
         if kept.size:
             if count is not None:
                 ring.arrays[count] += np.bincount(kept, minlength=ring.k)
             for name, (ev, idx, weights) in entries.items():
                 scatter(ring.arrays[name], slots, ev, idx, weights)
+
+
+def _score_matrix(scores: list) -> tuple[np.ndarray, np.ndarray]:
+    """The indices of the rows that carry scores, and their scores as a (rows x score columns) matrix."""
+    have = [i for i, sc in enumerate(scores) if sc is not None]
+    if not have:
+        return np.empty(0, dtype=np.int64), np.empty((0, 0))
+    rows = scores if len(have) == len(scores) else [scores[i] for i in have]
+    c = len(rows[0])  # validation gives every score tuple the model's score columns
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64, count=len(rows) * c)
+    return np.asarray(have, dtype=np.int64), flat.reshape(len(rows), c)
 
 
 def _errors(events: list[Prediction]) -> list | None:
@@ -230,30 +250,21 @@ class VersionState:
         binned = bin_rows(binner, [e.features for e in events], [e.prediction for e in events], _errors(events))
         if binned.missing is not None:
             self.missing += binned.missing
-        calibration = binner.profile.calibration if binner.profile is not None else None
-        if calibration is not None:
-            scored = [i for i, e in enumerate(events) if e.scores is not None]
-            if scored:
-                binned.scatter.update(
-                    estimate.scatter(
-                        calibration,
-                        np.asarray(scored, dtype=np.int64),
-                        np.fromiter((events[i].prediction for i in scored), dtype=np.int64, count=len(scored)),
-                        np.asarray([events[i].scores for i in scored], dtype=np.float64),
-                        self.positive,
-                    )
-                )
+        if self.model.is_classification:
+            preds = np.fromiter((e.prediction for e in events), dtype=np.int64, count=n)
+            have, scores = _score_matrix([e.scores for e in events])
+            calibration = binner.profile.calibration if binner.profile is not None else None
+            if calibration is not None and have.size:
+                binned.scatter.update(estimate.scatter(calibration, have, preds[have], scores, self.positive))
         _predictions_into(self.rings, ts, binned, now)
         for (feature, value), idx in _segment_groups(self.model.segment_features, segments):
             sub = [events[i] for i in idx]
             part = bin_rows(binner, [e.features for e in sub], [e.prediction for e in sub], _errors(sub))
             _predictions_into(self._segment_rings(feature, value), ts[idx], part, now)
         if self.model.is_classification:
-            preds = np.fromiter((e.prediction for e in events), dtype=np.int64, count=n)
             self.predicted_class += np.bincount(preds, minlength=len(self.predicted_class))
-            scored = [e.scores for e in events if e.scores is not None]
-            if scored:
-                self.confidence.observe(self._probabilities(np.asarray(scored)).max(axis=1))
+            if have.size:
+                self.confidence.observe(self._probabilities(scores).max(axis=1))
         else:
             self.value.observe(np.fromiter((e.prediction for e in events), dtype=np.float64, count=n))
 
@@ -292,7 +303,8 @@ class VersionState:
         self.label_delay.observe(np.maximum(delay, 0.0))
         if self.model.is_classification:
             pred, act = np.asarray(predicted, dtype=np.int64), np.asarray(actual, dtype=np.int64)
-            stats = self._classification_stats(pred, act, scores)
+            have, matrix = _score_matrix(scores)
+            stats = self._classification_stats(pred, act, have, matrix)
             self.outcomes += stats["confusion"]
         else:
             pred, act = np.asarray(predicted, dtype=np.float64), np.asarray(actual, dtype=np.float64)
@@ -303,17 +315,12 @@ class VersionState:
                 self.y_shift = float(act[0])
             stats = self._regression_stats(pred, act)
         _add_now(self.rings, stats, now)
-        if calibration is not None and self.model.is_classification:
-            scored = [i for i, sc in enumerate(scores) if sc is not None]
-            if scored:
-                idx = np.asarray(scored, dtype=np.int64)
-                part = estimate.labelled_scatter(
-                    calibration, pred[idx], act[idx], np.asarray([scores[i] for i in scored]), self.positive
-                )
-                _scatter_at(self.rings, np.asarray(predicted_at, dtype=np.float64)[idx], part, now)
+        if calibration is not None and self.model.is_classification and have.size:
+            part = estimate.labelled_scatter(calibration, pred[have], act[have], matrix, self.positive)
+            _scatter_at(self.rings, np.asarray(predicted_at, dtype=np.float64)[have], part, now)
         for (feature, value), idx in _segment_groups(self.model.segment_features, segments):
             if self.model.is_classification:
-                part = self._classification_stats(pred[idx], act[idx], [scores[i] for i in idx])
+                part = self._classification_stats(pred[idx], act[idx], *_score_matrix([scores[i] for i in idx]))
             else:
                 part = self._regression_stats(pred[idx], act[idx])
             _add_now(self._segment_rings(feature, value), part, now)
@@ -325,14 +332,13 @@ class VersionState:
             rings = self.segments[feature, value] = [Ring(r.seconds, r.k, schema) for r in self.rings]
         return rings
 
-    def _classification_stats(self, pred: np.ndarray, actual: np.ndarray, scores: list) -> dict:
-        """What labelled outcomes add to a window bucket (confusion, score histograms, log loss...)."""
+    def _classification_stats(self, pred: np.ndarray, actual: np.ndarray, have: np.ndarray, sc: np.ndarray) -> dict:
+        """What labelled outcomes add to a window bucket (confusion, score histograms, log loss...); ``have``
+        indexes the outcomes with scores, ``sc`` their scores (:func:`_score_matrix`)."""
         c = len(self.model.classes)
         confusion = np.bincount(actual * c + pred, minlength=c * c).reshape(c, c)
-        have = [i for i, s in enumerate(scores) if s is not None]
         stats = {}
-        if have:
-            sc = np.asarray([scores[i] for i in have], dtype=np.float64)
+        if have.size:
             act = actual[have]
             probs = self._probabilities(sc)
             rows = np.arange(len(have))

@@ -326,6 +326,27 @@ class _SpanFamilies:
             "Sum over the span's scored predictions of the squared calibrated probability of being right.",
             labels=labels,
         )
+        self.calibration_labeled = GaugeFamily(
+            "mlmon_span_calibration_labeled",
+            "Scored predictions of the span (by prediction time) whose label has come.",
+            labels=labels,
+        )
+        self.calibration_correct = GaugeFamily(
+            "mlmon_span_calibration_correct",
+            "Correct predictions among the span's labelled, scored ones.",
+            labels=labels,
+        )
+        self.calibration_expected = GaugeFamily(
+            "mlmon_span_calibration_expected",
+            "Sum over the span's labelled, scored predictions of the calibrated probability of being right.",
+            labels=labels,
+        )
+        self.calibration_variance = GaugeFamily(
+            "mlmon_span_calibration_variance",
+            "Sum over the span's labelled, scored predictions of p (1 - p), p the calibrated probability of being "
+            "right: the variance of their number right if the scores are calibrated.",
+            labels=labels,
+        )
 
     def version(self, mv: list[str], spans: dict[str, dict], classification: bool, estimated: bool = False) -> None:
         for name, sums in spans.items():
@@ -337,6 +358,10 @@ class _SpanFamilies:
                     self.estimated.add_metric(labels, float(sums["est_n"]))
                     self.estimated_correct.add_metric(labels, float(np.trace(sums["est_confusion"])))
                     self.estimated_squares.add_metric(labels, float(sums["est_sq"]))
+                    self.calibration_labeled.add_metric(labels, float(sums["est_lab_n"]))
+                    self.calibration_correct.add_metric(labels, float(sums["est_lab_correct"]))
+                    self.calibration_expected.add_metric(labels, float(sums["est_lab_p"]))
+                    self.calibration_variance.add_metric(labels, float(sums["est_lab_var"]))
             else:
                 self.abs_error.add_metric(labels, float(sums["abs_err"]))
                 self.sq_error.add_metric(labels, float(sums["sq_err"]))
@@ -350,6 +375,10 @@ class _SpanFamilies:
             self.estimated,
             self.estimated_correct,
             self.estimated_squares,
+            self.calibration_labeled,
+            self.calibration_correct,
+            self.calibration_expected,
+            self.calibration_variance,
         ]
 
 

@@ -170,8 +170,14 @@ class Binner:
             out.scatter["num_out"] = (np.concatenate(out_ev), np.concatenate(out_idx), np.concatenate(out_val))
 
 
-def scatter(array: np.ndarray, slots: np.ndarray, ev: np.ndarray, idx: np.ndarray, weights) -> None:
-    """Add 1 (or ``weights``) at flat index ``idx`` of the slot of each event ``ev`` (skipping slot -1)."""
+def scatter(array: np.ndarray, slots: np.ndarray, ev: np.ndarray, idx: np.ndarray, weights, single: int = -1) -> None:
+    """Add 1 (or ``weights``) at flat index ``idx`` of the slot of each event ``ev`` (skipping slot -1).
+    ``single``: the slot of every event, when they share one (a batch within one bucket, the common case)."""
+    if single >= 0:
+        counts = np.bincount(idx, weights=weights)
+        target = array.reshape(len(array), -1)[single]  # a view of the slot, also where a slot holds one number
+        target[: counts.size] += counts.astype(target.dtype, copy=False)
+        return
     s = slots[ev]
     keep = s >= 0
     if not keep.any():

@@ -12,9 +12,10 @@ from statistics import NormalDist
 import numpy as np
 
 # Score histogram edges for AUC. Uniform 0.01 steps in the middle and log-spaced tails, because confident
-# models put most of their scores within 1e-2 of 0 or 1. 130 bins.
+# models put most of their scores within 1e-2 of 0 or 1. 130 bins. The middle edges are k / 100 exactly (the
+# double nearest to "0.05", as a parsed score is), so scores given to two decimals never share a bin.
 _TAIL = np.geomspace(1e-5, 0.01, 16)[:-1]
-SCORE_EDGES = np.unique(np.concatenate([_TAIL, np.linspace(0.01, 0.99, 99), 1.0 - _TAIL[::-1]]))
+SCORE_EDGES = np.unique(np.concatenate([_TAIL, np.arange(1, 100) / 100, 1.0 - _TAIL[::-1]]))
 SCORE_BINS = len(SCORE_EDGES) + 1
 
 # Reliability (ECE) bins: ten equal-width confidence bins, as in Guo et al. 2017.

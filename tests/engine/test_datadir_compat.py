@@ -31,9 +31,12 @@ def test_a_data_directory_of_an_earlier_release_restarts_with_its_windows(tmp_pa
     assert restored["replayed"] > 0 and restored["skipped"] == 0
     series = {(name, tuple(sorted(labels.items()))): value for name, labels, value in expected["series"]}
     got = mlmon_series(app)
-    # Every series of the release is back with its value; families added since may stand beside them.
+    # Every series of the release is back with its value; families and alert thresholds added since may stand
+    # beside them (a new threshold is a new series of mlmon_alert_threshold, with its default value).
     known = {name for name, _ in series}
-    assert {k for k in got if k[0] in known} == series.keys()
+    thresholds = {dict(labels)["threshold"] for name, labels in series if name == "mlmon_alert_threshold"}
+    added = {k for k in got if k[0] == "mlmon_alert_threshold" and dict(k[1])["threshold"] not in thresholds}
+    assert {k for k in got if k[0] in known} - added == series.keys()
     assert {k: got[k] for k in series} == pytest.approx(series, rel=1e-12, abs=1e-12)
 
     # A label for a prediction that waited across the restart still joins.

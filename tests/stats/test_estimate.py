@@ -157,6 +157,14 @@ def test_the_estimate_tracks_the_realized_accuracy():
         realized = m.get("mlmon_accuracy", **w)
         assert realized == pytest.approx(np.mean(predicted == y), abs=1e-12)
         assert abs(est - realized) <= 4 * sd + 0.01, (shift, est, realized, sd)
+        # The span sums of the calibration gap, against numpy on the rows (every span holds the batch).
+        p = cbpe_binary(s_ref, y_ref, score, predicted)["p"]
+        p_hat = np.where(predicted == 1, p, 1 - p)
+        span = {"model": "churn", "version": "default", "span": "5m"}
+        assert m.get("mlmon_span_calibration_labeled", **span) == len(y)
+        assert m.get("mlmon_span_calibration_correct", **span) == np.sum(predicted == y)
+        assert m.get("mlmon_span_calibration_expected", **span) == pytest.approx(p_hat.sum(), rel=1e-9)
+        assert m.get("mlmon_span_calibration_variance", **span) == pytest.approx((p_hat * (1 - p_hat)).sum(), rel=1e-9)
 
 
 def test_multiclass_estimate_equals_cbpe_on_raw_rows():

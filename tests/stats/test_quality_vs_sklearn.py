@@ -20,6 +20,7 @@ from sklearn.naive_bayes import GaussianNB
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from exporter.stats import quality
 from exporter.stats.quality import SCORE_EDGES
 from tests.conftest import make_app, scrape
 
@@ -287,3 +288,19 @@ def test_score_separation_is_binary_only():
     m = scrape(client)
     assert m.get("mlmon_roc_auc", model="digits", version="v1", window="5m") is not None
     assert m.all("mlmon_gini", model="digits") == [] and m.all("mlmon_ks_separation", model="digits") == []
+
+
+def test_scores_given_to_two_decimals_get_the_exact_auc():
+    """Many model servers round scores to two decimals. Each such value has a bin of its own (the edges are the
+    doubles nearest k / 100, as parsed), so ties within a bin are true ties and the binned AUC equals
+    scikit-learn's to rounding."""
+    rng = np.random.default_rng(5)
+    positive = rng.random(20_000) < 0.3
+    score = np.round(np.clip(np.where(positive, rng.beta(3, 2, positive.size), rng.beta(2, 3, positive.size)), 0, 1), 2)
+    score = np.array([float(f"{s:.2f}") for s in score])  # as a JSON decoder reads "0.05"
+    assert np.all(np.diff(quality.score_bin(np.arange(1, 100) / 100)) == 1)
+    bins = quality.score_bin(score)
+    pos = np.bincount(bins[positive], minlength=quality.SCORE_BINS)
+    neg = np.bincount(bins[~positive], minlength=quality.SCORE_BINS)
+    auc, bound = quality.binned_auc(pos, neg)
+    assert auc == pytest.approx(skm.roc_auc_score(positive, score), abs=1e-12)

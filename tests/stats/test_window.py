@@ -90,3 +90,36 @@ def test_recents_at_once_equal_recent_one_by_one(events, now_offset, ks):
         want = r.recent(now, k, ["n", "v"])
         assert got["n"] == want["n"] and got["n"].dtype == want["n"].dtype
         np.testing.assert_allclose(got["v"], want["v"], rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    shape=st.sampled_from([(), (3,), (2, 4), (5, 3)]),
+    dtype=st.sampled_from([np.int64, np.int32, np.float64]),
+    events=st.integers(1, 40),
+    share=st.integers(0, 3),
+    weighted=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_scatter_into_one_slot_equals_the_general_path(shape, dtype, events, share, weighted, seed):
+    """A batch whose events share one bucket takes a shorter way into the ring (``single``); it must add what
+    the general way adds, for every array shape a ring holds (one number a slot included) and any subset of
+    events, repeated flat indices and weights."""
+    from exporter.stats.binning import scatter
+
+    rng = np.random.default_rng(seed)
+    k, size = 6, int(np.prod(shape, dtype=np.int64))
+    slot = int(rng.integers(0, k))
+    slots = np.full(events, slot, dtype=np.int64)
+    ev = np.sort(rng.choice(events, size=max(1, events - share), replace=False)) if share else np.arange(events)
+    ev = np.repeat(ev, rng.integers(1, 3, ev.size))  # an event may add at several indices
+    idx = rng.integers(0, size, ev.size)
+    weights = (rng.random(ev.size) * 3).round(3) if weighted and dtype is np.float64 else None
+    start = (rng.random((k, *shape)) * 10).astype(dtype)
+    general, fast = start.copy(), start.copy()
+    scatter(general, slots, ev, idx, weights)
+    scatter(fast, slots, ev, idx, weights, single=slot)
+    np.testing.assert_array_equal(fast, general)
+    expected = start.copy().reshape(k, -1)
+    np.add.at(expected[slot], idx, 1 if weights is None else weights)
+    np.testing.assert_allclose(fast.reshape(k, -1), expected, rtol=1e-12)
