@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager redis-server
 
-.PHONY: demo test test-fast lint fmt bench bench-full bench-alerts venv system-deps clean
+.PHONY: demo test test-fast lint fmt bench bench-full bench-alerts bench-estimate venv system-deps clean
 
 # `make demo DEMO_ARGS="--duration 60 --speed 10"` for a quick run.
 DEMO_ARGS ?=
@@ -78,6 +78,12 @@ bench-full: $(BENCH_STAMP)
 # when each alert fires, and how often without cause, into docs/alerts.md. About 15 minutes on 2 cores.
 bench-alerts: venv system-deps
 	$(PY) bench/bench_alerts.py
+
+# `make bench-estimate`: the estimated quality beside NannyML's CBPE (in .venv-bench with the other peers), chunk
+# by chunk, with the realized quality, on NannyML's synthetic binary data and on scikit-learn data sets with a
+# covariate shift; writes the tables into docs/estimation.md. About 20 seconds.
+bench-estimate: $(BENCH_STAMP)
+	$(BENCH_PY) bench/bench_estimate.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache *.egg-info

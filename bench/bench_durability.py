@@ -205,6 +205,20 @@ def _restart(text: str) -> tuple[float, dict]:
     return out["seconds"], out["restored"]
 
 
+@contextlib.contextmanager
+def _directory_lent(store):
+    """Hand the data directory to a restarting child for its run, then take it back: one process per data
+    directory (the store's lock refuses a second), and the benchmark keeps its store open between sizes."""
+    from exporter.engine import storage
+
+    path = store._dir_lock.path
+    store._dir_lock.release()
+    try:
+        yield
+    finally:
+        store._dir_lock = storage._DirLock.acquire(path)
+
+
 def _restart_here(text: str) -> dict:
     from exporter.config import parse_config
     from exporter.serve.app import create_app
@@ -252,7 +266,8 @@ def checkpoints(
             durations.append(time.perf_counter() - started)
             stalls.append(max(lock.held))
         snapshot = m.store.db.execute("SELECT LENGTH(state) FROM snapshot").fetchone()[0]
-        restart, restored = _restart(text)
+        with _directory_lent(m.store):
+            restart, restored = _restart(text)
         rows.append(
             {
                 "pending": state.joins.counts()[0],

@@ -27,20 +27,27 @@ def rss() -> int:
 def measure(sizes: list[int], with_ids: bool) -> list[dict]:
     """One model's state as its window fills, measured when it holds each of ``sizes`` events."""
     import gc
+    import tempfile
     import tracemalloc
 
     from exporter.config import parse_config
     from exporter.engine.state import ModelState
     from exporter.ingest.validation import Validator
+    from exporter.stats import reference
 
-    config = parse_config(config_text(models=1, features=30))
+    # As mlmon is normally run: a reference with the model's scores and labels, so that drift and the
+    # estimated quality are on (their arrays are in every window bucket either way).
+    config = parse_config(config_text(models=1, features=30, reference_dir=tempfile.mkdtemp(), scored_reference=True))
     now = [1_800_000_000.0]
     validator = Validator(config, lambda: now[0])
     batch = validator.predictions({"predictions": events(BATCH, labelled=not with_ids, ids=with_ids)})
+    profiles = list(reference.load_all(config).values())  # read and fitted once, as at the exporter's start
     gc.collect()
     before = rss()
     tracemalloc.start()
     state = ModelState(config.models[0], config)
+    for profile in profiles:
+        state.set_reference(profile)
     step = 3000.0 / max(1, max(sizes) // BATCH)  # spread the events over 50 minutes: inside the 1h and 1d windows
     rows, fed, r = [], 0, 0
     for n in sorted(sizes):

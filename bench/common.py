@@ -36,8 +36,10 @@ def config_text(
     limits: dict | None = None,
     storage: dict | None = None,
     joins: dict | None = None,
+    scored_reference: bool = False,
 ) -> str:
-    """A config of `models` models; with `reference_dir`, each gets a reference CSV written there (drift on).
+    """A config of `models` models; with `reference_dir`, each gets a reference CSV written there (drift on),
+    with `scored_reference` one that also carries the model's scores and the true labels (estimated quality on).
 
     Storage is the default (SQLite, sync normal) unless `storage` says otherwise, always with its data
     directory in a fresh temporary directory: `mlmon serve` (Served) and `create_app` on the parsed text
@@ -54,7 +56,7 @@ def config_text(
         lines.append(f"    task: {task}")
         if reference_dir:
             path = os.path.join(reference_dir, f"model{m}.csv")
-            write_reference(path, features, seed=1000 + m)
+            write_reference(path, features, seed=1000 + m, scored=scored_reference)
             lines.append(f"    reference: {path}")
         if task != "regression":
             lines.append('    classes: ["no", "yes"]')
@@ -65,15 +67,18 @@ def config_text(
     return "\n".join(lines) + "\n"
 
 
-def write_reference(path: str, features: int = 30, rows: int = 10_000, seed: int = 0) -> None:
-    """Reference rows from the same distribution as `events` (so drift figures stay small)."""
+def write_reference(path: str, features: int = 30, rows: int = 10_000, seed: int = 0, scored: bool = False) -> None:
+    """Reference rows from the same distribution as `events` (so drift figures stay small); `scored`: with
+    the positive class's score and the true label drawn as `events` draws them (the scores calibrate)."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, features)).round(4)
+    p = rng.uniform(size=rows).round(4)
+    y = rng.uniform(size=rows) < p
     with open(path, "w") as fh:
-        fh.write(",".join(f"f{f}" for f in range(features)) + "\n")
+        fh.write(",".join([f"f{f}" for f in range(features)] + (["score", "label"] if scored else [])) + "\n")
         for i in range(rows):
-            fh.write(",".join(f"c{int(abs(x[i, f]) * 3)}" if f % 10 == 9 else str(x[i, f]) for f in range(features)))
-            fh.write("\n")
+            row = [f"c{int(abs(x[i, f]) * 3)}" if f % 10 == 9 else str(x[i, f]) for f in range(features)]
+            fh.write(",".join(row + ([str(p[i]), "yes" if y[i] else "no"] if scored else [])) + "\n")
 
 
 def events(
