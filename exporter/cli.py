@@ -1,4 +1,4 @@
-"""The `mlmon` command: serve the exporter, or check a config file."""
+"""The `mlmon` command: serve the exporter, check a config file, run the demo or the retraining hook."""
 
 from __future__ import annotations
 
@@ -116,9 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--config", "--config.file", dest="config", required=True, metavar="FILE")
     build.add_argument("-o", "--output", required=True, metavar="PROFILE.json")
 
-    from exporter import demo
+    from exporter import demo, retrain
 
     demo.add_parser(sub)
+    retrain.add_parser(sub)
     return parser
 
 
@@ -137,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         from exporter import demo
 
         return demo.run(args)
+    if args.command == "retrain-hook":
+        from exporter import retrain
+
+        return retrain.run(args, parser)
     return _serve(parser, args)
 
 

@@ -20,7 +20,16 @@ from exporter.config import load_config, parse_config
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SCALE_OUT_FILE = ROOT / "deploy" / "compose" / "scale-out.yml"
-SERVICES = {"exporter", "model-server", "traffic", "prometheus", "alertmanager", "grafana", "node-exporter"}
+SERVICES = {
+    "exporter",
+    "model-server",
+    "traffic",
+    "prometheus",
+    "alertmanager",
+    "retrain-hook",
+    "grafana",
+    "node-exporter",
+}
 # The scale-out example: a second exporter replica, a load balancer in front of both, Redis for the joins.
 REPLICAS = ("exporter", "exporter-2")
 SCALE_OUT_SERVICES = SERVICES | {"exporter-2", "exporter-lb", "redis"}
@@ -35,6 +44,7 @@ LISTEN_PORTS = {
     "model-server": 5000,
     "prometheus": 9090,
     "alertmanager": 9093,
+    "retrain-hook": 8491,
     "grafana": 3000,
     "node-exporter": 9100,
 }
@@ -188,6 +198,7 @@ def test_every_service_has_a_healthcheck(stack):
         "model-server": "/healthz",
         "prometheus": "/-/ready",
         "alertmanager": "/-/ready",
+        "retrain-hook": "/healthz",
         "grafana": "/api/health",
         "exporter-2": "/readyz",
         "exporter-lb": "/readyz",
@@ -465,6 +476,45 @@ def test_alertmanager_reads_the_tested_configuration_and_gets_its_secrets(servic
 
     for path in files(config):
         assert path in targets, f"alertmanager.yml reads {path}, which compose does not provide"
+
+
+def test_alertmanager_reaches_every_webhook_it_names(services):
+    """alertmanager.yml's webhooks (the retraining hook) name loopback addresses: in compose, something in
+    Alertmanager's network namespace must listen there."""
+    config = load_yaml(ROOT / "alertmanager" / "alertmanager.yml")
+    here = netns(services, "alertmanager")
+    listening = {LISTEN_PORTS[name] for name in services if netns(services, name) == here and name in LISTEN_PORTS}
+    for receiver in config["receivers"]:
+        for webhook in receiver.get("webhook_configs", []):
+            url = urlsplit(webhook["url"])
+            assert url.hostname in LOOPBACK, f"{receiver['name']}: {webhook['url']} is not on this machine"
+            assert url.port in listening, f"{receiver['name']}: nothing listens on {url.port} in compose"
+
+
+def test_the_retrain_hook_runs_its_config_beside_alertmanager(compose, services):
+    from exporter import retrain
+
+    hook = services["retrain-hook"]
+    assert hook["image"] == "mlmon:local" and hook["pull_policy"] == "never"
+    assert netns(services, "retrain-hook") == netns(services, "alertmanager")
+    assert hook["depends_on"]["prometheus"].get("restart") is True, "restarted with the namespace it lives in"
+    command = hook["command"]
+    assert command[0] == "retrain-hook"
+    source, target, read_only = mount_of(hook, "./deploy/compose/retrain.yml")
+    assert (target, read_only) == (command[command.index("--config") + 1], True)
+    # The hook listens where the committed webhook sends (its default address, unless the command says).
+    listen = command[command.index("--listen") + 1] if "--listen" in command else retrain.DEFAULT_LISTEN
+    assert int(listen.rsplit(":", 1)[1]) == LISTEN_PORTS["retrain-hook"]
+    config = retrain.finish(retrain.load_hook_config(str(repo_path(source))), source)
+    # The stand-in job is in the image (examples/ is copied to /app/examples).
+    script = next(a for a in config.command if a.endswith(".py"))
+    assert script.startswith("/app/") and (ROOT / script.removeprefix("/app/")).is_file(), script
+    # Its audit log and state live in its own named volume.
+    (volume,) = [v for v in hook["volumes"] if isinstance(v, str) and not v.startswith(".")]
+    name, mounted = volume.split(":")
+    assert name in compose["volumes"] and name != "mlmon-data"
+    for path in (config.audit_log, config.state_file):
+        assert path.startswith(mounted + "/"), f"{path} is not in the {name} volume"
 
 
 # --- Grafana ----------------------------------------------------------------------------------------------------
