@@ -367,6 +367,9 @@ def run(args) -> int:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C stops the demo even when it was started with SIGINT ignored (a background job of a
+    # non-interactive shell inherits that, and Python then leaves KeyboardInterrupt off).
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         port = args.port or free_port(8490)
         exporter = f"http://127.0.0.1:{port}"
@@ -505,6 +508,7 @@ def run(args) -> int:
         if receiver is not None:
             receiver.close()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         if not args.keep_logs:
             shutil.rmtree(workdir, ignore_errors=True)
         print("[demo] stopped everything it started", flush=True)

@@ -161,7 +161,14 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started():
     assert "healthy" in run.phases, "\n".join(run.lines)
     run.children |= {p.pid for p in psutil.Process(run.proc.pid).children(recursive=True)}
     run.proc.send_signal(signal.SIGINT)
-    assert run.proc.wait(30) == 130
+    sent = time.monotonic()
+    try:
+        code = run.proc.wait(60)  # its children get 10 s together to stop, then are killed
+    except subprocess.TimeoutExpired:
+        run.proc.kill()
+        raise AssertionError("the demo did not stop within 60 s of Ctrl-C:\n" + "\n".join(run.lines)) from None
+    assert code == 130, "\n".join(run.lines)
+    assert time.monotonic() - sent < 30, ("slow to stop", time.monotonic() - sent, "\n".join(run.lines))
     assert len(run.children) >= 2 and run.survivors() == []
 
 
