@@ -853,11 +853,15 @@ def _joins(ck: _Checker, node: _Node) -> Joins:
     return Joins(**values)
 
 
-def load_config(path: str) -> Config:
-    """Read and validate a config file; raise :class:`ConfigError` (also for a missing file)."""
+def read_config_file(path: str) -> str:
+    """The text of a config file; :class:`ConfigError` naming the file when it cannot be read."""
     try:
         with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+            return fh.read()
     except OSError as exc:
         raise ConfigError([f"cannot read the config file: {exc.strerror}"], path) from None
-    return parse_config(text, path, os.path.dirname(os.path.abspath(path)))
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a config file; raise :class:`ConfigError` (also for a missing file)."""
+    return parse_config(read_config_file(path), path, os.path.dirname(os.path.abspath(path)))

@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from exporter import logs
-from exporter.config import ConfigError, _Checker, _kind, _Node, _to_nodes, parse_duration
+from exporter.config import ConfigError, _Checker, _kind, _Node, _to_nodes, parse_duration, read_config_file
 from exporter.security.audit import AuditLog
 
 log = logging.getLogger("mlmon.retrain")
@@ -285,12 +285,7 @@ def _compose(text: str, source: str):
 
 
 def load_hook_config(path: str) -> HookConfig:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ConfigError([f"cannot read the config file: {exc.strerror}"], path) from None
-    return parse_hook_config(text, path, os.path.dirname(os.path.abspath(path)))
+    return parse_hook_config(read_config_file(path), path, os.path.dirname(os.path.abspath(path)))
 
 
 def finish(config: HookConfig, source: str) -> HookConfig:
