@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib.util
 import io
 import math
 import os
 import re
+import string
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +53,71 @@ THRESHOLDS: dict[str, tuple[float, float, float]] = {
     # proven off their calibration (concept drift; docs/estimation.md)
     "calibration_gap_max": (0.05, 0, 1),
 }
+
+
+# -- model registry links (docs/registry.md) ---------------------------------------------------------------
+# What a model version may say of itself in a model registry: the same fields, with the same rules, in the
+# config (models[].registry.versions) and on a prediction (its `registry` object; exporter/ingest/schema.py).
+REGISTRY_FIELDS = {
+    "run_id": "the run that trained the version: 1 to 64 letters, digits, '_' or '-'",
+    "model_uri": "a URI with a scheme (models:/churn/3, runs:/<run id>/model, s3://...), at most 1024 characters "
+    "without spaces",
+    "name": "the registered model's name: 1 to 256 printable characters",
+    "version": "the registered model's version: a positive integer (or its decimal string)",
+}
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+_MODEL_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+")
+_REGISTRY_VERSION_RE = re.compile(r"[1-9][0-9]{0,18}")
+MAX_REGISTRY_VERSION = 2**63 - 1
+# A model version's name as the prediction API takes it (exporter/ingest/schema.py VERSION_PATTERN; a test
+# checks that the two agree): the keys of models[].registry.versions.
+_MODEL_VERSION_RE = re.compile(r"[A-Za-z0-9_.+:@\-]{1,64}")
+# The placeholders of registry.run_url_template.
+RUN_URL_PLACEHOLDERS = ("model", "version", "run_id", "experiment_id", "model_uri", "registry_name", "registry_version")
+
+
+@dataclass(frozen=True)
+class RegistryInfo:
+    """What is known of a model version in a model registry; "" where unknown."""
+
+    run_id: str = ""
+    model_uri: str = ""
+    name: str = ""  # the registered model's name
+    version: str = ""  # the registered model's version
+
+
+def registry_value(key: str, value: Any) -> str | None:
+    """A registry field's value as kept (a string), or None when the field's rule (REGISTRY_FIELDS) refuses it."""
+    if key == "version":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value) if 1 <= value <= MAX_REGISTRY_VERSION else None
+        if isinstance(value, str) and _REGISTRY_VERSION_RE.fullmatch(value) and int(value) <= MAX_REGISTRY_VERSION:
+            return value
+        return None
+    if not isinstance(value, str):
+        return None
+    if key == "run_id":
+        return value if _RUN_ID_RE.fullmatch(value) else None
+    if key == "model_uri":
+        ok = len(value) <= 1024 and value.isprintable() and _MODEL_URI_RE.fullmatch(value)
+        return value if ok else None
+    if key == "name":
+        return value if 0 < len(value) <= 256 and value.isprintable() else None
+    return None
+
+
+def run_url_fields(template: str) -> tuple[str, ...]:
+    """The placeholders a run URL template uses; ValueError naming what is wrong with it."""
+    used: list[str] = []
+    for _, name, spec, conversion in string.Formatter().parse(template):  # ValueError on a lone { or }
+        if name is None:
+            continue
+        if name not in RUN_URL_PLACEHOLDERS:
+            raise ValueError(f"unknown placeholder {{{name}}} (allowed: {', '.join(RUN_URL_PLACEHOLDERS)})")
+        if spec or conversion:
+            raise ValueError(f"placeholder {{{name}}} takes no format or conversion")
+        used.append(name)
+    return tuple(dict.fromkeys(used))
 
 
 class ConfigError(ValueError):
@@ -109,6 +176,9 @@ class ModelConfig:
     invalid_features: str = "reject"  # reject | count: unknown feature names and values of the wrong type
     segment_features: tuple[str, ...] = ()  # categorical features whose values split quality and drift
     segment_top: int = 10  # values per segment feature published one by one; the rest are "other"
+    registry_name: str = ""  # the model's name in the model registry, for versions that do not name one
+    # version -> what the config says of it in the registry (models[].registry.versions)
+    registry_versions: tuple[tuple[str, RegistryInfo], ...] = ()
 
     def drift_threshold(self, feature: str | None, method: str) -> float:
         """The threshold of ``method`` for ``feature`` (None: the model's predictions or labels)."""
@@ -127,6 +197,11 @@ class ModelConfig:
     @functools.cached_property
     def _model_thresholds(self) -> dict[str, float]:
         return dict(self.drift_thresholds)
+
+    @functools.cached_property
+    def registry(self) -> dict[str, RegistryInfo]:
+        """Version -> what the config says of it in the model registry."""
+        return dict(self.registry_versions)
 
     @functools.cached_property
     def feature_types(self) -> dict[str, str]:
@@ -193,6 +268,19 @@ class Joins:
 
 
 @dataclass(frozen=True)
+class Registry:
+    """Where model versions are looked up (MLflow) and how their run's URL is made (docs/registry.md)."""
+
+    tracking_uri: str = ""  # "": no lookups; the links come from the config and the predictions only
+    run_url_template: str = ""  # "": no run URL
+    lookup_timeout_seconds: float = 10.0
+
+    @functools.cached_property
+    def run_url_fields(self) -> tuple[str, ...]:
+        return run_url_fields(self.run_url_template)
+
+
+@dataclass(frozen=True)
 class Config:
     models: tuple[ModelConfig, ...]
     windows: tuple[str, ...] = DEFAULT_WINDOWS
@@ -204,6 +292,7 @@ class Config:
     storage: Storage = field(default_factory=Storage)
     joins: Joins = field(default_factory=Joins)
     auth: Auth = field(default_factory=Auth)
+    registry: Registry = field(default_factory=Registry)
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
@@ -391,6 +480,7 @@ def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float], b
         "drift",
         "segments",
         "invalid_features",
+        "registry",
     }
     m = ck.mapping(path, node, allowed, required=("name", "task"))
     if not m:
@@ -521,6 +611,9 @@ def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float], b
             segment_features = tuple(names)
         if "top" in sm:
             segment_top = ck.positive_int(f"{path}.segments.top", sm["top"], 1, 100) or segment_top
+    registry_name, registry_versions = "", ()
+    if "registry" in m:
+        registry_name, registry_versions = _model_registry(ck, f"{path}.registry", m["registry"])
     return ModelConfig(
         name.value,
         task_v,
@@ -537,6 +630,8 @@ def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float], b
         invalid,
         segment_features,
         segment_top,
+        registry_name,
+        registry_versions,
     )
 
 
@@ -558,7 +653,18 @@ def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Con
     top = ck.mapping(
         "",
         tree,
-        {"windows", "buckets_per_window", "limits", "histograms", "thresholds", "models", "storage", "joins", "auth"},
+        {
+            "windows",
+            "buckets_per_window",
+            "limits",
+            "histograms",
+            "thresholds",
+            "models",
+            "storage",
+            "joins",
+            "auth",
+            "registry",
+        },
         required=("models",),
     )
 
@@ -648,10 +754,107 @@ def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Con
     storage = _storage(ck, top["storage"], base_dir) if "storage" in top else _storage_default(base_dir)
     join_store = _joins(ck, top["joins"]) if "joins" in top else Joins()
     auth = _auth(ck, top["auth"], base_dir, {m.name for m in models}) if "auth" in top else Auth()
+    registry = _registry(ck, top["registry"]) if "registry" in top else Registry()
 
     if ck.problems:
         raise ConfigError(ck.problems, source)
-    return Config(tuple(models), windows, window_seconds, bpw, limits, latency, delay, storage, join_store, auth)
+    return Config(
+        tuple(models), windows, window_seconds, bpw, limits, latency, delay, storage, join_store, auth, registry
+    )
+
+
+def _mlflow_installed() -> bool:
+    return importlib.util.find_spec("mlflow") is not None
+
+
+def _registry(ck: _Checker, node: _Node) -> Registry:
+    """registry: {tracking_uri, run_url_template, lookup_timeout}."""
+    rm = ck.mapping("registry", node, {"tracking_uri", "run_url_template", "lookup_timeout"})
+    values: dict[str, Any] = {}
+    if "tracking_uri" in rm:
+        v = rm["tracking_uri"].value
+        # MLflow's own forms: a URI with a scheme (http, https, file, databricks...) or "databricks".
+        if not isinstance(v, str) or not (v == "databricks" or _MODEL_URI_RE.fullmatch(v)) or not v.isprintable():
+            ck.fail(
+                "registry.tracking_uri",
+                rm["tracking_uri"],
+                "must be an MLflow tracking URI such as http://mlflow:5000, file:///srv/mlruns or databricks",
+            )
+        elif not _mlflow_installed():
+            ck.fail(
+                "registry.tracking_uri",
+                rm["tracking_uri"],
+                "looking up the registry needs the MLflow client, which is not installed: pip install 'mlmon[mlflow]'",
+            )
+        else:
+            values["tracking_uri"] = v
+    if "run_url_template" in rm:
+        tn = rm["run_url_template"]
+        v = tn.value
+        if not isinstance(v, str) or not v.startswith(("http://", "https://")) or not v.isprintable():
+            ck.fail("registry.run_url_template", tn, "must be an http:// or https:// URL with placeholders")
+        else:
+            try:
+                run_url_fields(v)
+                values["run_url_template"] = v
+            except ValueError as exc:
+                ck.fail("registry.run_url_template", tn, str(exc))
+    if "lookup_timeout" in rm:
+        v = ck.fine_duration("registry.lookup_timeout", rm["lookup_timeout"], 1, 300)
+        if v is not None:
+            values["lookup_timeout_seconds"] = v
+    template = values.get("run_url_template", "")
+    if "{experiment_id}" in template and "tracking_uri" not in rm:
+        ck.fail(
+            "registry.run_url_template",
+            rm["run_url_template"],
+            "{experiment_id} is only known to the registry: set registry.tracking_uri to look it up",
+        )
+    return Registry(**values)
+
+
+def _registry_info(ck: _Checker, path: str, node: _Node) -> RegistryInfo | None:
+    """One version's {run_id, model_uri, name, version}, each under its rule."""
+    m = ck.mapping(path, node, set(REGISTRY_FIELDS))
+    if not m:
+        if isinstance(node.value, dict):
+            ck.fail(path, node, f"must give at least one of {', '.join(REGISTRY_FIELDS)}")
+        return None
+    values: dict[str, str] = {}
+    for key, sub in m.items():
+        v = registry_value(key, sub.value)
+        if v is None:
+            ck.fail(f"{path}.{key}", sub, f"must be {REGISTRY_FIELDS[key]}, got {sub.value!r}")
+        else:
+            values[key] = v
+    return RegistryInfo(**values) if len(values) == len(m) else None
+
+
+def _model_registry(ck: _Checker, path: str, node: _Node) -> tuple[str, tuple[tuple[str, RegistryInfo], ...]]:
+    """models[].registry: {name, versions: {<version>: {run_id, model_uri, name, version}}}."""
+    m = ck.mapping(path, node, {"name", "versions"})
+    name = ""
+    if "name" in m:
+        v = registry_value("name", m["name"].value)
+        if v is None:
+            ck.fail(f"{path}.name", m["name"], f"must be {REGISTRY_FIELDS['name']}")
+        else:
+            name = v
+    versions: list[tuple[str, RegistryInfo]] = []
+    vn = m.get("versions")
+    if vn is not None:
+        if not isinstance(vn.value, dict) or not vn.value:
+            ck.fail(f"{path}.versions", vn, "must map model versions (as predictions send them) to registry entries")
+        else:
+            for version, sub in vn.value.items():
+                vpath = f"{path}.versions.{version}"
+                if not _MODEL_VERSION_RE.fullmatch(version):
+                    ck.fail(vpath, sub, "a model version is 1-64 characters of letters, digits and _.+:@-")
+                    continue
+                info = _registry_info(ck, vpath, sub)
+                if info is not None:
+                    versions.append((version, info))
+    return name, tuple(versions)
 
 
 MIN_TOKEN_LENGTH = 16

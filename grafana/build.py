@@ -93,6 +93,17 @@ def class_weighted(metric: str, sel: str, extra: str, weight: str) -> str:
     return weighted(metric, sel, extra, weight=weight, key="job, instance, model, version, window, class")
 
 
+REGISTRY_LABELS = "model, version, registry_name, registry_version, run_id, model_uri, run_url"
+
+
+def registry_versions() -> str:
+    """One row per chosen version and registry entry (replicas agree once their look-ups are done), valued with
+    the version's first-served time in ms (the earliest over the replicas), or 0 where it is unknown."""
+    entries = f"max by ({REGISTRY_LABELS}) (mlmon_model_info{{{VERSION}}})"
+    first = f"min by (model, version) (mlmon_model_version_first_seen_timestamp_seconds{{{VERSION}}}) * 1000"
+    return f"({entries} * on (model, version) group_left () {first}) or 0 * {entries}"
+
+
 def p(q: float, metric: str, by: str, matchers: str) -> str:
     """A percentile of a histogram: buckets summed by `le` (and `by`) before the quantile."""
     return f"histogram_quantile({q}, sum by ({by}le) (rate({metric}_bucket{{{matchers}}}[{RATE}])))"
@@ -655,6 +666,65 @@ def model():
             ),
             24,
             8,
+        ),
+        (
+            tbl(
+                "Versions in the model registry",
+                "Every chosen version with its model registry entry (mlmon_model_info: from the predictions, the "
+                "config, or looked up in MLflow; docs/registry.md) and when it was first served. Click a run to "
+                "open it in the registry (a link when the exporter's registry.run_url_template can make one).",
+                "short",
+                [query(registry_versions(), instant=True, fmt="table")],
+                transformations=[
+                    (
+                        "organize",
+                        {
+                            "excludeByName": {"Time": True},
+                            "indexByName": {
+                                "model": 0,
+                                "version": 1,
+                                "registry_name": 2,
+                                "registry_version": 3,
+                                "run_id": 4,
+                                "model_uri": 5,
+                                "run_url": 6,
+                                "Value": 7,
+                            },
+                            "renameByName": {
+                                "registry_name": "registered model",
+                                "registry_version": "registry version",
+                                "run_id": "run id",
+                                "model_uri": "model URI",
+                                "run_url": "run",
+                                "Value": "first served",
+                            },
+                        },
+                    ),
+                ],
+                overrides=[
+                    (
+                        "run",
+                        {
+                            "links": [
+                                {
+                                    "title": "Open the run in the model registry",
+                                    "url": "${__value.raw}",
+                                    "targetBlank": True,
+                                }
+                            ]
+                        },
+                    ),
+                    (
+                        "first served",
+                        {
+                            "unit": "dateTimeAsIso",
+                            "mappings": [{"type": "value", "options": {"0": {"text": "unknown", "index": 0}}}],
+                        },
+                    ),
+                ],
+            ),
+            24,
+            6,
         ),
     ]
     for panel, w, h in panels:

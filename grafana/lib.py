@@ -231,9 +231,29 @@ def variable_query(name: str, present: list[str]) -> str:
     return f"label_values({metric}{{{matchers}}}, {name})" if matchers else f"label_values({metric}, {name})"
 
 
+def first_served(sel: str) -> dashboard.AnnotationQuery:
+    """One marker per model version, at the arrival of its first prediction: the series' value (in ms) is the
+    marker's time ("Series value as timestamp"), so restarts and scrape gaps add none. The earliest over the
+    replicas that serve the version."""
+    return (
+        dashboard.AnnotationQuery()
+        .name("Versions first served")
+        .datasource(DATASOURCE)
+        .enable(True)
+        .icon_color("blue")
+        .expr(f"min by (model, version) (mlmon_model_version_first_seen_timestamp_seconds{{{sel}}}) * 1000")
+        .use_value_for_time(True)
+        .title_format("{{model}} {{version}} first served")
+        .tag_keys("model,version")
+        .step("1m")
+    )
+
+
 def new_dashboard(uid: str, title: str, description: str, variables: list[str]) -> dashboard.Dashboard:
     """The skeleton every mlmon dashboard shares: uid, title, tag, time settings, links, annotations and
     variables (datasource, job and instance first, then `variables` in cascade order)."""
+    # The annotations follow the dashboard's model and version variables, where it has them.
+    sel = VERSION if "version" in variables else MODEL if "model" in variables else TARGET
     d = (
         dashboard.Dashboard(title)
         .uid(uid)
@@ -262,20 +282,7 @@ def new_dashboard(uid: str, title: str, description: str, variables: list[str]) 
             .hide(True)
             .icon_color("rgba(0, 211, 255, 1)")
         )
-        .annotation(
-            dashboard.AnnotationQuery()
-            .name("Version changes")
-            .datasource(DATASOURCE)
-            .enable(True)
-            .icon_color("blue")
-            # A version appears: its info series exists now but did not a few minutes ago.
-            .expr(
-                f"count by (model, version) (mlmon_model_info{{{TARGET}}})"
-                f" unless count by (model, version) (mlmon_model_info{{{TARGET}}} offset 5m)"
-            )
-            .title_format("{{model}} {{version}} deployed")
-            .step("1m")
-        )
+        .annotation(first_served(sel))
         .annotation(
             dashboard.AnnotationQuery()
             .name("Firing alerts")

@@ -200,6 +200,7 @@ def test_fields_are_sent_intact_with_none_keys_omitted(exporter, make_client):
         latency_seconds=0.012,
         timestamp=when,
         label="no",
+        registry={"run_id": "ab12", "name": "churn-clf", "version": 3},
     )
     c.log_prediction("price", 12.5)
     c.log_label("churn", 42, "yes")
@@ -216,6 +217,7 @@ def test_fields_are_sent_intact_with_none_keys_omitted(exporter, make_client):
         "score": 0.8,
         "latency_seconds": 0.012,
         "label": "no",
+        "registry": {"run_id": "ab12", "name": "churn-clf", "version": 3},
     }
     assert set(minimal) == {"model", "prediction", "timestamp"}
     assert minimal["prediction"] == 12.5

@@ -326,3 +326,82 @@ def test_feature_names_that_cannot_be_label_values_are_refused(name):
     text += f"      - {{name: {json.dumps(name)}, type: numeric}}\n"
     with pytest.raises(ConfigError, match=r"features\[0\]\.name: must be 1 to 128 printable characters"):
         parse_config(text)
+
+
+# The model registry (docs/registry.md).
+
+REGISTRY_MODEL = "models:\n  - name: m\n    task: regression\n"
+
+
+def test_registry_settings_and_version_entries_are_read():
+    config = parse_config(
+        "registry:\n"
+        '  tracking_uri: "http://mlflow:5000"\n'
+        '  run_url_template: "http://mlflow:5000/#/experiments/{experiment_id}/runs/{run_id}"\n'
+        "  lookup_timeout: 2s\n"
+        + REGISTRY_MODEL
+        + '    registry: {name: churn-clf, versions: {v1: {version: 3}, "2.0": {run_id: ab12, model_uri: "s3://b/m"}}}\n'
+    )
+    assert config.registry.tracking_uri == "http://mlflow:5000"
+    assert config.registry.run_url_fields == ("experiment_id", "run_id")
+    assert config.registry.lookup_timeout_seconds == 2
+    model = config.models[0]
+    assert model.registry_name == "churn-clf"
+    assert model.registry["v1"].version == "3" and model.registry["2.0"].model_uri == "s3://b/m"
+
+
+@pytest.mark.parametrize(
+    ("registry", "message"),
+    [
+        (
+            '{run_url_template: "http://m/#/runs/{run}"}',
+            "registry.run_url_template: unknown placeholder {run} (allowed: model, version, run_id, experiment_id, "
+            "model_uri, registry_name, registry_version)",
+        ),
+        ('{run_url_template: "http://m/{run_id!r}"}', "registry.run_url_template: placeholder {run_id} takes no"),
+        ('{run_url_template: "http://m/{run_id"}', "registry.run_url_template: "),
+        ('{run_url_template: "mlflow/{run_id}"}', "registry.run_url_template: must be an http:// or https:// URL"),
+        ("{tracking_uri: mlflow}", "registry.tracking_uri: must be an MLflow tracking URI"),
+        (
+            '{run_url_template: "http://m/#/experiments/{experiment_id}/runs/{run_id}"}',
+            "registry.run_url_template: {experiment_id} is only known to the registry: set registry.tracking_uri",
+        ),
+        ("{lookup_timeout: 1h}", "registry.lookup_timeout: must be from 1s to 300s"),
+        ("{tracking: http://m}", "registry.tracking: unknown key (did you mean 'tracking_uri'?"),
+    ],
+)
+def test_a_registry_setting_error_names_the_key(registry, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(f"registry: {registry}\n" + REGISTRY_MODEL, "x.yml")
+    assert f"x.yml: line 1: {message}" in str(err.value)
+
+
+def test_a_tracking_uri_without_the_mlflow_client_is_a_config_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"registry\.tracking_uri: .*pip install 'mlmon\[mlflow\]'"):
+        parse_config('registry: {tracking_uri: "http://mlflow:5000"}\n' + REGISTRY_MODEL)
+
+
+@pytest.mark.parametrize(
+    ("registry", "message"),
+    [
+        ("{versions: {v1: {run_id: 'a b'}}}", "models[0].registry.versions.v1.run_id: must be the run that trained"),
+        ("{versions: {v1: {version: 0}}}", "models[0].registry.versions.v1.version: must be the registered model's"),
+        ("{versions: {v1: {version: 1, stage: prod}}}", "models[0].registry.versions.v1.stage: unknown key"),
+        ("{versions: {v1: {}}}", "models[0].registry.versions.v1: must give at least one of run_id, model_uri"),
+        ("{versions: {'v 1': {version: 1}}}", "models[0].registry.versions.v 1: a model version is 1-64 characters"),
+        ("{versions: []}", "models[0].registry.versions: must map model versions"),
+        ("{name: ''}", "models[0].registry.name: must be the registered model's name"),
+    ],
+)
+def test_a_registry_entry_error_names_the_key(registry, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(REGISTRY_MODEL + f"    registry: {registry}\n", "x.yml")
+    assert message in str(err.value)
+
+
+def test_registry_version_keys_follow_the_api_version_rule():
+    from exporter import config
+    from exporter.ingest import schema
+
+    assert config._MODEL_VERSION_RE.pattern == schema.VERSION_PATTERN

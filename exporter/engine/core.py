@@ -32,6 +32,7 @@ from prometheus_client import (
 from exporter.config import Config
 from exporter.engine import storage
 from exporter.engine.joins import JoinStoreUnavailable
+from exporter.engine.model_registry import RegistryLinks
 from exporter.engine.state import ModelState, ServerReports
 from exporter.ingest import fastpath
 from exporter.ingest.validation import IngestErrors, Invalid, Validator
@@ -104,6 +105,8 @@ class Mlmon:
         self.audit = AuditLog(config.auth.audit_path or self._default_audit_path())
         self.last_checkpoint = clock()
         self.restored = self._restore(config_profiles)
+        # Registry links of the versions (labels of mlmon_model_info), looked up in MLflow off the ingest path.
+        self.links = RegistryLinks(config.registry, self.models.values(), clock)
 
         disable_created_metrics()
         self.registry = CollectorRegistry()
@@ -449,6 +452,7 @@ class Mlmon:
 
         self.maintenance_thread = threading.Thread(target=loop, name="mlmon-maintenance", daemon=True)
         self.maintenance_thread.start()
+        self.links.start(stop)  # registry look-ups, when registry.tracking_uri is set
         return stop
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from exporter.config import Config, ModelConfig
+from exporter.config import Config, ModelConfig, RegistryInfo
 from exporter.engine import joins, storage
 from exporter.engine.joins import JoinStore, Pending
 from exporter.ingest.columns import bin_rows
@@ -183,6 +183,8 @@ class VersionSnapshot:
     # span name -> the labelled-outcome sums of the span (SPAN_ARRAYS), shortest span first
     spans: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     segments: dict[tuple[str, str], dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
+    first_seen: float | None = 0.0  # VersionState.first_seen
+    registry: RegistryInfo | None = None  # what the version's predictions said of it in the model registry
 
 
 @dataclass
@@ -216,6 +218,10 @@ class VersionState:
         self.last_prediction = 0.0
         self.last_label = 0.0
         self.last_seen = 0.0
+        # Arrival time of the first prediction (0: none yet; None: unknown, a version restored from a data
+        # directory written before this was kept).
+        self.first_seen: float | None = 0.0
+        self.registry: RegistryInfo | None = None  # the latest registry entry the version's predictions sent
         self.latency = Histogram(config.latency_buckets)
         self.label_delay = Histogram(config.label_delay_buckets)
         self.missing = np.zeros(len(model.features), dtype=np.int64)  # missing values per feature, cumulative
@@ -243,6 +249,8 @@ class VersionState:
         n = len(events)
         ts = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=n)
         self.predictions += n
+        if self.first_seen == 0.0:
+            self.first_seen = now
         self.last_prediction = now  # arrival time: a lagging client clock or a backfill is not "traffic"
         self.last_seen = now
         latencies = [e.latency for e in events if e.latency is not None]
@@ -390,6 +398,8 @@ class VersionState:
             self.latency.copy(),
             self.label_delay.copy(),
             self.missing.copy(),
+            first_seen=self.first_seen,
+            registry=self.registry,
         )
         if self.model.is_classification:
             snap.outcomes = self.outcomes.copy()
@@ -497,6 +507,7 @@ class ModelState:
                 for error in e.feature_errors:
                     self.feature_errors[error] += 1
             fresh: dict[str, tuple[list[Prediction], list]] = {}
+            registry: dict[str, RegistryInfo] = {}  # version -> the last registry entry the batch sent for it
             outcomes = _Outcomes()
             dups = dup_labels = 0
             for i, e in enumerate(events):
@@ -521,8 +532,14 @@ class ModelState:
                 batch, batch_keys = fresh.setdefault(e.version, ([], []))
                 batch.append(e)
                 batch_keys.append(seg)
+                if e.registry is not None:
+                    registry[e.version] = e.registry
             for version, (batch, batch_keys) in fresh.items():
                 self._version(version, now).add_predictions(batch, now, self.binner, batch_keys)
+            for version, entry in registry.items():
+                state = self.versions.get(version)  # None: retired at once by a newer version of the batch
+                if state is not None:
+                    state.registry = entry
             self._add_outcomes(outcomes, now)  # after the loop above has created any new version
             self.duplicates["prediction"] += dups
             self.duplicates["label"] += dup_labels
@@ -628,6 +645,9 @@ class ModelState:
         with self.lock:
             schema = ring_schema(self.model)
             for version in data["versions"].values():
+                # Unknown for the versions of a snapshot written before these were kept (never stamped later).
+                version.__dict__.setdefault("first_seen", None)
+                version.__dict__.setdefault("registry", None)
                 for ring in version.rings:
                     ring.conform(schema)
                 version.model = self.model

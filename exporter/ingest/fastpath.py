@@ -26,9 +26,9 @@ import operator
 from typing import Annotated, Any
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
-from exporter.config import ModelConfig
+from exporter.config import REGISTRY_FIELDS, ModelConfig, RegistryInfo
 from exporter.ingest import schema
 from exporter.ingest.schema import (
     FUTURE_SKEW_SECONDS,
@@ -48,6 +48,14 @@ _Latency = Annotated[float, Meta(ge=0.0, le=MAX_MAGNITUDE)]
 _IdText = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 _Category = Annotated[str, Meta(max_length=MAX_STRING_LENGTH)] | bool | _Int | float | None
 _ClassKey = str | _Int
+# A prediction's registry entry: each field absent (UNSET: null is left to the general path, which refuses it)
+# or of a type its rule may take. Frozen, so hashable: FastDecoder checks each distinct entry once.
+_Registry = msgspec.defstruct(
+    "Registry",
+    [(name, (str | _Int if name == "version" else str) | UnsetType, UNSET) for name in REGISTRY_FIELDS],
+    frozen=True,
+    forbid_unknown_fields=True,
+)
 
 
 def _get(self, name: str, default: Any = None) -> Any:
@@ -104,6 +112,7 @@ def _kinds(model: ModelConfig, features: type) -> dict[str, Any]:
         "scores": dict[str, _Probability],
         "probability": _Probability,
         "seconds": _Latency,
+        "registry": _Registry,  # the rules themselves are the validator's (FastDecoder._registry)
     }
 
 
@@ -165,6 +174,7 @@ class FastDecoder:
     def __init__(self, validator):
         self.validator = validator
         self._class_index = validator.class_index
+        self._registries: dict = {}  # registry entry (a _Registry) -> its RegistryInfo, once checked
         # A model with a feature name msgspec cannot rename to (a quote or a backslash in it) is left out:
         # its items fail the tag look-up and go to the general path.
         models = [m for m in validator.config.models if all(_renamable(f.name) for f in m.features)]
@@ -260,10 +270,38 @@ class FastDecoder:
                 scores = self._scores(model, item.scores, item.score)
                 if scores is None:
                     return None
+            registry = item.registry
+            if registry is not None:
+                registry = self._registries.get(registry) or self._registry(registry)
+                if registry is None:
+                    return None
             append(
-                Prediction(model.name, version, pid, ts, prediction, scores, item.latency_seconds, label, item.features)
+                Prediction(
+                    model.name,
+                    version,
+                    pid,
+                    ts,
+                    prediction,
+                    scores,
+                    item.latency_seconds,
+                    label,
+                    item.features,
+                    registry=registry,
+                )
             )
         return out
+
+    def _registry(self, entry) -> RegistryInfo | None:
+        """Check an entry the first time it is seen (a model server sends the same one with many predictions)."""
+        value = {name: getattr(entry, name) for name in REGISTRY_FIELDS if getattr(entry, name) is not UNSET}
+        problems: list = []
+        result = self.validator._registry(_NoItem(problems), value)
+        if problems:
+            return None
+        if len(self._registries) >= 1024:  # bounded: entries change with the versions
+            self._registries.clear()
+        self._registries[entry] = result
+        return result
 
     def _scores(self, model: ModelConfig, scores: Any, score: Any) -> tuple[float, ...] | None:
         if model.task == "binary" and scores is None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from exporter.config import REGISTRY_FIELDS
+
 # -- limits -------------------------------------------------------------------------------------------------
 
 MAX_ID_LENGTH = 256  # characters of a prediction id
@@ -60,6 +62,7 @@ KINDS = {
     "server": f"a printable string of 1 to {MAX_SERVER_LENGTH} characters",
     "models": "a non-empty list of model names",
     "amount": f"a number from 0 to {MAX_RESOURCE:g}",
+    "registry": f"an object with some of {', '.join(REGISTRY_FIELDS)}: the model version in a model registry",
 }
 
 
@@ -112,6 +115,13 @@ PREDICTION = Item(
         Field("score", "probability", False, "Binary models only: probability of the positive class."),
         Field("latency_seconds", "seconds", False, "Time the model took to predict."),
         Field("label", "outcome", False, "The true outcome, when it is known at once."),
+        Field(
+            "registry",
+            "registry",
+            False,
+            "The model version in a model registry (run_id, model_uri, name, version): published as labels of "
+            "mlmon_model_info; the latest sent for a version wins.",
+        ),
     ),
 )
 
@@ -169,6 +179,29 @@ _JSON_KINDS: dict[str, dict] = {
     "server": {"type": "string", "minLength": 1, "maxLength": MAX_SERVER_LENGTH},
     "models": {"type": "array", "minItems": 1, "items": {"type": "string"}},
     "amount": {"type": "number", "minimum": 0, "maximum": MAX_RESOURCE, "exclusiveMaximum": True},
+    "registry": {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {
+            "run_id": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9_\\-]{1,64}$",
+                "description": REGISTRY_FIELDS["run_id"],
+            },
+            "model_uri": {
+                "type": "string",
+                "pattern": "^[A-Za-z][A-Za-z0-9+.\\-]*:\\S+$",
+                "maxLength": 1024,
+                "description": REGISTRY_FIELDS["model_uri"],
+            },
+            "name": {"type": "string", "minLength": 1, "maxLength": 256, "description": REGISTRY_FIELDS["name"]},
+            "version": {
+                "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": "^[1-9][0-9]{0,18}$"}],
+                "description": REGISTRY_FIELDS["version"],
+            },
+        },
+    },
 }
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from exporter.config import Config, ModelConfig
+from exporter.config import REGISTRY_FIELDS, Config, ModelConfig, RegistryInfo, registry_value
 from exporter.ingest import schema
 from exporter.ingest.schema import (
     FUTURE_SKEW_SECONDS,
@@ -86,6 +86,7 @@ class Prediction:
     label: Any  # class index or float, or None
     features: dict | None = None
     feature_errors: tuple[tuple[str, str], ...] = ()  # (feature, reason) left out under invalid_features: count
+    registry: RegistryInfo | None = None  # the model version in a model registry, when the prediction says
 
 
 @dataclass(slots=True)
@@ -275,6 +276,7 @@ class Validator:
             if latency is not None and not (_bounded(latency) and latency >= 0):
                 it.fail("latency_seconds", "invalid_value", f"must be a number from 0 to 1e100, got {_show(latency)}")
             label = self._outcome(it, model, "label", item["label"]) if item.get("label") is not None else None
+            registry = self._registry(it, item["registry"]) if item.get("registry") is not None else None
             if len(problems) == before:
                 out.append(
                     Prediction(
@@ -288,6 +290,7 @@ class Validator:
                         label,
                         features,
                         feature_errors,
+                        registry,
                     )
                 )
         if problems:
@@ -365,6 +368,24 @@ class Validator:
         # Unknown names are counted without their name: label values stay bounded by the config.
         errors = tuple(("" if reason == "unknown_feature" else name, reason) for name, reason, _ in bad)
         return {k: v for k, v in features.items() if k not in dropped}, errors
+
+    def _registry(self, it: _Item, value: Any) -> RegistryInfo | None:
+        """A prediction's ``registry`` object: some of run_id, model_uri, name and version, each under its rule."""
+        if not isinstance(value, dict) or not value:
+            it.fail("registry", "invalid_value", f"must be an object with some of {', '.join(REGISTRY_FIELDS)}")
+            return None
+        kept: dict[str, str] = {}
+        for key, v in value.items():
+            if key not in REGISTRY_FIELDS:
+                allowed = ", ".join(REGISTRY_FIELDS)
+                it.fail(f"registry.{str(key)[:100]}", "unknown_field", f"unknown field; allowed: {allowed}")
+                continue
+            normal = registry_value(key, v)
+            if normal is None:
+                it.fail(f"registry.{key}", "invalid_value", f"must be {REGISTRY_FIELDS[key]}, got {_show(v)}")
+            else:
+                kept[key] = normal
+        return RegistryInfo(**kept) if len(kept) == len(value) else None
 
     def _scores(self, it: _Item, model: ModelConfig, scores: Any, score: Any) -> tuple[float, ...] | None:
         if score is not None:

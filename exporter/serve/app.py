@@ -386,7 +386,7 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> Fla
     app.config["MAX_CONTENT_LENGTH"] = config.limits.max_body_bytes
     app.json.sort_keys = False
     m = app.extensions["mlmon"] = Mlmon(config, clock)
-    m.registry.register(MlmonCollector(list(m.models.values()), m.errors, m.servers, clock))
+    m.registry.register(MlmonCollector(list(m.models.values()), m.errors, m.servers, clock, links=m.links))
     app.register_blueprint(api)
     app.register_blueprint(ops)
 

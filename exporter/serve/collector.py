@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.config import ModelConfig
+from exporter.engine.model_registry import EMPTY, RegistryLinks
 from exporter.engine.state import ModelSnapshot, ModelState, ServerReports
 from exporter.ingest.validation import IngestErrors
 from exporter.serve.exposition import CounterFamily, GaugeFamily
@@ -24,6 +25,8 @@ from exporter.stats.drift import CATEGORICAL_METHODS, CLASS_METHODS, NUMERIC_MET
 from exporter.stats.histogram import Histogram
 
 MV = ["model", "version"]
+# The model registry labels of mlmon_model_info ("" where unknown; exporter/engine/model_registry.py).
+REGISTRY_LABELS = ["run_id", "model_uri", "registry_name", "registry_version", "run_url"]
 MVW = ["model", "version", "window"]
 
 # (name, help) of the per-window quality gauges, by task.
@@ -59,21 +62,23 @@ class MlmonCollector(Collector):
         errors: IngestErrors,
         servers: ServerReports,
         clock: Callable[[], float] = time.time,
+        links: RegistryLinks | None = None,
     ):
         self.models = models
         self.errors = errors
         self.servers = servers
         self.clock = clock
+        self.links = links
 
     def describe(self) -> list:
         # The families without their samples: cheap, and lets /metrics?name[]=... select them.
-        return [*_families([], {}, {}), GaugeFamily("mlmon_collect_duration_seconds", "")]
+        return [*_families([], {}, {}, self.links), GaugeFamily("mlmon_collect_duration_seconds", "")]
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
         now = self.clock()
         snaps = [m.snapshot(now) for m in self.models]
-        yield from _families(snaps, self.errors.snapshot(), self.servers.snapshot(now))
+        yield from _families(snaps, self.errors.snapshot(), self.servers.snapshot(now), self.links)
         duration = GaugeFamily(
             "mlmon_collect_duration_seconds", "Time taken to build the mlmon metric families of this scrape."
         )
@@ -81,13 +86,23 @@ class MlmonCollector(Collector):
         yield duration
 
 
-def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterator[Metric]:
+def _families(
+    snaps: list[ModelSnapshot], errors: dict, servers: dict, links: RegistryLinks | None = None
+) -> Iterator[Metric]:
     build = GaugeFamily("mlmon_build_info", "mlmon build information; always 1.", labels=["version"])
     build.add_metric([__version__], 1)
     yield build
 
     info = GaugeFamily(
-        "mlmon_model_info", "Model versions seen, with their task; always 1.", labels=["model", "version", "task"]
+        "mlmon_model_info",
+        "Model versions seen, with their task and their model registry entry (empty where unknown); always 1.",
+        labels=["model", "version", "task", *REGISTRY_LABELS],
+    )
+    first_seen = GaugeFamily(
+        "mlmon_model_version_first_seen_timestamp_seconds",
+        "Arrival time of the version's first prediction, by the exporter's clock (unix seconds); kept across "
+        "restarts with durable storage.",
+        labels=MV,
     )
     predictions = CounterFamily("mlmon_predictions", "Predictions received.", labels=MV)
     labels = CounterFamily("mlmon_labels", "Labels joined to their prediction.", labels=MV)
@@ -189,7 +204,10 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
                 thresholds.add_metric([m, "evidence_z"], quality.z_of_confidence(limit))
         for v in snap.versions:
             mv = [m, v.version]
-            info.add_metric([m, v.version, model.task], 1)
+            registry = links.labels(model, v.version, v.registry) if links is not None else EMPTY
+            info.add_metric([m, v.version, model.task, *registry], 1)
+            if v.first_seen:
+                first_seen.add_metric(mv, v.first_seen)
             predictions.add_metric(mv, v.predictions)
             labels.add_metric(mv, v.labels)
             if v.last_prediction:
@@ -228,6 +246,7 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
 
     yield from (
         info,
+        first_seen,
         predictions,
         labels,
         outcomes,
@@ -282,6 +301,18 @@ def _families(snaps: list[ModelSnapshot], errors: dict, servers: dict) -> Iterat
             rss.add_metric([m, server], rss_b)
     yield cpu
     yield rss
+
+    if links is not None and links.enabled:
+        lookups = CounterFamily(
+            "mlmon_registry_lookups", "Look-ups of model versions and runs in the model registry (MLflow)."
+        )
+        lookups.add_metric([], links.attempts)
+        lookup_errors = CounterFamily(
+            "mlmon_registry_lookup_errors", "Registry look-ups that failed (retried later, with a growing delay)."
+        )
+        lookup_errors.add_metric([], links.failures)
+        yield lookups
+        yield lookup_errors
 
 
 class _SpanFamilies:

@@ -137,9 +137,16 @@ def test_dashboard_links_by_tag_keep_variables_and_time(dashboards, uid):
 
 
 @pytest.mark.parametrize("uid", sorted(EXPECTED))
-def test_annotations_show_version_changes_and_firing_alerts(dashboards, uid):
-    exprs = [a.get("expr", "") for a in dashboards[uid]["annotations"]["list"]]
-    assert any("mlmon_model_info" in e for e in exprs)
+def test_annotations_show_versions_first_served_and_firing_alerts(dashboards, uid):
+    annotations = dashboards[uid]["annotations"]["list"]
+    exprs = [a.get("expr", "") for a in annotations]
+    # One marker per version at its first prediction: the series' value (ms) is the marker's time.
+    (served,) = [a for a in annotations if "mlmon_model_version_first_seen_timestamp_seconds" in a.get("expr", "")]
+    assert served["useValueForTime"] is True and served["expr"].endswith(" * 1000")
+    assert served["titleFormat"] == "{{model}} {{version}} first served"
+    names = variables(dashboards[uid])
+    for name in ("job", "instance", "model", "version"):
+        assert (f'{name}=~"${name}"' in served["expr"]) == (name in names), (uid, name)
     assert any('ALERTS{alertstate="firing"' in e for e in exprs)
     for a in dashboards[uid]["annotations"]["list"]:
         if "expr" in a:

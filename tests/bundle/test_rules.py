@@ -175,6 +175,7 @@ def test_routes(labels, receivers):
     assert result.stdout.strip() == receivers
 
 
+RUN_URL = "http://mlflow.example:5000/#/experiments/1/runs/ab12"
 TEMPLATE_DATA = {
     "receiver": "slack",
     "status": "firing",
@@ -196,6 +197,7 @@ TEMPLATE_DATA = {
                 "(threshold accuracy_min).",
                 "runbook_url": f"{RUNBOOK_BASE}#mlmonmodelaccuracylow",
                 "dashboard_url": f"{GRAFANA_BASE}/d/mlmon-model?var-model=churn&var-version=v7",
+                "run_url": RUN_URL,
             },
             "startsAt": "2026-11-23T10:00:00Z",
             "endsAt": "0001-01-01T00:00:00Z",
@@ -218,9 +220,9 @@ TEMPLATE_DATA = {
 }
 
 
-def render(tmp_path: Path, template: str) -> str:
+def render(tmp_path: Path, template: str, data_json: dict | None = None) -> str:
     data = tmp_path / "data.json"
-    data.write_text(json.dumps(TEMPLATE_DATA))
+    data.write_text(json.dumps(data_json or TEMPLATE_DATA))
     result = run(
         AMTOOL,
         "template",
@@ -241,7 +243,15 @@ def test_slack_template_renders_model_value_threshold_and_links(tmp_path):
     assert "*churn v7* (critical, firing)" in text
     assert "is 52%, below the floor of 70%" in text
     assert f"<{RUNBOOK_BASE}#mlmonmodelaccuracylow|Runbook>" in text
-    assert f"<{GRAFANA_BASE}/d/mlmon-model?var-model=churn&var-version=v7|Dashboard>" in text
+    assert f"<{GRAFANA_BASE}/d/mlmon-model?var-model=churn&var-version=v7|Dashboard> | <{RUN_URL}|Run>" in text
+
+
+@needs_amtool
+def test_templates_leave_the_run_link_out_when_the_alert_has_none(tmp_path):
+    data = json.loads(json.dumps(TEMPLATE_DATA))
+    data["alerts"][0]["annotations"]["run_url"] = ""  # the rules' annotation when the exporter knows no run
+    assert "|Run>" not in render(tmp_path, "mlmon.slack.text", data)
+    assert "Run:" not in render(tmp_path, "mlmon.pagerduty.details", data)
 
 
 @needs_amtool
@@ -250,6 +260,7 @@ def test_pagerduty_template_renders(tmp_path):
         "[FIRING:1] MlmonModelAccuracyLow churn: Model accuracy is below its floor."
     )
     assert render(tmp_path, "mlmon.pagerduty.severity").strip() == "critical"
+    assert f"Run: {RUN_URL}" in render(tmp_path, "mlmon.pagerduty.details")
 
 
 def test_alertmanager_secrets_come_from_files_only():

@@ -291,6 +291,41 @@ def test_a_model_whose_shape_changed_starts_afresh_and_thresholds_do_not_matter(
     assert metrics.get("mlmon_predictions_total", model="price", version="default") == 50
 
 
+def test_the_first_seen_time_of_a_version_survives_a_restart(tmp_path):
+    clock = Clock()
+    app = build(tmp_path, clock)
+    client = app.test_client()
+    body = {"model": "price", "version": "v1", "prediction": 1.0}
+    assert client.post("/api/v1/predictions", json=body).status_code == 202
+    first = clock()
+    app.extensions["mlmon"].checkpoint()
+    clock.advance(120)
+    body["version"] = "v2"
+    assert client.post("/api/v1/predictions", json=body).status_code == 202  # in the journal only
+    clock.advance(600)
+    restarted = build(tmp_path, clock)
+    assert restarted.test_client().post("/api/v1/predictions", json=body).status_code == 202  # v2 again
+    m = scrape(restarted.test_client())
+    assert m.get("mlmon_model_version_first_seen_timestamp_seconds", model="price", version="v1") == first
+    assert m.get("mlmon_model_version_first_seen_timestamp_seconds", model="price", version="v2") == first + 120
+
+
+def test_a_version_restored_from_an_older_snapshot_has_no_first_seen_time(tmp_path):
+    clock = Clock()
+    app = build(tmp_path, clock)
+    client = app.test_client()
+    assert client.post("/api/v1/predictions", json={"model": "price", "prediction": 1.0}).status_code == 202
+    m = app.extensions["mlmon"]
+    for version in m.models["price"].versions.values():  # as a release that did not keep them wrote it
+        del version.__dict__["first_seen"], version.__dict__["registry"]
+    m.checkpoint()
+    clock.advance(60)
+    restarted = build(tmp_path, clock)
+    restarted.test_client().post("/api/v1/predictions", json={"model": "price", "prediction": 1.0})
+    # Unknown, and not stamped with a later prediction's time either.
+    assert scrape(restarted.test_client()).all("mlmon_model_version_first_seen_timestamp_seconds") == []
+
+
 def test_memory_backend_keeps_nothing_but_still_honours_keys(tmp_path):
     clock = Clock()
     text = textwrap.dedent(CONFIG).format(data=tmp_path).replace(f'path: "{tmp_path}"', "backend: memory")

@@ -140,10 +140,29 @@ def scores(model: str):
     )
 
 
+REGISTRY_KEYS = st.sampled_from(["run_id", "model_uri", "name", "version", "extra", "Run_id"])
+REGISTRY_VALUE = st.one_of(
+    TEXT,
+    NUMBERS,
+    WRONG,
+    st.sampled_from([None, True, "models:/churn/3", "runs:/a1/model", "no scheme", "a1b2", "0", "01", "7", -1, 0]),
+)
+# Valid registry entries: a few values each, so that versions keep one now and then change it.
+VALID_REGISTRY = st.fixed_dictionaries(
+    {"version": st.sampled_from([3, "4"])},
+    optional={
+        "run_id": st.sampled_from(["a1b2c3", "f" * 32]),
+        "model_uri": st.sampled_from(["models:/churn-clf/3", "s3://bucket/model"]),
+        "name": st.sampled_from(["churn-clf", "Churn model"]),
+    },
+)
+
+
 @functools.cache
 def value(kind: str, model: str):
     """A value for a field of ``kind``: valid or not."""
     return {
+        "registry": st.one_of(st.dictionaries(REGISTRY_KEYS, REGISTRY_VALUE, max_size=4), VALID_REGISTRY, WRONG),
         "version": VERSION,
         "id": ID,
         "timestamp": TIMESTAMP,
@@ -183,6 +202,8 @@ def valid(field: schema.Field, model: str):
         return PROBABILITY if model == "churn" else st.just(ABSENT)
     if field.kind == "seconds":
         return PROBABILITY
+    if field.kind == "registry":
+        return VALID_REGISTRY
     raise AssertionError(field.kind)
 
 

@@ -95,6 +95,7 @@ def same(fast_items, general_items) -> None:
             "latency",
             "label",
             "feature_errors",
+            "registry",
         ):
             a, b = getattr(f, field), getattr(g, field)
             assert a == b and type(a) is type(b) or (isinstance(a, float) and isinstance(b, int) and a == b), (
@@ -182,6 +183,21 @@ def item(draw, valid=None):
         "timestamp": timestamps,
         "latency_seconds": st.floats(min_value=0, max_value=1e100),
         "label": classes,
+        "registry": st.fixed_dictionaries(
+            {},
+            optional={
+                "run_id": st.sampled_from(["a1b2", "f" * 32, "run_1-x"]),
+                "model_uri": st.sampled_from(["models:/churn/3", "runs:/a1b2/model"]),
+                "name": st.text(min_size=1, max_size=6).filter(str.isprintable),
+                "version": st.one_of(st.integers(1, 2**63 - 1), st.sampled_from(["1", "42"])),
+            },
+        ).filter(bool)
+        if valid
+        else st.dictionaries(
+            st.sampled_from(["run_id", "model_uri", "name", "version", "other"]),
+            st.one_of(anything, st.sampled_from(["a", "models:/m/1", "0", "-1", "x y"])),
+            max_size=3,
+        ),
     }
     for name, strategy in optional.items():
         if draw(st.booleans()):
@@ -468,3 +484,16 @@ def test_categorical_counts_match_a_direct_count():
         ]
         assert sorted(unseen_ev[unseen_idx == j].tolist()) == expected_unseen
         assert np.array_equal(np.sort(ev[sel]), [i for i, v in enumerate(values) if v is not None and v != ""])
+
+
+def test_each_distinct_registry_entry_is_checked_once(monkeypatch):
+    decoder = fastpath.FastDecoder(validator)
+    checked = []
+    check = validator._registry
+    monkeypatch.setattr(validator, "_registry", lambda it, value: checked.append(value) or check(it, value))
+    item = {"model": "price", "prediction": 1.0, "registry": {"name": "price-model", "version": 3}}
+    same_as_text = {**item, "registry": {"name": "price-model", "version": "3"}}
+    raw = json.dumps({"predictions": [item] * 5 + [same_as_text]}).encode()
+    items = decoder.predictions(raw, NOW)
+    assert [(p.registry.name, p.registry.version) for p in items] == [("price-model", "3")] * 6
+    assert checked == [{"name": "price-model", "version": 3}, {"name": "price-model", "version": "3"}]

@@ -32,6 +32,7 @@ VALID = {
         "score": 0.7,
         "latency_seconds": 0.01,
         "label": "stay",
+        "registry": {"run_id": "a1b2c3", "model_uri": "models:/churn-clf/3", "name": "churn-clf", "version": 3},
     },
     "labels": {"model": "churn", "id": "a1", "label": "churn"},
 }

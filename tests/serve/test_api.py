@@ -109,6 +109,34 @@ def test_versions_are_capped_oldest_retired():
     assert m.get("mlmon_retired_versions_total", model="m") == 1
 
 
+def test_a_version_first_seen_time_is_its_first_prediction_arrival():
+    app, clock = make_app("models:\n  - {name: m, task: regression}\n")
+    client = app.test_client()
+    assert scrape(client).all("mlmon_model_version_first_seen_timestamp_seconds") == []  # no version yet
+    first = clock()
+    # An old timestamp is the prediction's time, not when the version was first served here.
+    client.post(
+        "/api/v1/predictions", json={"model": "m", "version": "v1", "prediction": 1.0, "timestamp": first - 600}
+    )
+    clock.advance(30)
+    client.post("/api/v1/predictions", json={"model": "m", "version": "v1", "prediction": 1.0})
+    client.post("/api/v1/predictions", json={"model": "m", "version": "v2", "prediction": 1.0})
+    m = scrape(client)
+    assert m.get("mlmon_model_version_first_seen_timestamp_seconds", model="m", version="v1") == first
+    assert m.get("mlmon_model_version_first_seen_timestamp_seconds", model="m", version="v2") == first + 30
+
+
+def test_a_version_known_only_from_labels_has_no_first_seen_time():
+    from exporter.engine.state import ModelState
+
+    app, clock = make_app("models:\n  - {name: m, task: regression}\n")
+    state: ModelState = app.extensions["mlmon"].models["m"]
+    state._version("v1", clock())  # as a replica of a shared join store learns of a version from a label
+    m = scrape(app.test_client())
+    assert m.get("mlmon_model_info", model="m", version="v1") == 1
+    assert m.all("mlmon_model_version_first_seen_timestamp_seconds") == []
+
+
 def test_known_label_sets_start_at_zero(client):
     m = scrape(client)
     assert m.get("mlmon_ingest_errors_total", model="churn", reason="invalid_value") == 0

@@ -346,6 +346,7 @@ class Client:
         latency_seconds: Any = None,
         timestamp: Any = None,
         label: Any = None,
+        registry: Any = None,
     ) -> bool:
         """Queue one prediction; return True if queued, False if dropped. Never blocks or raises.
 
@@ -353,7 +354,9 @@ class Client:
         probability, ``score`` is P(positive) for binary models; ``features`` maps name -> number,
         str or None (missing). ``id`` (stringified) lets a later ``log_label`` join it.
         ``timestamp`` (unix seconds or datetime) defaults to now; ``latency_seconds`` may be a
-        timedelta. numpy values are converted to plain Python numbers/lists.
+        timedelta. numpy values are converted to plain Python numbers/lists. ``registry`` is the
+        version's entry in a model registry, some of ``run_id``, ``model_uri``, ``name``, ``version``
+        (sending it now and then is enough: the exporter keeps the latest per version).
         """
         try:
             item = _compact(
@@ -368,6 +371,7 @@ class Client:
                     "score": _plain(score),
                     "latency_seconds": _plain(latency_seconds),
                     "label": _plain(label),
+                    "registry": None if registry is None else _plain(dict(registry)),
                 }
             )
         except Exception as exc:  # must never raise into the model server
