@@ -16,8 +16,9 @@
 # Both stages use the same base, pinned by exact tag: Python 3.11 on Debian bookworm, the Debian release
 # the tests run on. Bump both lines together (tests/bundle/test_compose.py checks that they agree).
 
-# --- build: install the package, its `demo` extra (scikit-learn) and its `redis` extra (the shared join
-# store, joins.backend: redis) into a virtualenv ---------------------------------------------------------------
+# --- build: install the package and its extras into a virtualenv: `demo` (scikit-learn), `redis` (the shared
+# join store, joins.backend: redis), `report` (matplotlib, for `mlmon report`) and `mlflow` (mlflow-skinny, for
+# registry.tracking_uri look-ups) --------------------------------------------------------------------------------
 FROM python:3.11.15-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -31,9 +32,9 @@ COPY exporter ./exporter
 COPY clients/python/mlmon_client ./clients/python/mlmon_client
 # No lock file: the version ranges of pyproject.toml apply, as for `pip install mlmon`.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir '.[demo,redis]' \
+RUN pip install --no-cache-dir '.[demo,redis,report,mlflow]' \
     && mlmon --version \
-    && python -c 'import redis'
+    && python -c 'import redis, matplotlib, mlflow'
 
 # --- runtime: the virtualenv and the examples, run as an unprivileged user ---------------------------------
 FROM python:3.11.15-slim-bookworm AS runtime

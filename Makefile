@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := prometheus prometheus-alertmanager redis-server
+# chromium and chromium-driver: the report's test opens it in a real (headless) browser.
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager redis-server chromium chromium-driver
 
-.PHONY: demo test test-fast lint fmt bench bench-full bench-alerts bench-estimate venv system-deps clean
+.PHONY: demo test test-fast lint fmt bench bench-full bench-alerts bench-estimate docs-images venv system-deps clean
 
 # `make demo DEMO_ARGS="--duration 60 --speed 10"` for a quick run.
 DEMO_ARGS ?=
@@ -45,12 +46,12 @@ test-fast: venv system-deps
 	$(PY) -m pytest -q -m "not slow"
 
 lint: venv
-	$(VENV)/bin/ruff check exporter clients tests bench examples grafana
-	$(VENV)/bin/ruff format --check exporter clients tests bench examples grafana
+	$(VENV)/bin/ruff check exporter clients tests bench examples grafana tools
+	$(VENV)/bin/ruff format --check exporter clients tests bench examples grafana tools
 
 fmt: venv
-	$(VENV)/bin/ruff format exporter clients tests bench examples grafana
-	$(VENV)/bin/ruff check --fix exporter clients tests bench examples grafana
+	$(VENV)/bin/ruff format exporter clients tests bench examples grafana tools
+	$(VENV)/bin/ruff check --fix exporter clients tests bench examples grafana tools
 
 # The benchmarks run in their own virtualenv: the exporter plus the peers they are compared with
 # (Evidently, pandas, matplotlib; bench/requirements.txt), which mlmon itself never depends on.
@@ -87,3 +88,9 @@ bench-estimate: $(BENCH_STAMP)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache *.egg-info
+
+# `make docs-images`: the README's pictures from a real run (about four minutes): a status block of `make demo`
+# drawn as a terminal (docs/img/demo.png) and the top of an `mlmon report` of that run, photographed in headless
+# Chromium (docs/img/report.png).
+docs-images: venv system-deps
+	$(PY) tools/docs_images.py

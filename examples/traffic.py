@@ -44,9 +44,11 @@ class Traffic:
         label_loss: float = 0.1,
         seed: int = 0,
         on_phase: Callable[[str, int], None] | None = None,
+        linger: bool = False,
     ):
         self.url = model_server.rstrip("/")
         self.duration = duration
+        self.linger = linger  # with a duration: the last phase's traffic goes on until stop()
         self.phase_seconds = (duration / len(scenario.PHASES)) if duration > 0 else 240.0 / speed
         self.rate = min(rate * speed, MAX_RATE)
         self.label_delay = label_delay / speed
@@ -88,6 +90,8 @@ class Traffic:
                         return
                 cycle += 1
                 if self.duration > 0:
+                    if self.linger:
+                        self.stopped.wait()
                     return
         finally:
             self.stopped.set()

@@ -1,4 +1,4 @@
-"""The `mlmon` command: serve the exporter, check a config file, run the demo or the retraining hook."""
+"""The `mlmon` command: serve the exporter, check a config file, run the demo, the retraining hook or a report."""
 
 from __future__ import annotations
 
@@ -116,10 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--config", "--config.file", dest="config", required=True, metavar="FILE")
     build.add_argument("-o", "--output", required=True, metavar="PROFILE.json")
 
-    from exporter import demo, retrain
+    from exporter import demo, report, retrain
 
     demo.add_parser(sub)
     retrain.add_parser(sub)
+    report.add_parser(sub)
     return parser
 
 
@@ -142,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         from exporter import retrain
 
         return retrain.run(args, parser)
+    if args.command == "report":
+        from exporter import report
+
+        return report.run(args)
     return _serve(parser, args)
 
 

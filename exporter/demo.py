@@ -481,6 +481,7 @@ def run(args) -> int:
             label_loss=args.label_loss,
             seed=args.seed,
             on_phase=on_phase,
+            linger=args.linger,
         )
         runner = threading.Thread(target=traffic.run, name="traffic", daemon=True)
         runner.start()
@@ -521,6 +522,11 @@ def add_parser(sub) -> None:
         description=__doc__.split("\n\n")[1],
     )
     demo.add_argument("--duration", type=float, default=600, help="seconds for the four phases (default %(default)s)")
+    demo.add_argument(
+        "--linger",
+        action="store_true",
+        help="after the four phases, keep the last one's traffic going until Ctrl-C (time to look around)",
+    )
     demo.add_argument(
         "--speed",
         type=float,

@@ -1,6 +1,7 @@
 """The package's layers, and that imports only point down (a module may import its own layer and those below).
 
-cli, demo, retrain, client the command line (retrain: the retraining hook) and the light client's re-export
+cli, demo, retrain, report, client  the command line (retrain: the retraining hook; report: `mlmon report`)
+                           and the light client's re-export
 serve                      app factory and routes, /metrics families, exposition, OpenAPI
 engine                     per-model state, joins, durability
 ingest                     validation, the fast decoder, columns for the statistics
@@ -18,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "exporter"
 LAYERS = ["security", "config", "stats", "ingest", "engine", "serve", "top"]
-TOP_MODULES = {"cli", "demo", "retrain", "client", "logs", "__main__"}
+TOP_MODULES = {"cli", "demo", "retrain", "report", "client", "logs", "__main__"}
 
 
 def layer(module: str) -> str | None:

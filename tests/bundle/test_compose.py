@@ -27,6 +27,7 @@ SERVICES = {
     "prometheus",
     "alertmanager",
     "retrain-hook",
+    "report",
     "grafana",
     "node-exporter",
 }
@@ -35,7 +36,7 @@ REPLICAS = ("exporter", "exporter-2")
 SCALE_OUT_SERVICES = SERVICES | {"exporter-2", "exporter-lb", "redis"}
 # The versions the tests run (Debian bookworm's packages, CONVENTIONS.md §0).
 TESTED_IMAGES = {"prometheus": "prom/prometheus:v2.42.0", "alertmanager": "prom/alertmanager:v0.25.0"}
-# Where each image listens inside its container.
+# Where each image listens inside its container (the report service listens nowhere).
 LISTEN_PORTS = {
     "exporter": 8490,
     "exporter-2": 8490,
@@ -437,7 +438,7 @@ def test_prometheus_reaches_every_static_address_it_names(stack):
     services = stack["services"]
     config = load_yaml(ROOT / "prometheus" / "prometheus.yml")
     # On 127.0.0.1 Prometheus finds itself and whatever shares its network namespace.
-    loopback = {LISTEN_PORTS[name] for name in services if netns(services, name) == "prometheus"}
+    loopback = {LISTEN_PORTS[n] for n in services if netns(services, n) == "prometheus" and n in LISTEN_PORTS}
     static = [c for job in config.get("scrape_configs", []) for c in job.get("static_configs", [])]
     for alertmanagers in config.get("alerting", {}).get("alertmanagers", []):
         static += alertmanagers.get("static_configs", [])
@@ -515,6 +516,31 @@ def test_the_retrain_hook_runs_its_config_beside_alertmanager(compose, services)
     assert name in compose["volumes"] and name != "mlmon-data"
     for path in (config.audit_log, config.state_file):
         assert path.startswith(mounted + "/"), f"{path} is not in the {name} volume"
+
+
+def test_the_weekly_report_reads_prometheus_and_writes_to_its_volume(compose, services):
+    from urllib.parse import urlsplit
+
+    from exporter import report
+    from exporter.cli import build_parser
+
+    service = services["report"]
+    assert service["image"] == "mlmon:local" and service["pull_policy"] == "never"
+    assert netns(services, "report") == "prometheus"
+    assert service["depends_on"]["prometheus"].get("restart") is True, "restarted with the namespace it lives in"
+    # The command is one mlmon's own parser takes, with flags its checks accept.
+    args = build_parser().parse_args(service["command"])
+    assert args.command == "report"
+    opts = report.options(args)
+    assert opts["every"] == opts["period"] == 7 * 86400
+    url = urlsplit(args.url)
+    assert url.hostname in LOOPBACK and url.port == LISTEN_PORTS["prometheus"]
+    # The reports land in the service's own named volume, which the image's user owns.
+    (volume,) = [v for v in service["volumes"] if isinstance(v, str)]
+    name, mounted = volume.split(":")
+    assert name in compose["volumes"] and name != "mlmon-data" and mounted == DATA_DIR
+    assert args.output_dir == mounted and args.keep > 0
+    assert any(f"{mounted}/latest.html" in part for part in service["healthcheck"]["test"])
 
 
 # --- Grafana ----------------------------------------------------------------------------------------------------

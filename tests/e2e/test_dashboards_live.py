@@ -8,23 +8,18 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.serve.test_server import free_port
+from tests.e2e.demo_run import prom_query
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 # The demo scrapes every 2 s; Grafana's $__rate_interval is at least 4 scrape intervals.
 MACROS = {"$__rate_interval": "20s", "$__interval": "2s", "$__range": "5m"}
-DEADLINE = 75  # seconds for the demo to reach the state the dashboards need
 
 # Targets allowed to return nothing, as (dashboard uid, panel title): reason.
 MAY_BE_EMPTY = {
@@ -36,84 +31,10 @@ MAY_BE_EMPTY = {
 VARIABLES_MAY_BE_EMPTY = {"segment": "examples/demo/mlmon.yml configures no `segments:`"}
 
 
-def prom_query(prom: str, expr: str) -> dict:
-    r = requests.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=10)
-    assert r.status_code == 200, (expr, r.status_code, r.text)
-    body = r.json()
-    assert body["status"] == "success", (expr, body)
-    return body["data"]
-
-
-class Demo:
-    """`mlmon demo` as a subprocess (it starts the exporter, the model server, traffic and Prometheus)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "exporter", "demo", "--port", str(self.port), "--plain", "--quiet",
-                "--duration", "32", "--speed", "10", "--rate", "20", "--label-delay", "1", "--status-every", "60",
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self.prometheus: str | None = None
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-            m = re.search(r"Prometheus +(http://127\.0\.0\.1:\d+)/targets", line)
-            if m:
-                self.prometheus = m.group(1)
-
-    def stop(self) -> None:
-        # The demo stops everything it started on SIGINT (Ctrl-C).
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-def ready(prom: str) -> bool:
-    """Labels joined, drift computed, v2 deployed and its traffic rated: what every panel needs."""
-    checks = [
-        'count by (version) (mlmon_model_info{job="mlmon",version="v2"})',
-        'rate(mlmon_predictions_total{job="mlmon",version="v2"}[20s]) > 0',
-        "mlmon_feature_drift",
-        "mlmon_prediction_drift",
-        "mlmon_label_drift",
-        "mlmon_accuracy",
-        "mlmon_mae",
-        "rate(mlmon_label_delay_seconds_count[20s]) > 0",
-        "mlmon_model_server_resident_memory_bytes",
-    ]
-    try:
-        return all(prom_query(prom, q)["result"] for q in checks)
-    except (requests.RequestException, AssertionError):
-        return False
-
-
 @pytest.fixture(scope="module")
-def prometheus():
-    if not Path("/usr/bin/prometheus").exists():
-        pytest.skip("Prometheus is not installed (apt-get install prometheus)")
-    demo = Demo()
-    try:
-        start = time.monotonic()
-        while not (demo.prometheus and ready(demo.prometheus)):
-            assert demo.proc.poll() is None, "the demo exited early:\n" + "\n".join(demo.lines)
-            assert time.monotonic() - start < DEADLINE, "no data in time:\n" + "\n".join(demo.lines)
-            time.sleep(1)
-        yield demo.prometheus
-    finally:
-        demo.stop()
+def prometheus(demo) -> str:
+    """The demo's Prometheus (tests/e2e/conftest.py: one demo run shared with the report's live tests)."""
+    return demo.prometheus
 
 
 def dashboards() -> list[dict]:
@@ -197,3 +118,33 @@ def test_annotation_queries_parse(prometheus, values):
         for a in d["annotations"]["list"]:
             if "expr" in a:
                 prom_query(prometheus, substitute(a["expr"], values[d["uid"]]))
+
+
+def test_versions_first_served_mark_the_demo_v2_once_within_the_run(prometheus, values):
+    # The deploy annotation's series hold each version's first-served time in ms, which Grafana takes as the
+    # marker's time ("useValueForTime"): the demo's v2 must be there, between the start of the demo's exporter
+    # and now, later than v1, and constant over the run (so Grafana draws one marker per version, not one per
+    # step).
+    (exporter,) = prom_query(prometheus, 'min(process_start_time_seconds{job="mlmon"})')["result"]
+    started = float(exporter["value"][1])
+    for d in dashboards():
+        (annotation,) = [a for a in d["annotations"]["list"] if a.get("useValueForTime")]
+        expr = substitute(annotation["expr"], values[d["uid"]])
+        now = time.time()
+        served = {
+            (r["metric"]["model"], r["metric"]["version"]): float(r["value"][1])
+            for r in prom_query(prometheus, expr)["result"]
+        }
+        v2 = {model: ms for (model, version), ms in served.items() if version == "v2"}
+        assert v2, (d["uid"], served)
+        for model, ms in v2.items():
+            assert started * 1000 <= ms <= now * 1000, (d["uid"], model, ms, started)
+            assert served[model, "v1"] < ms, (d["uid"], model)
+        r = requests.get(
+            f"{prometheus}/api/v1/query_range",
+            params={"query": expr, "start": started, "end": now, "step": 2},
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        for series in r.json()["data"]["result"]:
+            assert len({value for _, value in series["values"]}) == 1, (d["uid"], series["metric"])
