@@ -299,10 +299,12 @@ class Config:
 
 
 # --------------------------------------------------------------------------------------------------
-# YAML with positions: compose the node tree so that every value keeps the line it came from.
+# YAML with positions: compose the node tree so that every value keeps the line it came from. Node, to_nodes,
+# Checker and kind_name are also what other config files of mlmon (the retraining hook's) are checked with, so
+# that their errors read the same.
 
 
-class _Node:
+class Node:
     """A YAML value together with where it stood in the file."""
 
     __slots__ = ("value", "line", "col", "text")
@@ -312,39 +314,40 @@ class _Node:
         self.text = text  # a scalar as written, before YAML typed it (yes -> True, 007 -> 7)
 
 
-def _to_nodes(node: yaml.Node) -> _Node:
+def to_nodes(node: yaml.Node) -> Node:
+    """The composed YAML node as a tree of Nodes; a duplicate key is an error."""
     line, col = node.start_mark.line + 1, node.start_mark.column + 1
     if isinstance(node, yaml.MappingNode):
-        out: dict[str, _Node] = {}
+        out: dict[str, Node] = {}
         keys: dict[str, int] = {}
         for k, v in node.value:
             key = yaml.SafeLoader.construct_scalar(_LOADER, k) if isinstance(k, yaml.ScalarNode) else str(k)
             if key in keys:
                 raise ConfigError([f"line {k.start_mark.line + 1}: duplicate key {key!r} (first at line {keys[key]})"])
             keys[key] = k.start_mark.line + 1
-            out[str(key)] = _to_nodes(v)
-        return _Node(out, line, col)
+            out[str(key)] = to_nodes(v)
+        return Node(out, line, col)
     if isinstance(node, yaml.SequenceNode):
-        return _Node([_to_nodes(v) for v in node.value], line, col)
-    return _Node(_LOADER.construct_object(node, deep=True), line, col, node.value)
+        return Node([to_nodes(v) for v in node.value], line, col)
+    return Node(_LOADER.construct_object(node, deep=True), line, col, node.value)
 
 
 _LOADER = yaml.SafeLoader("")
 
 
-class _Checker:
+class Checker:
     """Walks the node tree, collecting every problem instead of stopping at the first."""
 
     def __init__(self) -> None:
         self.problems: list[str] = []
 
-    def fail(self, path: str, node: _Node | None, message: str) -> None:
+    def fail(self, path: str, node: Node | None, message: str) -> None:
         where = f"line {node.line}: " if node is not None else ""
         self.problems.append(f"{where}{path or '(top level)'}: {message}")
 
-    def mapping(self, path: str, node: _Node, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
+    def mapping(self, path: str, node: Node, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
         if not isinstance(node.value, dict):
-            self.fail(path, node, f"must be a mapping, got {_kind(node.value)}")
+            self.fail(path, node, f"must be a mapping, got {kind_name(node.value)}")
             return {}
         for key, sub in node.value.items():
             if key not in allowed:
@@ -357,14 +360,14 @@ class _Checker:
                 self.fail(f"{path}.{key}" if path else key, node, "is required")
         return {k: v for k, v in node.value.items() if k in allowed}
 
-    def positive_int(self, path: str, node: _Node, low: int = 1, high: int = 2**62) -> int | None:
+    def positive_int(self, path: str, node: Node, low: int = 1, high: int = 2**62) -> int | None:
         v = node.value
         if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
             self.fail(path, node, f"must be an integer from {low} to {high}, got {v!r}")
             return None
         return v
 
-    def duration(self, path: str, node: _Node, low: int = 0, high: int = 2**62) -> int | None:
+    def duration(self, path: str, node: Node, low: int = 0, high: int = 2**62) -> int | None:
         try:
             seconds = parse_duration(node.value)
             if not low <= seconds <= high:
@@ -374,7 +377,7 @@ class _Checker:
             self.fail(path, node, str(exc))
             return None
 
-    def fine_duration(self, path: str, node: _Node, low: float, high: float) -> float | None:
+    def fine_duration(self, path: str, node: Node, low: float, high: float) -> float | None:
         """A duration that may be under a second: ``250ms``, ``2s``, ``1m``."""
         v = node.value
         try:
@@ -390,7 +393,7 @@ class _Checker:
             return None
         return seconds
 
-    def buckets(self, path: str, node: _Node) -> tuple[float, ...] | None:
+    def buckets(self, path: str, node: Node) -> tuple[float, ...] | None:
         v = node.value
         # YAML 1.1 reads 1e4 (no dot) as a string: take any list item that reads as a number.
         values = [_number(n.value) for n in v] if isinstance(v, list) else None
@@ -413,18 +416,19 @@ def _number(v: Any) -> Any:
     return v
 
 
-def _kind(v: Any) -> str:
+def kind_name(v: Any) -> str:
+    """What a value is, in an error message: "a mapping", "a list", "a string", "nothing", "int"..."""
     return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(type(v), type(v).__name__)
 
 
-def _class_name(node: _Node) -> str | None:
+def _class_name(node: Node) -> str | None:
     """Classes are label values, taken as written: `0`, `yes` and `no` are names, not numbers or booleans."""
     if isinstance(node.value, (list, dict)) or node.value is None or not node.text:
         return None
     return node.text
 
 
-def _drift_thresholds(ck: _Checker, path: str, node: _Node, base: dict[str, float]) -> dict[str, float]:
+def _drift_thresholds(ck: Checker, path: str, node: Node, base: dict[str, float]) -> dict[str, float]:
     out = dict(base)
     for key, sub in ck.mapping(path, node, set(DRIFT_THRESHOLDS)).items():
         v = _number(sub.value)
@@ -435,7 +439,7 @@ def _drift_thresholds(ck: _Checker, path: str, node: _Node, base: dict[str, floa
     return out
 
 
-def _drift(ck: _Checker, path: str, node: _Node) -> tuple[str, int, dict[str, float], bool]:
+def _drift(ck: Checker, path: str, node: Node) -> tuple[str, int, dict[str, float], bool]:
     method, min_samples, thresholds, bins = "psi", 100, dict(DRIFT_THRESHOLDS), False
     m = ck.mapping(path, node, {"method", "min_samples", "thresholds", "bins"})
     if "bins" in m:
@@ -455,7 +459,7 @@ def _drift(ck: _Checker, path: str, node: _Node) -> tuple[str, int, dict[str, fl
     return method, min_samples, thresholds, bins
 
 
-def _thresholds(ck: _Checker, path: str, node: _Node, base: dict[str, float]) -> dict[str, float]:
+def _thresholds(ck: Checker, path: str, node: Node, base: dict[str, float]) -> dict[str, float]:
     out = dict(base)
     for key, sub in ck.mapping(path, node, set(THRESHOLDS)).items():
         _, low, high = THRESHOLDS[key]
@@ -467,7 +471,7 @@ def _thresholds(ck: _Checker, path: str, node: _Node, base: dict[str, float]) ->
     return out
 
 
-def _model(ck: _Checker, path: str, node: _Node, thresholds: dict[str, float], base_dir: str) -> ModelConfig | None:
+def _model(ck: Checker, path: str, node: Node, thresholds: dict[str, float], base_dir: str) -> ModelConfig | None:
     allowed = {
         "name",
         "task",
@@ -641,7 +645,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Con
         stream = io.StringIO(text)
         stream.name = source  # YAML's own messages then name the file, not "<unicode string>"
         root = yaml.compose(stream, Loader=yaml.SafeLoader)
-        tree = _to_nodes(root) if root is not None else _Node(None, 1, 1)
+        tree = to_nodes(root) if root is not None else Node(None, 1, 1)
     except ConfigError as exc:
         raise ConfigError(exc.problems, source) from None
     except yaml.YAMLError as exc:
@@ -649,7 +653,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Con
 
     if tree.value is None:
         raise ConfigError(["the file is empty; it needs at least a 'models:' list"], source)
-    ck = _Checker()
+    ck = Checker()
     top = ck.mapping(
         "",
         tree,
@@ -767,7 +771,7 @@ def _mlflow_installed() -> bool:
     return importlib.util.find_spec("mlflow") is not None
 
 
-def _registry(ck: _Checker, node: _Node) -> Registry:
+def _registry(ck: Checker, node: Node) -> Registry:
     """registry: {tracking_uri, run_url_template, lookup_timeout}."""
     rm = ck.mapping("registry", node, {"tracking_uri", "run_url_template", "lookup_timeout"})
     values: dict[str, Any] = {}
@@ -813,7 +817,7 @@ def _registry(ck: _Checker, node: _Node) -> Registry:
     return Registry(**values)
 
 
-def _registry_info(ck: _Checker, path: str, node: _Node) -> RegistryInfo | None:
+def _registry_info(ck: Checker, path: str, node: Node) -> RegistryInfo | None:
     """One version's {run_id, model_uri, name, version}, each under its rule."""
     m = ck.mapping(path, node, set(REGISTRY_FIELDS))
     if not m:
@@ -830,7 +834,7 @@ def _registry_info(ck: _Checker, path: str, node: _Node) -> RegistryInfo | None:
     return RegistryInfo(**values) if len(values) == len(m) else None
 
 
-def _model_registry(ck: _Checker, path: str, node: _Node) -> tuple[str, tuple[tuple[str, RegistryInfo], ...]]:
+def _model_registry(ck: Checker, path: str, node: Node) -> tuple[str, tuple[tuple[str, RegistryInfo], ...]]:
     """models[].registry: {name, versions: {<version>: {run_id, model_uri, name, version}}}."""
     m = ck.mapping(path, node, {"name", "versions"})
     name = ""
@@ -860,7 +864,7 @@ def _model_registry(ck: _Checker, path: str, node: _Node) -> tuple[str, tuple[tu
 MIN_TOKEN_LENGTH = 16
 
 
-def _auth(ck: _Checker, node: _Node, base_dir: str, model_names: set[str]) -> Auth:
+def _auth(ck: Checker, node: Node, base_dir: str, model_names: set[str]) -> Auth:
     """auth: {enabled, tokens: [{name, token_file | token_env | sha256, models, actions}], audit_log}."""
     from exporter.security.auth import ACTIONS, ALL_MODELS, Token, digest
 
@@ -926,7 +930,7 @@ def _auth(ck: _Checker, node: _Node, base_dir: str, model_names: set[str]) -> Au
     return Auth(enabled, tuple(tokens), audit)
 
 
-def _token_digest(ck: _Checker, path: str, kind: str, node: _Node, base_dir: str, digest) -> bytes | None:
+def _token_digest(ck: Checker, path: str, kind: str, node: Node, base_dir: str, digest) -> bytes | None:
     v = node.value
     if not isinstance(v, str) or not v:
         ck.fail(path, node, "must be a non-empty string")
@@ -959,7 +963,7 @@ def _token_digest(ck: _Checker, path: str, kind: str, node: _Node, base_dir: str
     return digest(value)
 
 
-def _string_list(ck: _Checker, path: str, node: _Node | None, default: list[str]) -> list[str]:
+def _string_list(ck: Checker, path: str, node: Node | None, default: list[str]) -> list[str]:
     if node is None:
         return default
     if not isinstance(node.value, list) or not all(isinstance(x.value, str) for x in node.value):
@@ -972,7 +976,7 @@ def _storage_default(base_dir: str) -> Storage:
     return Storage(path=os.path.join(base_dir, Storage.path) if base_dir else Storage.path)
 
 
-def _storage(ck: _Checker, node: _Node, base_dir: str) -> Storage:
+def _storage(ck: Checker, node: Node, base_dir: str) -> Storage:
     sm = ck.mapping(
         "storage",
         node,
@@ -1022,7 +1026,7 @@ def _storage(ck: _Checker, node: _Node, base_dir: str) -> Storage:
     return storage
 
 
-def _joins(ck: _Checker, node: _Node) -> Joins:
+def _joins(ck: Checker, node: Node) -> Joins:
     jm = ck.mapping("joins", node, {"backend", "redis_url", "redis_prefix", "redis_timeout", "redis_password_file"})
     values: dict[str, Any] = {}
     if "backend" in jm:

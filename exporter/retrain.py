@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from exporter import logs
-from exporter.config import ConfigError, _Checker, _kind, _Node, _to_nodes, parse_duration, read_config_file
+from exporter.config import Checker, ConfigError, Node, kind_name, parse_duration, read_config_file, to_nodes
 from exporter.security.audit import AuditLog
 
 log = logging.getLogger("mlmon.retrain")
@@ -139,7 +139,7 @@ def render(text: str, values: dict[str, str], quote: Callable[[str], str] | None
     return _TEMPLATE.sub(one, text)
 
 
-def _check_body(ck: _Checker, path: str, node: _Node) -> Any:
+def _check_body(ck: Checker, path: str, node: Node) -> Any:
     """The body template as plain data, every string checked."""
     v = node.value
     if isinstance(v, dict):
@@ -152,13 +152,13 @@ def _check_body(ck: _Checker, path: str, node: _Node) -> Any:
             ck.fail(path, node, problem)
         return v
     if v is not None and not isinstance(v, (bool, int, float)):  # YAML dates, for one, are not JSON
-        ck.fail(path, node, f"must be JSON data (a mapping, list, string, number, boolean or null), got {_kind(v)}")
+        ck.fail(path, node, f"must be JSON data (a mapping, list, string, number, boolean or null), got {kind_name(v)}")
     return v
 
 
-def _string(ck: _Checker, path: str, node: _Node) -> str | None:
+def _string(ck: Checker, path: str, node: Node) -> str | None:
     if not isinstance(node.value, str) or not node.value:
-        ck.fail(path, node, f"must be a non-empty string, got {_kind(node.value)}")
+        ck.fail(path, node, f"must be a non-empty string, got {kind_name(node.value)}")
         return None
     return node.value
 
@@ -172,9 +172,9 @@ def _path(base_dir: str, value: str | None) -> str | None:
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
-def _headers(ck: _Checker, path: str, node: _Node) -> tuple[tuple[str, str], ...]:
+def _headers(ck: Checker, path: str, node: Node) -> tuple[tuple[str, str], ...]:
     if not isinstance(node.value, dict):
-        ck.fail(path, node, f"must be a mapping of header names to strings, got {_kind(node.value)}")
+        ck.fail(path, node, f"must be a mapping of header names to strings, got {kind_name(node.value)}")
         return ()
     out = []
     for name, sub in node.value.items():
@@ -194,10 +194,10 @@ def parse_hook_config(text: str, source: str = "<config>", base_dir: str = "") -
     :func:`finish`, after the command-line flags are applied."""
     try:
         root = _compose(text, source)
-        tree = _to_nodes(root) if root is not None else _Node({}, 1, 1)
+        tree = to_nodes(root) if root is not None else Node({}, 1, 1)
     except ConfigError as exc:
         raise ConfigError(exc.problems, source) from None
-    ck = _Checker()
+    ck = Checker()
     top = ck.mapping("", tree, CONFIG_KEYS)
     values: dict[str, Any] = {}
     if "command" in top:

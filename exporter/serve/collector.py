@@ -315,6 +315,89 @@ def _families(
         yield lookup_errors
 
 
+def _key(name: str) -> Callable[[dict], float]:
+    return lambda sums: sums[name]
+
+
+def _trace(name: str) -> Callable[[dict], float]:
+    return lambda sums: np.trace(sums[name])
+
+
+# The span series: name, help, which versions publish it ("all", "classification", "regression", or "estimated":
+# classifiers whose reference calibrates their scores), and its value from a span's sums (window.spans).
+SPAN_SERIES: tuple[tuple[str, str, str, Callable[[dict], float]], ...] = (
+    (
+        "mlmon_span_labeled",
+        "Labelled predictions in the most recent span of a window, by label arrival time; the spans are the "
+        "windows and their recent parts.",
+        "all",
+        _key("labeled"),
+    ),
+    (
+        "mlmon_span_correct",
+        "Correct predictions among the span's labelled ones (classification).",
+        "classification",
+        _trace("confusion"),
+    ),
+    (
+        "mlmon_span_absolute_error",
+        "Sum of |prediction - label| over the span's labelled predictions (regression).",
+        "regression",
+        _key("abs_err"),
+    ),
+    (
+        "mlmon_span_squared_error",
+        "Sum of (prediction - label)^2 over the span's labelled predictions (regression).",
+        "regression",
+        _key("sq_err"),
+    ),
+    (
+        "mlmon_span_estimated",
+        "Scored predictions in the most recent span of a window, by prediction time (models whose reference "
+        "calibrates their scores).",
+        "estimated",
+        _key("est_n"),
+    ),
+    (
+        "mlmon_span_estimated_correct",
+        "Sum over the span's scored predictions of the calibrated probability of being right.",
+        "estimated",
+        _trace("est_confusion"),
+    ),
+    (
+        "mlmon_span_estimated_correct_squares",
+        "Sum over the span's scored predictions of the squared calibrated probability of being right.",
+        "estimated",
+        _key("est_sq"),
+    ),
+    (
+        "mlmon_span_calibration_labeled",
+        "Scored predictions of the span (by prediction time) whose label has come.",
+        "estimated",
+        _key("est_lab_n"),
+    ),
+    (
+        "mlmon_span_calibration_correct",
+        "Correct predictions among the span's labelled, scored ones.",
+        "estimated",
+        _key("est_lab_correct"),
+    ),
+    (
+        "mlmon_span_calibration_expected",
+        "Sum over the span's labelled, scored predictions of the calibrated probability of being right.",
+        "estimated",
+        _key("est_lab_p"),
+    ),
+    (
+        "mlmon_span_calibration_variance",
+        "Sum over the span's labelled, scored predictions of p (1 - p), p the calibrated probability of being "
+        "right: the variance of their number right if the scores are calibrated.",
+        "estimated",
+        _key("est_lab_var"),
+    ),
+)
+
+
 class _SpanFamilies:
     """The sums of labelled outcomes over each span (the windows and their recent parts, window.spans), from
     which the bundled rules test accuracy and MAE against their thresholds (docs/alerts.md). Counts, not
@@ -322,95 +405,19 @@ class _SpanFamilies:
 
     def __init__(self) -> None:
         labels = MV + ["span"]
-        self.labeled = GaugeFamily(
-            "mlmon_span_labeled",
-            "Labelled predictions in the most recent span of a window, by label arrival time; the spans are the "
-            "windows and their recent parts.",
-            labels=labels,
-        )
-        self.correct = GaugeFamily(
-            "mlmon_span_correct", "Correct predictions among the span's labelled ones (classification).", labels=labels
-        )
-        self.abs_error = GaugeFamily(
-            "mlmon_span_absolute_error",
-            "Sum of |prediction - label| over the span's labelled predictions (regression).",
-            labels=labels,
-        )
-        self.sq_error = GaugeFamily(
-            "mlmon_span_squared_error",
-            "Sum of (prediction - label)^2 over the span's labelled predictions (regression).",
-            labels=labels,
-        )
-        self.estimated = GaugeFamily(
-            "mlmon_span_estimated",
-            "Scored predictions in the most recent span of a window, by prediction time (models whose reference "
-            "calibrates their scores).",
-            labels=labels,
-        )
-        self.estimated_correct = GaugeFamily(
-            "mlmon_span_estimated_correct",
-            "Sum over the span's scored predictions of the calibrated probability of being right.",
-            labels=labels,
-        )
-        self.estimated_squares = GaugeFamily(
-            "mlmon_span_estimated_correct_squares",
-            "Sum over the span's scored predictions of the squared calibrated probability of being right.",
-            labels=labels,
-        )
-        self.calibration_labeled = GaugeFamily(
-            "mlmon_span_calibration_labeled",
-            "Scored predictions of the span (by prediction time) whose label has come.",
-            labels=labels,
-        )
-        self.calibration_correct = GaugeFamily(
-            "mlmon_span_calibration_correct",
-            "Correct predictions among the span's labelled, scored ones.",
-            labels=labels,
-        )
-        self.calibration_expected = GaugeFamily(
-            "mlmon_span_calibration_expected",
-            "Sum over the span's labelled, scored predictions of the calibrated probability of being right.",
-            labels=labels,
-        )
-        self.calibration_variance = GaugeFamily(
-            "mlmon_span_calibration_variance",
-            "Sum over the span's labelled, scored predictions of p (1 - p), p the calibrated probability of being "
-            "right: the variance of their number right if the scores are calibrated.",
-            labels=labels,
-        )
+        self.families = [(GaugeFamily(name, text, labels=labels), who, value) for name, text, who, value in SPAN_SERIES]
 
     def version(self, mv: list[str], spans: dict[str, dict], classification: bool, estimated: bool = False) -> None:
+        base = {"all", "classification" if classification else "regression"}
         for name, sums in spans.items():
             labels = mv + [name]
-            self.labeled.add_metric(labels, float(sums["labeled"]))
-            if classification:
-                self.correct.add_metric(labels, float(np.trace(sums["confusion"])))
-                if estimated and "est_n" in sums:
-                    self.estimated.add_metric(labels, float(sums["est_n"]))
-                    self.estimated_correct.add_metric(labels, float(np.trace(sums["est_confusion"])))
-                    self.estimated_squares.add_metric(labels, float(sums["est_sq"]))
-                    self.calibration_labeled.add_metric(labels, float(sums["est_lab_n"]))
-                    self.calibration_correct.add_metric(labels, float(sums["est_lab_correct"]))
-                    self.calibration_expected.add_metric(labels, float(sums["est_lab_p"]))
-                    self.calibration_variance.add_metric(labels, float(sums["est_lab_var"]))
-            else:
-                self.abs_error.add_metric(labels, float(sums["abs_err"]))
-                self.sq_error.add_metric(labels, float(sums["sq_err"]))
+            publish = base | {"estimated"} if classification and estimated and "est_n" in sums else base
+            for family, who, value in self.families:
+                if who in publish:
+                    family.add_metric(labels, float(value(sums)))
 
     def all(self) -> list:
-        return [
-            self.labeled,
-            self.correct,
-            self.abs_error,
-            self.sq_error,
-            self.estimated,
-            self.estimated_correct,
-            self.estimated_squares,
-            self.calibration_labeled,
-            self.calibration_correct,
-            self.calibration_expected,
-            self.calibration_variance,
-        ]
+        return [family for family, _, _ in self.families]
 
 
 class _EstimateFamilies:
