@@ -61,3 +61,44 @@ def test_counter_growth_between_readings():
     rng = np.random.default_rng(1)
     steady = np.cumsum(rng.integers(0, 50, 100)).astype(float)
     assert growth(steady).sum() == steady[-1] - steady[0]
+
+
+def _model(name: str, info: dict) -> tuple:
+    from exporter.report.gather import FeatureDrift, ModelReport, Quality, Report
+
+    end = 1_796_000_000.0
+    p = Period.plan(end, 600, 2.0)
+    t = np.arange(p.start, p.end, p.step)
+    rng = np.random.default_rng(0)
+    q = Quality("accuracy")
+    q.t["v1"] = p.edges[1:]
+    q.value["v1"] = rng.uniform(0.8, 0.9, len(q.t["v1"]))
+    q.low["v1"], q.high["v1"], q.labels["v1"] = q.value["v1"] - 0.05, q.value["v1"] + 0.05, np.full(len(q.t["v1"]), 50)
+    q.period, q.recent = 0.85, 0.8
+    drift = FeatureDrift(
+        "x", "psi", 0.25, 0.5, 0.1, version="v1", series={"v1": Series({}, t, rng.uniform(0, 1, len(t)))}
+    )
+    m = ModelReport(
+        name=name, task="binary", versions=["v1"], info=info, first_seen={"v1": p.start + 5}, current="v1",
+        predictions={"v1": 1000.0}, labels={"v1": 900.0}, traffic=[Series({"version": "v1"}, t, np.ones(len(t)))],
+        quality=q, estimated=[], estimate_now=float("nan"), window="1m", drift=[drift], drifted=1, drift_watched=4,
+        prediction_drift=None, data_quality=[], missing_max=0.1, errors={"bad_value": 3.0}, latency={},
+        latency_p95=float("nan"), label_delay={}, label_delay_median=float("nan"),
+        alerts=episodes([Series({"alertname": "MlmonModelAccuracyLow", "severity": "critical"}, t[:5], np.ones(5))],
+                        p.step, p.start, p.end),
+    )  # fmt: skip
+    return Report("http://127.0.0.1:9090", p, "", [m], [], end), m
+
+
+def test_the_page_escapes_what_it_shows_and_links_the_registry_run():
+    from exporter.report.render import render
+
+    name = 'fraud<script>alert("x")</script>'
+    url = "http://mlflow.example:5000/#/experiments/3/runs/abc123"
+    report, m = _model(name, {"v1": {"run_id": "abc123", "run_url": url, "model_uri": "models:/fraud/4"}})
+    page = render(report)
+    assert "<script" not in page and "fraud&lt;script&gt;" in page
+    assert f'<a href="{url}">run</a>' in page and "run_id=<code>abc123</code>" in page
+    # The summary's verdict: a critical alert fired.
+    assert "Needs attention" in page and "MlmonModelAccuracyLow (critical" in page
+    assert "3 <code>bad_value</code>" in page
