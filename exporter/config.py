@@ -179,6 +179,11 @@ class ModelConfig:
     registry_name: str = ""  # the model's name in the model registry, for versions that do not name one
     # version -> what the config says of it in the registry (models[].registry.versions)
     registry_versions: tuple[tuple[str, RegistryInfo], ...] = ()
+    # Sensitive features of a binary model (models[].fairness): also segment features, so that each group's
+    # counts are its segment's windows (docs/fairness.md).
+    fairness_features: tuple[str, ...] = ()
+    fairness_reference: tuple[tuple[str, str], ...] = ()  # feature -> its reference group (disparity: reference)
+    fairness_disparity: str = "spread"  # spread: max minus min over groups | reference: gaps to the reference group
 
     def drift_threshold(self, feature: str | None, method: str) -> float:
         """The threshold of ``method`` for ``feature`` (None: the model's predictions or labels)."""
@@ -207,6 +212,11 @@ class ModelConfig:
     def feature_types(self) -> dict[str, str]:
         """Feature name -> "numeric" or "categorical"."""
         return {f.name: f.type for f in self.features}
+
+    @functools.cached_property
+    def fairness_reference_group(self) -> dict[str, str]:
+        """Fairness feature -> its reference group (empty unless ``disparity: reference``)."""
+        return dict(self.fairness_reference)
 
     @property
     def is_classification(self) -> bool:
@@ -483,6 +493,7 @@ def _model(ck: Checker, path: str, node: Node, thresholds: dict[str, float], bas
         "reference",
         "drift",
         "segments",
+        "fairness",
         "invalid_features",
         "registry",
     }
@@ -615,6 +626,11 @@ def _model(ck: Checker, path: str, node: Node, thresholds: dict[str, float], bas
             segment_features = tuple(names)
         if "top" in sm:
             segment_top = ck.positive_int(f"{path}.segments.top", sm["top"], 1, 100) or segment_top
+    fairness: tuple[tuple[str, ...], tuple[tuple[str, str], ...], str] = ((), (), "spread")
+    if "fairness" in m:
+        fairness = _fairness(ck, f"{path}.fairness", m["fairness"], task_v, features)
+        # Each group's counts are its segment's windows: a fairness feature is a segment feature too.
+        segment_features = tuple(dict.fromkeys((*segment_features, *fairness[0])))
     registry_name, registry_versions = "", ()
     if "registry" in m:
         registry_name, registry_versions = _model_registry(ck, f"{path}.registry", m["registry"])
@@ -636,7 +652,81 @@ def _model(ck: Checker, path: str, node: Node, thresholds: dict[str, float], bas
         segment_top,
         registry_name,
         registry_versions,
+        fairness_features=fairness[0],
+        fairness_reference=fairness[1],
+        fairness_disparity=fairness[2],
     )
+
+
+FAIRNESS_DISPARITIES = ("spread", "reference")
+
+
+def _fairness(
+    ck: Checker, path: str, node: Node, task: str, features: list[Feature]
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], str]:
+    """models[].fairness: {features, reference_group, disparity}; nothing (no fairness) when anything is wrong."""
+    none: tuple[tuple[str, ...], tuple[tuple[str, str], ...], str] = ((), (), "spread")
+    fm = ck.mapping(path, node, {"features", "reference_group", "disparity"}, required=("features",))
+    if not fm:
+        return none
+    if task != "binary":
+        # Selection rate, true and false positive rates all count one class as the favourable outcome.
+        ck.fail(path, node, f"applies to binary models only: its rates need a positive class (task is {task})")
+        return none
+    ok = True
+    categorical = {f.name for f in features if f.type == "categorical"}
+    fnode = fm.get("features")
+    names = [n.value for n in fnode.value] if fnode is not None and isinstance(fnode.value, list) else None
+    if fnode is not None and (not names or any(n not in categorical for n in names) or len(set(names)) < len(names)):
+        ck.fail(
+            f"{path}.features",
+            fnode,
+            f"must list distinct categorical features of the model (categorical: {sorted(categorical)})",
+        )
+        ok = False
+    disparity = None
+    if "disparity" in fm:
+        disparity = fm["disparity"].value
+        if disparity not in FAIRNESS_DISPARITIES:
+            ck.fail(f"{path}.disparity", fm["disparity"], f"must be one of {', '.join(FAIRNESS_DISPARITIES)}")
+            ok = False
+    reference: dict[str, str] = {}
+    rnode = fm.get("reference_group")
+    if rnode is not None:
+        if disparity == "spread":
+            ck.fail(f"{path}.reference_group", rnode, "only applies to disparity: reference")
+            ok = False
+        elif not isinstance(rnode.value, dict) or not rnode.value:
+            ck.fail(f"{path}.reference_group", rnode, "must map each fairness feature to its reference group")
+            ok = False
+        else:
+            for feature, vnode in rnode.value.items():
+                value = _class_name(vnode)
+                if names is not None and feature not in names:
+                    ck.fail(f"{path}.reference_group.{feature}", vnode, f"not a fairness feature (features: {names})")
+                    ok = False
+                elif value is None or value == "" or not value.isprintable():
+                    ck.fail(f"{path}.reference_group.{feature}", vnode, "must be a value of the feature")
+                    ok = False
+                elif value == "other":
+                    ck.fail(
+                        f"{path}.reference_group.{feature}",
+                        vnode,
+                        "'other' is the bucket of the values beyond segments.top, not a group",
+                    )
+                    ok = False
+                else:
+                    reference[feature] = value
+    if disparity is None:
+        disparity = "reference" if rnode is not None else "spread"
+    if disparity == "reference" and ok and names:
+        lacking = [n for n in names if n not in reference]
+        if lacking:
+            ck.fail(f"{path}.reference_group", rnode or node, f"disparity: reference needs a group for {lacking}")
+            ok = False
+    if not ok or not names:
+        return none
+    return tuple(names), tuple((n, reference[n]) for n in names if n in reference), disparity
 
 
 def parse_config(text: str, source: str = "<config>", base_dir: str = "") -> Config:

@@ -129,19 +129,27 @@ def _segment_groups(features: tuple[str, ...], keys: list | None):
 
 class Segments:
     """Which segment an event falls in: per segment feature, up to ``segment_top`` values (the reference's
-    most frequent categories, or without a reference the first ones seen); the rest are "other"."""
+    most frequent categories, or without a reference the first ones seen); the rest are "other". A fairness
+    reference group always has a segment of its own, beside those."""
 
     OTHER = "other"
 
     def __init__(self, model: ModelConfig):
         self.features = model.segment_features
         self.top = model.segment_top
-        self.values: dict[str, set[str]] = {f: set() for f in self.features}
+        self.pinned = {f: {v} for f, v in model.fairness_reference}
+        self.values: dict[str, set[str]] = {f: set(self.pinned.get(f, ())) for f in self.features}
         self.from_reference = False
 
     def use_reference(self, profile: Profile) -> None:
         self.values = {f: set(profile.features[f].categories[: self.top]) for f in self.features}
         self.from_reference = True
+        self.pin()
+
+    def pin(self) -> None:
+        """Give each reference group its segment (also in values restored from a snapshot)."""
+        for f, values in self.pinned.items():
+            self.values[f] |= values
 
     def keys(self, events: list[Prediction]) -> list[tuple[str, ...]] | None:
         if not self.features:
@@ -155,7 +163,7 @@ class Segments:
         known = self.values[feature]
         if value in known:
             return value
-        if not self.from_reference and len(known) < self.top:
+        if not self.from_reference and len(known) < self.top + len(self.pinned.get(feature, ())):
             known.add(value)
             return value
         return self.OTHER
@@ -454,7 +462,9 @@ class ModelState:
             for version in self.versions.values():
                 for ring in [*version.rings, *(r for rings in version.segments.values() for r in rings)]:
                     for name in (*REFERENCE_ARRAYS, *estimate.ARRAYS):  # the estimate rests on its calibration
-                        if name in ring.arrays:
+                        # Predicted classes are not binned against the reference: their counts stay (the
+                        # selection rates of docs/fairness.md rest on them).
+                        if name in ring.arrays and not (name == "pred_bins" and self.model.is_classification):
                             ring.arrays[name][:] = 0
 
     def reset(self) -> None:
@@ -665,6 +675,7 @@ class ModelState:
                 self.profile = reference.from_json(json.loads(data["profile"]), self.model)
                 self.binner = Binner(self.model, self.profile)
             self.segments.values, self.segments.from_reference = data["segments"]
+            self.segments.pin()
             self.feature_errors = data["feature_errors"]
             return True
 

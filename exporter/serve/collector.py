@@ -16,10 +16,10 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.config import ModelConfig
 from exporter.engine.model_registry import EMPTY, RegistryLinks
-from exporter.engine.state import ModelSnapshot, ModelState, ServerReports
+from exporter.engine.state import ModelSnapshot, ModelState, Segments, ServerReports
 from exporter.ingest.validation import IngestErrors
 from exporter.serve.exposition import CounterFamily, GaugeFamily
-from exporter.stats import estimate, quality
+from exporter.stats import estimate, fairness, quality
 from exporter.stats.binning import decision_method, distribution, window_drift
 from exporter.stats.drift import CATEGORICAL_METHODS, CLASS_METHODS, NUMERIC_METHODS
 from exporter.stats.histogram import Histogram
@@ -183,6 +183,7 @@ def _families(
 
     drift_families = _DriftFamilies()
     segments = _SegmentFamilies()
+    fair = _FairnessFamilies()
 
     for snap in snaps:
         model = snap.config
@@ -243,6 +244,8 @@ def _families(
             for (seg_feature, seg_value), windows in v.segments.items():
                 for window, totals in windows.items():
                     segments.window(model, snap.profile, mv + [window, seg_feature, seg_value], totals)
+            if model.fairness_features:
+                fair.version(model, mv, v.segments)
 
     yield from (
         info,
@@ -274,6 +277,7 @@ def _families(
         *estimated.all(),
         *drift_families.all(),
         *segments.all(),
+        *fair.all(),
     )
 
     errs = CounterFamily(
@@ -699,6 +703,112 @@ class _SegmentFamilies:
 
     def all(self) -> list:
         return [self.samples, *self.gauges.values(), self.drift, self.drifted, self.missing]
+
+
+class _FairnessFamilies:
+    """Per fairness feature of a binary model (models[].fairness; docs/fairness.md): each group's counts and
+    rates, from its segment's windows, and the disparities between the groups."""
+
+    GROUP = MVW + ["feature", "group"]
+
+    def __init__(self) -> None:
+        g = self.GROUP
+        self.samples = GaugeFamily(
+            "mlmon_fairness_group_samples",
+            "Events of the group in the window: kind=predictions by prediction time, kind=labeled by join time.",
+            labels=g + ["kind"],
+        )
+        self.positive = GaugeFamily(
+            "mlmon_fairness_group_predicted_positive",
+            "Predictions of the group in the window predicted positive, by prediction time.",
+            labels=g,
+        )
+        self.outcomes = GaugeFamily(
+            "mlmon_fairness_group_outcomes",
+            "Labelled predictions of the group in the window by outcome (tp, fp, tn, fn), by join time.",
+            labels=g + ["outcome"],
+        )
+        self.rates = {
+            "selection_rate": GaugeFamily(
+                "mlmon_fairness_selection_rate",
+                "Share of the group's predictions in the window predicted positive.",
+                labels=g,
+            ),
+            "true_positive_rate": GaugeFamily(
+                "mlmon_fairness_true_positive_rate",
+                "Share of the group's labelled positives in the window predicted positive; absent without positives.",
+                labels=g,
+            ),
+            "false_positive_rate": GaugeFamily(
+                "mlmon_fairness_false_positive_rate",
+                "Share of the group's labelled negatives in the window predicted positive; absent without negatives.",
+                labels=g,
+            ),
+            "accuracy": GaugeFamily(
+                "mlmon_fairness_accuracy", "Share of the group's labelled predictions that were correct.", labels=g
+            ),
+        }
+        between = (
+            "between the groups (fairness.disparity: spread, max minus min; reference, the largest gap to the "
+            "reference group)"
+        )
+        self.disparities = {
+            "demographic_parity_difference": GaugeFamily(
+                "mlmon_fairness_demographic_parity_difference",
+                f"Difference of selection rates {between}.",
+                labels=MVW + ["feature"],
+            ),
+            "demographic_parity_ratio": GaugeFamily(
+                "mlmon_fairness_demographic_parity_ratio",
+                "Ratio of selection rates (disparate impact): lowest over highest, or lowest over the reference "
+                "group's.",
+                labels=MVW + ["feature"],
+            ),
+            "equal_opportunity_difference": GaugeFamily(
+                "mlmon_fairness_equal_opportunity_difference",
+                f"Difference of true positive rates {between}.",
+                labels=MVW + ["feature"],
+            ),
+            "equalized_odds_difference": GaugeFamily(
+                "mlmon_fairness_equalized_odds_difference",
+                "Larger of the differences of true and of false positive rates between the groups.",
+                labels=MVW + ["feature"],
+            ),
+            "accuracy_difference": GaugeFamily(
+                "mlmon_fairness_accuracy_difference", f"Difference of accuracies {between}.", labels=MVW + ["feature"]
+            ),
+        }
+
+    def version(self, model: ModelConfig, mv: list[str], segments: dict) -> None:
+        positive = model.classes.index(model.positive_class)
+        reference = model.fairness_reference_group
+        for feature in model.fairness_features:
+            by_window: dict[str, dict[str, dict[str, float | None]]] = {}
+            for (seg_feature, group), windows in segments.items():
+                if seg_feature != feature:
+                    continue
+                for window, totals in windows.items():
+                    labels = mv + [window, feature, group]
+                    counts = fairness.group_counts(totals["pred_bins"], totals["confusion"], positive)
+                    self.samples.add_metric(labels + ["predictions"], counts.predictions)
+                    self.samples.add_metric(labels + ["labeled"], counts.labeled)
+                    self.positive.add_metric(labels, counts.predicted_positive)
+                    for outcome in fairness.OUTCOMES:
+                        self.outcomes.add_metric(labels + [outcome], getattr(counts, outcome))
+                    rates = fairness.group_rates(counts)
+                    for name, value in rates.items():
+                        if value is not None:
+                            self.rates[name].add_metric(labels, value)
+                    # "other" mixes the values beyond segments.top (and missing ones): not a group to compare.
+                    if group != Segments.OTHER:
+                        by_window.setdefault(window, {})[group] = rates
+            for window, rates in by_window.items():
+                for name, value in fairness.disparities(rates, reference.get(feature)).items():
+                    if value is not None:
+                        self.disparities[name].add_metric(mv + [window, feature], value)
+
+    def all(self) -> list:
+        return [self.samples, self.positive, self.outcomes, *self.rates.values(), *self.disparities.values()]
 
 
 class _Discard:

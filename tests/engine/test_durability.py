@@ -413,3 +413,33 @@ def test_a_file_system_without_locks_still_opens_with_a_warning(tmp_path, monkey
         store = storage.Store(Storage(backend="sqlite", path=str(tmp_path / "data")))
     store.close()
     assert "cannot lock the data directory" in caplog.text
+
+
+def test_fairness_groups_and_the_reference_group_survive_a_restart(tmp_path):
+    extra = """\
+  - name: loan
+    task: binary
+    classes: [deny, grant]
+    features: [{name: sex, type: categorical}]
+    segments: {features: [sex], top: 1}
+    fairness: {features: [sex], reference_group: {sex: male}}
+"""
+    clock = Clock()
+    app = build(tmp_path, clock, extra)
+    items = [
+        {"model": "loan", "id": f"l{i}", "prediction": p, "features": {"sex": s}}
+        for i, (s, p) in enumerate([("female", "grant"), ("x", "deny"), ("female", "deny")])
+    ]
+    assert app.test_client().post("/api/v1/predictions", json={"predictions": items}).status_code == 202
+    app.extensions["mlmon"].checkpoint()
+    w = {"model": "loan", "version": "default", "window": "5m", "feature": "sex"}
+    assert scrape(app.test_client()).get("mlmon_fairness_selection_rate", group="female", **w) == 0.5
+    before = mlmon_series(app)
+    again = build(tmp_path, clock, extra)
+    assert mlmon_series(again) == before
+    # The reference group kept its own segment over the restore: it is not folded into "other".
+    male = [{"model": "loan", "id": "l9", "prediction": "grant", "label": "grant", "features": {"sex": "male"}}]
+    assert again.test_client().post("/api/v1/predictions", json={"predictions": male}).status_code == 202
+    m = scrape(again.test_client())
+    assert m.get("mlmon_fairness_selection_rate", group="male", **w) == 1
+    assert m.get("mlmon_fairness_demographic_parity_difference", **w) == 0.5

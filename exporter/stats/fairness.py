@@ -1,0 +1,107 @@
+"""Fairness of a binary classifier across the groups of a sensitive feature: each group's rates from its counts,
+and the disparities between groups (docs/fairness.md). Pure functions of counts; None where undefined."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+RATES = ("selection_rate", "true_positive_rate", "false_positive_rate", "accuracy")
+DISPARITIES = (
+    "demographic_parity_difference",
+    "demographic_parity_ratio",
+    "equal_opportunity_difference",
+    "equalized_odds_difference",
+    "accuracy_difference",
+)
+OUTCOMES = ("tp", "fp", "tn", "fn")
+
+
+@dataclass(frozen=True)
+class GroupCounts:
+    """One group's counts in a window: predictions by prediction time, labelled outcomes by join time."""
+
+    predictions: int
+    predicted_positive: int
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+    @property
+    def labeled(self) -> int:
+        return self.tp + self.fp + self.tn + self.fn
+
+
+def group_counts(pred_bins: np.ndarray, confusion: np.ndarray, positive: int) -> GroupCounts:
+    """From a window's predicted-class counts and its (actual x predicted) confusion matrix of two classes."""
+    negative = 1 - positive
+    return GroupCounts(
+        predictions=int(pred_bins.sum()),
+        predicted_positive=int(pred_bins[positive]),
+        tp=int(confusion[positive, positive]),
+        fp=int(confusion[negative, positive]),
+        tn=int(confusion[negative, negative]),
+        fn=int(confusion[positive, negative]),
+    )
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def group_rates(c: GroupCounts) -> dict[str, float | None]:
+    """Selection rate (of all predictions), true and false positive rates and accuracy (of labelled ones)."""
+    return {
+        "selection_rate": _share(c.predicted_positive, c.predictions),
+        "true_positive_rate": _share(c.tp, c.tp + c.fn),
+        "false_positive_rate": _share(c.fp, c.fp + c.tn),
+        "accuracy": _share(c.tp + c.tn, c.labeled),
+    }
+
+
+def _difference(values: dict[str, float], reference: str | None) -> float | None:
+    """spread (reference None): max minus min over the groups; else the largest gap to the reference group."""
+    if reference is None:
+        return max(values.values()) - min(values.values()) if len(values) >= 2 else None
+    ref = values.get(reference)
+    others = [v for g, v in values.items() if g != reference]
+    if ref is None or not others:
+        return None
+    return max(abs(v - ref) for v in others)
+
+
+def _ratio(values: dict[str, float], reference: str | None) -> float | None:
+    """spread: min over max; else the lowest ratio of a group's value to the reference group's."""
+    if reference is None:
+        if len(values) < 2 or max(values.values()) == 0:
+            return None
+        return min(values.values()) / max(values.values())
+    ref = values.get(reference)
+    others = [v for g, v in values.items() if g != reference]
+    if not ref or not others:
+        return None
+    return min(v / ref for v in others)
+
+
+def disparities(rates: dict[str, dict[str, float | None]], reference: str | None = None) -> dict[str, float | None]:
+    """The disparities between groups (group -> group_rates), each over the groups where its rate is defined.
+
+    ``reference`` None: spread (max minus min over the groups, min over max for the ratio); else the largest
+    gap to the reference group (and the lowest ratio to it). A disparity needs two groups, and in reference
+    mode the reference group itself, with the rate defined.
+    """
+
+    def defined(name: str) -> dict[str, float]:
+        return {g: r[name] for g, r in rates.items() if r[name] is not None}  # type: ignore[misc]
+
+    selection, tpr, fpr = defined("selection_rate"), defined("true_positive_rate"), defined("false_positive_rate")
+    tpr_gap, fpr_gap = _difference(tpr, reference), _difference(fpr, reference)
+    return {
+        "demographic_parity_difference": _difference(selection, reference),
+        "demographic_parity_ratio": _ratio(selection, reference),
+        "equal_opportunity_difference": tpr_gap,
+        "equalized_odds_difference": max(tpr_gap, fpr_gap) if tpr_gap is not None and fpr_gap is not None else None,
+        "accuracy_difference": _difference(defined("accuracy"), reference),
+    }
