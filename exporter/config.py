@@ -52,6 +52,18 @@ THRESHOLDS: dict[str, tuple[float, float, float]] = {
     # |realized - estimated accuracy| of the labelled, scored predictions tolerated before the scores are
     # proven off their calibration (concept drift; docs/estimation.md)
     "calibration_gap_max": (0.05, 0, 1),
+    # Fairness of binary models (models[].fairness; docs/fairness.md, docs/alerts.md "MlmonModelFairnessDisparity"):
+    # a group is compared only with at least this many predictions in the window (this many labelled positives
+    # for the true positive rate). The alert decides on evidence (z over evidence_z), which rules out chance;
+    # the minimum keeps the normal approximation of the tests honest: 100, as min_labeled_samples (simulated,
+    # two equal groups of 100 fire by chance in at most 0.13% of windows; bench/sim_fairness_evidence.py).
+    "fairness_min_group_samples": (100, 1, 1e9),
+    # lowest selection rate over the highest (or over the reference group's): the four-fifths rule of US
+    # employment practice
+    "fairness_ratio_min": (0.8, 0, 1),
+    # largest gap between the groups' true positive rates (equal opportunity): 10 points, the tolerance
+    # usually quoted for fairness differences; the alert needs the gap proven over it (evidence_confidence)
+    "fairness_gap_max": (0.1, 0, 1),
 }
 
 

@@ -189,6 +189,7 @@ def _families(
         model = snap.config
         m = model.name
         drift_families.model(snap)
+        fair.model(model)
         calibration = snap.profile.calibration if snap.profile is not None else None
         if calibration is not None:
             estimated.info.add_metric([m, calibration.method], 1)
@@ -752,6 +753,14 @@ class _FairnessFamilies:
             "between the groups (fairness.disparity: spread, max minus min; reference, the largest gap to the "
             "reference group)"
         )
+        # Which group each feature's disparities compare with (disparity: reference): the bundled fairness
+        # rules recompute the disparities from the pooled counts and need it; absent in spread mode.
+        self.reference = GaugeFamily(
+            "mlmon_fairness_reference_group",
+            "1 for the reference group of a fairness feature (fairness.disparity: reference); absent in spread mode. "
+            "The bundled fairness alert joins it.",
+            labels=["model", "feature", "group"],
+        )
         self.disparities = {
             "demographic_parity_difference": GaugeFamily(
                 "mlmon_fairness_demographic_parity_difference",
@@ -778,6 +787,10 @@ class _FairnessFamilies:
                 "mlmon_fairness_accuracy_difference", f"Difference of accuracies {between}.", labels=MVW + ["feature"]
             ),
         }
+
+    def model(self, model: ModelConfig) -> None:
+        for feature, group in model.fairness_reference_group.items():
+            self.reference.add_metric([model.name, feature, group], 1)
 
     def version(self, model: ModelConfig, mv: list[str], segments: dict) -> None:
         positive = model.classes.index(model.positive_class)
@@ -808,7 +821,14 @@ class _FairnessFamilies:
                         self.disparities[name].add_metric(mv + [window, feature], value)
 
     def all(self) -> list:
-        return [self.samples, self.positive, self.outcomes, *self.rates.values(), *self.disparities.values()]
+        return [
+            self.samples,
+            self.positive,
+            self.outcomes,
+            *self.rates.values(),
+            *self.disparities.values(),
+            self.reference,
+        ]
 
 
 class _Discard:

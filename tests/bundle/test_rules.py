@@ -156,6 +156,7 @@ def test_alertmanager_config_is_valid_without_the_secret_files():
         (["alertname=MlmonModelAccuracyLow", "severity=critical", "model=churn"], "pagerduty,slack"),
         (["alertname=MlmonExporterDown", "severity=critical", "job=mlmon"], "pagerduty,slack"),
         (["alertname=MlmonModelAccuracyDrop", "severity=warning", "model=churn"], "slack"),
+        (["alertname=MlmonModelFairnessDisparity", "severity=warning", "model=loan", "feature=sex"], "slack"),
         (["alertname=MlmonWatchdog", "severity=none"], "heartbeat"),
         (["alertname=SomethingInformative", "severity=info"], "null"),
         (["alertname=SomethingWithoutSeverity"], "slack"),

@@ -158,6 +158,8 @@ def test_spread_disparities_equal_fairlearns_between_groups():
     # The fairness features are segment features: their segments' windows are the groups'.
     seg = {"model": "loan", "version": "default", "window": "5m", "segment_feature": "sex", "segment": "female"}
     assert m.get("mlmon_segment_window_samples", kind="predictions", **seg) == (groups["sex"] == "female").sum()
+    # Spread mode: no reference group for the rules to join.
+    assert m.all("mlmon_fairness_reference_group") == []
 
 
 def test_reference_disparities_are_gaps_to_the_reference_group():
@@ -169,6 +171,10 @@ def test_reference_disparities_are_gaps_to_the_reference_group():
     m = scrape(client)
     _check(m, "loan", "sex", y_true, y_pred, groups["sex"], "grant", reference="male")
     _check(m, "loan", "age_band", y_true, y_pred, groups["age_band"], "grant", reference="31-50")
+    # The reference groups, per model and feature, for the bundled fairness rules.
+    published = {(s.labels["feature"], s.labels["group"]): s.value for s in m.all("mlmon_fairness_reference_group")}
+    assert published == {("sex", "male"): 1, ("age_band", "31-50"): 1}
+    assert {s.labels["model"] for s in m.all("mlmon_fairness_reference_group")} == {"loan"}
 
 
 def test_breast_cancer_model_fairness_across_tumour_size_equals_fairlearns():
