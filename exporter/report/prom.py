@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import requests
 
+from exporter.config import parse_duration
+
 
 class ReportError(Exception):
     """A problem the report cannot get past; ``str()`` is the message shown to the user."""
@@ -63,9 +65,9 @@ class Prometheus:
         data = self._get("/api/v1/query", {"query": expr, "time": f"{at:.3f}"}, expr)
         if data["resultType"] == "scalar":
             t, v = data["result"]
-            return [Series({}, np.array([float(t)]), np.array([_float(v)]))]
+            return [Series({}, np.array([float(t)]), np.array([float(v)]))]
         return [
-            Series(r["metric"], np.array([float(r["value"][0])]), np.array([_float(r["value"][1])]))
+            Series(r["metric"], np.array([float(r["value"][0])]), np.array([float(r["value"][1])]))
             for r in data["result"]
         ]
 
@@ -80,7 +82,7 @@ class Prometheus:
                 Series(
                     r["metric"],
                     np.array([float(t) for t, _ in values]),
-                    np.array([_float(v) for _, v in values]),
+                    np.array([float(v) for _, v in values]),
                 )
             )
         return out
@@ -92,8 +94,6 @@ class Prometheus:
             body = self._get_json("/api/v1/targets", {"state": "active"}, "the targets list")
         except ReportError:
             return default
-        from exporter.config import parse_duration
-
         intervals = []
         for t in body.get("data", {}).get("activeTargets", []):
             try:
@@ -145,10 +145,6 @@ class Prometheus:
         if r.status_code >= 500 and body.get("status") != "success":
             raise ReportError(f"Prometheus at {self.base} failed on the query {what!r}: {body.get('error', '')}")
         return body
-
-
-def _float(text: str) -> float:
-    return float(text)  # Prometheus writes NaN, +Inf and -Inf, which float() reads
 
 
 def _reason(exc: Exception) -> str:
