@@ -176,6 +176,9 @@ class ModelConfig:
     classes: tuple[str, ...] = ()
     positive_class: str | None = None
     features: tuple[Feature, ...] = ()
+    # Categorical values a prediction carries beside its features (``attributes``): they split segments and
+    # fairness groups and are kept out of drift and data quality (docs/fairness.md#attributes).
+    attributes: tuple[str, ...] = ()
     prediction_buckets: tuple[float, ...] = DEFAULT_VALUE_BUCKETS
     thresholds: tuple[tuple[str, float], ...] = tuple((k, v[0]) for k, v in THRESHOLDS.items())
     reference: str | None = None  # path of a reference CSV or profile JSON, resolved against the config's folder
@@ -194,6 +197,9 @@ class ModelConfig:
     # Sensitive features of a binary model (models[].fairness): also segment features, so that each group's
     # counts are its segment's windows (docs/fairness.md).
     fairness_features: tuple[str, ...] = ()
+    # The segment features listed under segments.features: their mlmon_segment_* families are published. A
+    # fairness feature not listed there keeps only its groups' counts.
+    listed_segments: tuple[str, ...] = ()
     fairness_reference: tuple[tuple[str, str], ...] = ()  # feature -> its reference group (disparity: reference)
     fairness_disparity: str = "spread"  # spread: max minus min over groups | reference: gaps to the reference group
 
@@ -500,6 +506,7 @@ def _model(ck: Checker, path: str, node: Node, thresholds: dict[str, float], bas
         "classes",
         "positive_class",
         "features",
+        "attributes",
         "prediction_buckets",
         "thresholds",
         "reference",
@@ -594,6 +601,9 @@ def _model(ck: Checker, path: str, node: Node, thresholds: dict[str, float], bas
                         overrides = _drift_thresholds(ck, f"{fpath}.drift_thresholds", fm["drift_thresholds"], {})
                     features.append(Feature(fname, ftype, tuple(overrides.items())))
 
+    attributes: tuple[str, ...] = ()
+    if "attributes" in m:
+        attributes = _attributes(ck, f"{path}.attributes", m["attributes"], {f.name for f in features})
     buckets = DEFAULT_VALUE_BUCKETS
     if "prediction_buckets" in m:
         if task_v != "regression":
@@ -623,24 +633,16 @@ def _model(ck: Checker, path: str, node: Node, thresholds: dict[str, float], bas
     segment_features, segment_top = (), 10
     if "segments" in m:
         sm = ck.mapping(f"{path}.segments", m["segments"], {"features", "top"}, required=("features",))
-        categorical = {f.name for f in features if f.type == "categorical"}
         fnode = sm.get("features")
-        names = [n.value for n in fnode.value] if fnode is not None and isinstance(fnode.value, list) else None
-        if fnode is not None and (
-            not names or any(n not in categorical for n in names) or len(set(names)) < len(names)
-        ):
-            ck.fail(
-                f"{path}.segments.features",
-                fnode,
-                f"must list distinct categorical features of the model (categorical: {sorted(categorical)})",
-            )
-        elif names:
+        names = _group_features(ck, f"{path}.segments.features", fnode, features, attributes)
+        if names:
             segment_features = tuple(names)
         if "top" in sm:
             segment_top = ck.positive_int(f"{path}.segments.top", sm["top"], 1, 100) or segment_top
+    listed = segment_features
     fairness: tuple[tuple[str, ...], tuple[tuple[str, str], ...], str] = ((), (), "spread")
     if "fairness" in m:
-        fairness = _fairness(ck, f"{path}.fairness", m["fairness"], task_v, features)
+        fairness = _fairness(ck, f"{path}.fairness", m["fairness"], task_v, features, attributes)
         # Each group's counts are its segment's windows: a fairness feature is a segment feature too.
         segment_features = tuple(dict.fromkeys((*segment_features, *fairness[0])))
     registry_name, registry_versions = "", ()
@@ -652,6 +654,7 @@ def _model(ck: Checker, path: str, node: Node, thresholds: dict[str, float], bas
         classes,
         positive,
         tuple(features),
+        attributes,
         buckets,
         tuple(thresholds.items()),
         reference,
@@ -665,6 +668,7 @@ def _model(ck: Checker, path: str, node: Node, thresholds: dict[str, float], bas
         registry_name,
         registry_versions,
         fairness_features=fairness[0],
+        listed_segments=listed,
         fairness_reference=fairness[1],
         fairness_disparity=fairness[2],
     )
@@ -673,8 +677,54 @@ def _model(ck: Checker, path: str, node: Node, thresholds: dict[str, float], bas
 FAIRNESS_DISPARITIES = ("spread", "reference")
 
 
+MAX_ATTRIBUTES = 32
+
+
+def _attributes(ck: Checker, path: str, node: Node, features: set[str]) -> tuple[str, ...]:
+    """models[].attributes: the names of the categorical values predictions carry beside their features."""
+    if not isinstance(node.value, list) or not node.value:
+        ck.fail(path, node, "must be a non-empty list of attribute names, e.g. [sex, region]")
+        return ()
+    if len(node.value) > MAX_ATTRIBUTES:
+        ck.fail(path, node, f"at most {MAX_ATTRIBUTES} attributes, got {len(node.value)}")
+        return ()
+    names: list[str] = []
+    for i, n in enumerate(node.value):
+        name = n.value
+        if not isinstance(name, str) or not 0 < len(name) <= 128 or not name.isprintable():
+            ck.fail(f"{path}[{i}]", n, "must be a name of 1 to 128 printable characters")
+        elif name in features:
+            ck.fail(f"{path}[{i}]", n, f"{name!r} is a feature of the model; an attribute is a value it does not use")
+        elif name in names:
+            ck.fail(f"{path}[{i}]", n, f"duplicate attribute {name!r}")
+        else:
+            names.append(name)
+    return tuple(names) if len(names) == len(node.value) else ()
+
+
+def _group_features(
+    ck: Checker, path: str, node: Node | None, features: list[Feature], attributes: tuple[str, ...]
+) -> list[str] | None:
+    """The names a ``features:`` list of segments or fairness gives: distinct categorical features or
+    attributes of the model. None (after saying why) when it is not such a list."""
+    if node is None:
+        return None
+    allowed = [f.name for f in features if f.type == "categorical"] + list(attributes)
+    names = [n.value for n in node.value] if isinstance(node.value, list) else None
+    if not names or any(n not in allowed for n in names) or len(set(names)) < len(names):
+        ck.fail(
+            path,
+            node,
+            "must list distinct categorical features or attributes of the model "
+            f"(categorical features: {sorted(f.name for f in features if f.type == 'categorical')}, "
+            f"attributes: {list(attributes)})",
+        )
+        return None
+    return names
+
+
 def _fairness(
-    ck: Checker, path: str, node: Node, task: str, features: list[Feature]
+    ck: Checker, path: str, node: Node, task: str, features: list[Feature], attributes: tuple[str, ...]
 ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], str]:
     """models[].fairness: {features, reference_group, disparity}; nothing (no fairness) when anything is wrong."""
     none: tuple[tuple[str, ...], tuple[tuple[str, str], ...], str] = ((), (), "spread")
@@ -686,15 +736,9 @@ def _fairness(
         ck.fail(path, node, f"applies to binary models only: its rates need a positive class (task is {task})")
         return none
     ok = True
-    categorical = {f.name for f in features if f.type == "categorical"}
     fnode = fm.get("features")
-    names = [n.value for n in fnode.value] if fnode is not None and isinstance(fnode.value, list) else None
-    if fnode is not None and (not names or any(n not in categorical for n in names) or len(set(names)) < len(names)):
-        ck.fail(
-            f"{path}.features",
-            fnode,
-            f"must list distinct categorical features of the model (categorical: {sorted(categorical)})",
-        )
+    names = _group_features(ck, f"{path}.features", fnode, features, attributes)
+    if fnode is not None and names is None:
         ok = False
     disparity = None
     if "disparity" in fm:

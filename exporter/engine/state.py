@@ -64,6 +64,44 @@ def ring_schema(model: ModelConfig, estimates: bool = True) -> Schema:
     }
 
 
+# What a fairness group's windows keep of the estimate (binary models; docs/fairness.md): its scored predictions
+# and their expected confusion matrix, for the group's estimated true and false positive rates and accuracy.
+FAIRNESS_ESTIMATE = ("est_n", "est_confusion")
+
+
+def segment_schema(model: ModelConfig, feature: str) -> Schema:
+    """The arrays of a segment's window bucket: a version's without the estimate for a feature listed under
+    segments; only the counts of its groups for a fairness feature that is not; and for a fairness feature
+    what its groups need of the estimate."""
+    if feature in model.listed_segments:
+        schema = ring_schema(model, estimates=False)
+    else:
+        c = len(model.classes)
+        schema = {
+            "predictions": ((), np.int64),
+            "labeled": ((), np.int64),
+            "confusion": ((c, c), np.int64),
+            "pred_bins": ((c,), np.int32),
+        }
+    if feature in model.fairness_features:
+        full = estimate.schema(len(model.classes), binary=True)
+        schema.update({name: full[name] for name in FAIRNESS_ESTIMATE})
+    return schema
+
+
+def _estimate_part(scatter: dict, idx: np.ndarray, n: int) -> dict:
+    """The estimate's entries of the events ``idx`` of a batch of ``n`` (``scatter`` as estimate.scatter gives
+    them for the batch), renumbered as the events of the subset."""
+    local = np.full(n, -1, dtype=np.int64)
+    local[idx] = np.arange(len(idx))
+    out = {}
+    for name in FAIRNESS_ESTIMATE:
+        events, cells, values = scatter[name]
+        keep = local[events] >= 0
+        out[name] = (local[events[keep]], cells[keep], None if values is None else values[keep])
+    return out
+
+
 def _predictions_into(rings: list[Ring], ts: np.ndarray, binned, now: float) -> None:
     """Count predictions, and their binned features, into the bucket of each one's time."""
     _scatter_at(rings, ts, binned.scatter, now, count="predictions")
@@ -130,19 +168,26 @@ def _segment_groups(features: tuple[str, ...], keys: list | None):
 class Segments:
     """Which segment an event falls in: per segment feature, up to ``segment_top`` values (the reference's
     most frequent categories, or without a reference the first ones seen); the rest are "other". A fairness
-    reference group always has a segment of its own, beside those."""
+    reference group always has a segment of its own, beside those. A segment feature may be a prediction
+    attribute (models[].attributes), which no reference describes: its values are always the first seen."""
 
     OTHER = "other"
 
     def __init__(self, model: ModelConfig):
         self.features = model.segment_features
         self.top = model.segment_top
+        self.attributes = frozenset(model.attributes)
+        # per segment feature: read from the prediction's attributes (True) or its features (False)
+        self._from_attributes = tuple(f in self.attributes for f in self.features)
         self.pinned = {f: {v} for f, v in model.fairness_reference}
         self.values: dict[str, set[str]] = {f: set(self.pinned.get(f, ())) for f in self.features}
         self.from_reference = False
 
     def use_reference(self, profile: Profile) -> None:
-        self.values = {f: set(profile.features[f].categories[: self.top]) for f in self.features}
+        self.values = {
+            f: set(self.values[f]) if f in self.attributes else set(profile.features[f].categories[: self.top])
+            for f in self.features
+        }
         self.from_reference = True
         self.pin()
 
@@ -154,7 +199,11 @@ class Segments:
     def keys(self, events: list[Prediction]) -> list[tuple[str, ...]] | None:
         if not self.features:
             return None
-        return [tuple(self._value(f, (e.features or {}).get(f)) for f in self.features) for e in events]
+        pairs = tuple(zip(self.features, self._from_attributes, strict=True))
+        return [
+            tuple(self._value(f, ((e.attributes if attr else e.features) or {}).get(f)) for f, attr in pairs)
+            for e in events
+        ]
 
     def _value(self, feature: str, raw) -> str:
         if raw is None or raw == "":
@@ -163,7 +212,8 @@ class Segments:
         known = self.values[feature]
         if value in known:
             return value
-        if not self.from_reference and len(known) < self.top + len(self.pinned.get(feature, ())):
+        learning = not self.from_reference or feature in self.attributes
+        if learning and len(known) < self.top + len(self.pinned.get(feature, ())):
             known.add(value)
             return value
         return self.OTHER
@@ -264,6 +314,7 @@ class VersionState:
         latencies = [e.latency for e in events if e.latency is not None]
         self.latency.observe(np.asarray(latencies, dtype=np.float64))
         binned = bin_rows(binner, [e.features for e in events], [e.prediction for e in events], _errors(events))
+        estimated = None  # the estimate's scatter of the batch's scored predictions, with a calibration
         if binned.missing is not None:
             self.missing += binned.missing
         if self.model.is_classification:
@@ -271,12 +322,19 @@ class VersionState:
             have, scores = _score_matrix([e.scores for e in events])
             calibration = binner.profile.calibration if binner.profile is not None else None
             if calibration is not None and have.size:
-                binned.scatter.update(estimate.scatter(calibration, have, preds[have], scores, self.positive))
+                estimated = estimate.scatter(calibration, have, preds[have], scores, self.positive)
+                binned.scatter.update(estimated)
         _predictions_into(self.rings, ts, binned, now)
+        fairness, listed = self.model.fairness_features, self.model.listed_segments
         for (feature, value), idx in _segment_groups(self.model.segment_features, segments):
-            sub = [events[i] for i in idx]
-            part = bin_rows(binner, [e.features for e in sub], [e.prediction for e in sub], _errors(sub))
-            _predictions_into(self._segment_rings(feature, value), ts[idx], part, now)
+            if feature in listed:
+                sub = [events[i] for i in idx]
+                entries = bin_rows(binner, [e.features for e in sub], [e.prediction for e in sub], _errors(sub)).scatter
+            else:  # a fairness feature only: its groups' predicted classes (binary models: preds is set)
+                entries = {"pred_bins": (np.arange(len(idx)), preds[idx], None)}
+            if estimated is not None and feature in fairness:
+                entries.update(_estimate_part(estimated, idx, n))
+            _scatter_at(self._segment_rings(feature, value), ts[idx], entries, now, count="predictions")
         if self.model.is_classification:
             self.predicted_class += np.bincount(preds, minlength=len(self.predicted_class))
             if have.size:
@@ -334,8 +392,13 @@ class VersionState:
         if calibration is not None and self.model.is_classification and have.size:
             part = estimate.labelled_scatter(calibration, pred[have], act[have], matrix, self.positive)
             _scatter_at(self.rings, np.asarray(predicted_at, dtype=np.float64)[have], part, now)
+        listed = self.model.listed_segments
         for (feature, value), idx in _segment_groups(self.model.segment_features, segments):
-            if self.model.is_classification:
+            if feature not in listed:  # a fairness feature only: its groups' outcomes
+                c = len(self.model.classes)
+                confusion = np.bincount(act[idx] * c + pred[idx], minlength=c * c).reshape(c, c)
+                part = {"labeled": len(idx), "confusion": confusion}
+            elif self.model.is_classification:
                 part = self._classification_stats(pred[idx], act[idx], *_score_matrix([scores[i] for i in idx]))
             else:
                 part = self._regression_stats(pred[idx], act[idx])
@@ -344,7 +407,7 @@ class VersionState:
     def _segment_rings(self, feature: str, value: str) -> list[Ring]:
         rings = self.segments.get((feature, value))
         if rings is None:
-            schema = ring_schema(self.model, estimates=False)
+            schema = segment_schema(self.model, feature)
             rings = self.segments[feature, value] = [Ring(r.seconds, r.k, schema) for r in self.rings]
         return rings
 
@@ -660,6 +723,9 @@ class ModelState:
                 version.__dict__.setdefault("registry", None)
                 for ring in version.rings:
                     ring.conform(schema)
+                for (feature, _), rings in version.segments.items():
+                    for ring in rings:
+                        ring.conform(segment_schema(self.model, feature))
                 version.model = self.model
                 version.window_names = self.config.windows
                 version.spans = config_spans(self.config)  # derived from the windows, which the fingerprint covers

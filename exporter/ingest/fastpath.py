@@ -74,10 +74,21 @@ def features_type(model: ModelConfig) -> type:
     Feature names may hold '.' and '-': the attributes are ``v0``, ``v1``... renamed to the feature names
     in JSON, and ``ATTRIBUTES`` maps a feature's name to its attribute (see :func:`getter`).
     """
-    attributes = {f.name: f"v{i}" for i, f in enumerate(model.features)}
-    fields = [(attributes[f.name], _Bounded | None if f.type == "numeric" else _Category, None) for f in model.features]
+    types = [(f.name, _Bounded | None if f.type == "numeric" else _Category) for f in model.features]
+    return _values_type(_struct_name(model, "Features"), types)
+
+
+def attributes_type(model: ModelConfig) -> type:
+    """The struct of one model's prediction attributes (models[].attributes), read as ``features_type``'s:
+    every attribute optional and categorical, no other name."""
+    return _values_type(_struct_name(model, "Attributes"), [(name, _Category) for name in model.attributes])
+
+
+def _values_type(name: str, types: list[tuple[str, Any]]) -> type:
+    attributes = {key: f"v{i}" for i, (key, _) in enumerate(types)}
+    fields = [(attributes[key], kind, None) for key, kind in types]
     return msgspec.defstruct(
-        _struct_name(model, "Features"),
+        name,
         fields,
         rename={a: name for name, a in attributes.items()},
         forbid_unknown_fields=True,
@@ -108,6 +119,7 @@ def _kinds(model: ModelConfig, features: type) -> dict[str, Any]:
         "id": _IdText | _Int,
         "timestamp": float | str,
         "features": features,
+        "attributes": attributes_type(model),
         "outcome": outcome,
         "scores": dict[str, _Probability],
         "probability": _Probability,
@@ -175,9 +187,13 @@ class FastDecoder:
         self.validator = validator
         self._class_index = validator.class_index
         self._registries: dict = {}  # registry entry (a _Registry) -> its RegistryInfo, once checked
-        # A model with a feature name msgspec cannot rename to (a quote or a backslash in it) is left out:
+        # A model with a feature or attribute name msgspec cannot rename to (a quote or a backslash in it) is left out:
         # its items fail the tag look-up and go to the general path.
-        models = [m for m in validator.config.models if all(_renamable(f.name) for f in m.features)]
+        models = [
+            m
+            for m in validator.config.models
+            if all(_renamable(name) for name in [*(f.name for f in m.features), *m.attributes])
+        ]
         limit = validator.config.limits.max_batch_size
         self.enabled = bool(models)
         if not self.enabled:
@@ -287,6 +303,7 @@ class FastDecoder:
                     label,
                     item.features,
                     registry=registry,
+                    attributes=item.attributes,
                 )
             )
         return out

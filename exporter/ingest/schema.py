@@ -55,6 +55,7 @@ KINDS = {
     "id": f"a string of 1 to {MAX_ID_LENGTH} characters, or an integer",
     "timestamp": "unix seconds or an RFC 3339 date-time with a time zone",
     "features": "an object of feature name to value (a number, string, boolean, or null for missing)",
+    "attributes": "an object of attribute name to value (a string, number, boolean, or null for missing)",
     "outcome": "a class of the model (classification) or a finite number (regression)",
     "scores": "an object of class to probability",
     "probability": "a probability from 0 to 1",
@@ -98,6 +99,14 @@ PREDICTION = Item(
             f"When the prediction was made; default: arrival time. At most {FUTURE_SKEW_SECONDS:.0f} s in the future.",
         ),
         Field("features", "features", False, "Feature name to value; names must be in the model's config."),
+        Field(
+            "attributes",
+            "attributes",
+            False,
+            "Attribute name to value: categorical facts about the prediction the model does not use (a sensitive "
+            "group, a region), named under the model's attributes in the config. They split segments and "
+            "fairness groups and are kept out of drift and data quality.",
+        ),
         Field(
             "prediction",
             "outcome",
@@ -169,6 +178,13 @@ _JSON_KINDS: dict[str, dict] = {
                 {"type": "string", "maxLength": MAX_STRING_LENGTH},
                 {"type": "boolean"},
             ],
+            "nullable": True,
+        },
+    },
+    "attributes": {
+        "type": "object",
+        "additionalProperties": {
+            "oneOf": [{"type": "string", "maxLength": MAX_STRING_LENGTH}, {"type": "number"}, {"type": "boolean"}],
             "nullable": True,
         },
     },

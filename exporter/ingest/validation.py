@@ -39,6 +39,7 @@ REASONS = (
     "invalid_value",
     "unknown_class",
     "unknown_feature",
+    "unknown_attribute",
     "invalid_reference",
     "invalid_idempotency_key",
     "idempotency_key_reused",
@@ -87,6 +88,7 @@ class Prediction:
     features: dict | None = None
     feature_errors: tuple[tuple[str, str], ...] = ()  # (feature, reason) left out under invalid_features: count
     registry: RegistryInfo | None = None  # the model version in a model registry, when the prediction says
+    attributes: dict | None = None  # attribute name -> value (models[].attributes): segments, not drift
 
 
 @dataclass(slots=True)
@@ -167,6 +169,7 @@ class Validator:
         self.class_index = {m.name: {c: i for i, c in enumerate(m.classes)} for m in config.models}
         self.features = {m.name: {f.name: f.type for f in m.features} for m in config.models}
         self.numeric = {m.name: frozenset(f.name for f in m.features if f.type == "numeric") for m in config.models}
+        self.attributes = {m.name: frozenset(m.attributes) for m in config.models}
 
     # -- shared pieces ------------------------------------------------------------------------------
 
@@ -266,6 +269,7 @@ class Validator:
             pid = self._id(it, item.get("id"), required=False)
             ts = self._timestamp(it, item.get("timestamp"), now)
             features, feature_errors = self._features(it, model, item.get("features"))
+            attributes = self._attributes(it, model, item.get("attributes"))
             if "prediction" not in item:
                 it.fail("prediction", "missing_field", "is required")
                 pred = None
@@ -291,6 +295,7 @@ class Validator:
                         features,
                         feature_errors,
                         registry,
+                        attributes,
                     )
                 )
         if problems:
@@ -352,7 +357,10 @@ class Validator:
             kind = types.get(name)
             vtype = type(value)
             if kind is None:
-                bad.append((name, "unknown_feature", f"is not a feature of model {model.name!r}"))
+                hint = (
+                    " (it is an attribute: send it under 'attributes')" if name in self.attributes[model.name] else ""
+                )
+                bad.append((name, "unknown_feature", f"is not a feature of model {model.name!r}{hint}"))
             elif vtype is str:
                 if len(value) > MAX_STRING_LENGTH:
                     it.fail(f"features.{name}", "invalid_value", f"must be at most {MAX_STRING_LENGTH} characters")
@@ -368,6 +376,37 @@ class Validator:
         # Unknown names are counted without their name: label values stay bounded by the config.
         errors = tuple(("" if reason == "unknown_feature" else name, reason) for name, reason, _ in bad)
         return {k: v for k, v in features.items() if k not in dropped}, errors
+
+    def _attributes(self, it: _Item, model: ModelConfig, attributes: Any) -> dict | None:
+        """A prediction's ``attributes``: names declared under the model's attributes, categorical values.
+        Always checked strictly (``invalid_features`` is about features): an attribute splits segments and
+        fairness groups, and a misspelt one would silently fold its predictions into no group."""
+        if attributes is None:
+            return None
+        if not isinstance(attributes, dict):
+            it.fail("attributes", "invalid_value", "must be an object of attribute name to value")
+            return None
+        declared = self.attributes[model.name]
+        for name, value in attributes.items():
+            if name not in declared:
+                hint = (
+                    f"; attributes: {sorted(declared)}"
+                    if declared
+                    else "; the model declares none (models[].attributes in the config)"
+                )
+                if name in self.features[model.name]:
+                    hint = " (it is a feature: send it under 'features')"
+                it.fail(
+                    f"attributes.{str(name)[:100]}",
+                    "unknown_attribute",
+                    f"is not an attribute of model {model.name!r}{hint}",
+                )
+            elif type(value) is str:
+                if len(value) > MAX_STRING_LENGTH:
+                    it.fail(f"attributes.{name}", "invalid_value", f"must be at most {MAX_STRING_LENGTH} characters")
+            elif not (value is None or type(value) is bool or _finite(value)):
+                it.fail(f"attributes.{name}", "invalid_value", "must be a string, number, boolean or null")
+        return attributes
 
     def _registry(self, it: _Item, value: Any) -> RegistryInfo | None:
         """A prediction's ``registry`` object: some of run_id, model_uri, name and version, each under its rule."""

@@ -243,6 +243,8 @@ def _families(
                 drift_families.window(mvw, window_drift(model, snap.profile, totals))
             spans.version(mv, v.spans, model.is_classification, calibration is not None)
             for (seg_feature, seg_value), windows in v.segments.items():
+                if seg_feature not in model.listed_segments:
+                    continue  # a fairness feature only: its groups are published by the fairness families
                 for window, totals in windows.items():
                     segments.window(model, snap.profile, mv + [window, seg_feature, seg_value], totals)
             if model.fairness_features:
@@ -749,6 +751,31 @@ class _FairnessFamilies:
                 "mlmon_fairness_accuracy", "Share of the group's labelled predictions that were correct.", labels=g
             ),
         }
+        # The same rates as the group's calibrated scores expect them, before the labels (with a reference
+        # that has scores and labels; docs/estimation.md), and the expected outcomes they come from (poolable).
+        self.estimated_outcomes = GaugeFamily(
+            "mlmon_fairness_group_estimated_outcomes",
+            "Scored predictions of the group in the window by expected outcome (tp, fp, tn, fn): the sums of the "
+            "calibrated probabilities, by prediction time, labelled or not.",
+            labels=g + ["outcome"],
+        )
+        self.estimated = {
+            "true_positive_rate": GaugeFamily(
+                "mlmon_fairness_estimated_true_positive_rate",
+                "True positive rate of the group's predictions in the window, as their calibrated scores expect it.",
+                labels=g,
+            ),
+            "false_positive_rate": GaugeFamily(
+                "mlmon_fairness_estimated_false_positive_rate",
+                "False positive rate of the group's predictions in the window, as their calibrated scores expect it.",
+                labels=g,
+            ),
+            "accuracy": GaugeFamily(
+                "mlmon_fairness_estimated_accuracy",
+                "Accuracy of the group's predictions in the window, as their calibrated scores expect it.",
+                labels=g,
+            ),
+        }
         between = (
             "between the groups (fairness.disparity: spread, max minus min; reference, the largest gap to the "
             "reference group)"
@@ -787,6 +814,14 @@ class _FairnessFamilies:
                 "mlmon_fairness_accuracy_difference", f"Difference of accuracies {between}.", labels=MVW + ["feature"]
             ),
         }
+        self.estimated_disparities = {
+            name: GaugeFamily(
+                f"mlmon_fairness_estimated_{name}",
+                f"{self.disparities[name].documentation.rstrip('.')}, from the groups' estimated rates.",
+                labels=MVW + ["feature"],
+            )
+            for name in fairness.ESTIMATED_DISPARITIES
+        }
 
     def model(self, model: ModelConfig) -> None:
         for feature, group in model.fairness_reference_group.items():
@@ -797,6 +832,7 @@ class _FairnessFamilies:
         reference = model.fairness_reference_group
         for feature in model.fairness_features:
             by_window: dict[str, dict[str, dict[str, float | None]]] = {}
+            estimated_by_window: dict[str, dict[str, dict[str, float | None]]] = {}
             for (seg_feature, group), windows in segments.items():
                 if seg_feature != feature:
                     continue
@@ -812,13 +848,29 @@ class _FairnessFamilies:
                     for name, value in rates.items():
                         if value is not None:
                             self.rates[name].add_metric(labels, value)
+                    estimated = None
+                    if totals.get("est_n", 0) > 0:
+                        outcomes = fairness.estimated_outcomes(totals["est_confusion"], positive)
+                        for outcome, value in outcomes.items():
+                            self.estimated_outcomes.add_metric(labels + [outcome], value)
+                        estimated = fairness.estimated_rates(outcomes)
+                        for name, family in self.estimated.items():
+                            if estimated[name] is not None:
+                                family.add_metric(labels, estimated[name])
                     # "other" mixes the values beyond segments.top (and missing ones): not a group to compare.
                     if group != Segments.OTHER:
                         by_window.setdefault(window, {})[group] = rates
+                        if estimated is not None:
+                            estimated_by_window.setdefault(window, {})[group] = estimated
             for window, rates in by_window.items():
                 for name, value in fairness.disparities(rates, reference.get(feature)).items():
                     if value is not None:
                         self.disparities[name].add_metric(mv + [window, feature], value)
+            for window, rates in estimated_by_window.items():
+                found = fairness.disparities(rates, reference.get(feature))
+                for name, family in self.estimated_disparities.items():
+                    if found[name] is not None:
+                        family.add_metric(mv + [window, feature], found[name])
 
     def all(self) -> list:
         return [
@@ -827,6 +879,9 @@ class _FairnessFamilies:
             self.outcomes,
             *self.rates.values(),
             *self.disparities.values(),
+            self.estimated_outcomes,
+            *self.estimated.values(),
+            *self.estimated_disparities.values(),
             self.reference,
         ]
 

@@ -47,8 +47,8 @@ def group_counts(pred_bins: np.ndarray, confusion: np.ndarray, positive: int) ->
     )
 
 
-def _share(part: int, whole: int) -> float | None:
-    return part / whole if whole else None
+def _share(part: float, whole: float) -> float | None:
+    return part / whole if whole > 0 else None
 
 
 def group_rates(c: GroupCounts) -> dict[str, float | None]:
@@ -59,6 +59,34 @@ def group_rates(c: GroupCounts) -> dict[str, float | None]:
         "false_positive_rate": _share(c.fp, c.fp + c.tn),
         "accuracy": _share(c.tp + c.tn, c.labeled),
     }
+
+
+def estimated_outcomes(est_confusion: np.ndarray, positive: int) -> dict[str, float]:
+    """A group's expected tp, fp, tn and fn: the window's expected (actual x predicted) confusion matrix of its
+    scored predictions (exporter/stats/estimate.py), where every prediction, labelled or not, counts the
+    calibrated probability of each class being the truth."""
+    negative = 1 - positive
+    return {
+        "tp": float(est_confusion[positive, positive]),
+        "fp": float(est_confusion[negative, positive]),
+        "tn": float(est_confusion[negative, negative]),
+        "fn": float(est_confusion[positive, negative]),
+    }
+
+
+def estimated_rates(outcomes: dict[str, float]) -> dict[str, float | None]:
+    """True and false positive rates and accuracy from expected outcomes (no selection rate: it is never
+    estimated, every prediction's class is known)."""
+    tp, fp, tn, fn = (outcomes[o] for o in OUTCOMES)
+    return {
+        "selection_rate": None,
+        "true_positive_rate": _share(tp, tp + fn),
+        "false_positive_rate": _share(fp, fp + tn),
+        "accuracy": _share(tp + tn, tp + fp + tn + fn),
+    }
+
+
+ESTIMATED_DISPARITIES = ("equal_opportunity_difference", "equalized_odds_difference", "accuracy_difference")
 
 
 def _difference(values: dict[str, float], reference: str | None) -> float | None:

@@ -31,11 +31,14 @@ def test_a_data_directory_of_an_earlier_release_restarts_with_its_windows(tmp_pa
     assert restored["replayed"] > 0 and restored["skipped"] == 0
     series = {(name, tuple(sorted(labels.items()))): value for name, labels, value in expected["series"]}
     got = without_new_empty_labels(mlmon_series(app), series)
-    # Every series of the release is back with its value; families and alert thresholds added since may stand
-    # beside them (a new threshold is a new series of mlmon_alert_threshold, with its default value).
+    # Every series of the release is back with its value; families, alert thresholds and reason codes added
+    # since may stand beside them (a new threshold is a new series of mlmon_alert_threshold, with its default
+    # value; a new reason code a new series of mlmon_ingest_errors_total, at 0).
     known = {name for name, _ in series}
     thresholds = {dict(labels)["threshold"] for name, labels in series if name == "mlmon_alert_threshold"}
+    reasons = {dict(labels)["reason"] for name, labels in series if name == "mlmon_ingest_errors_total"}
     added = {k for k in got if k[0] == "mlmon_alert_threshold" and dict(k[1])["threshold"] not in thresholds}
+    added |= {k for k in got if k[0] == "mlmon_ingest_errors_total" and dict(k[1])["reason"] not in reasons}
     assert {k for k in got if k[0] in known} - added == series.keys()
     assert {k: got[k] for k in series} == pytest.approx(series, rel=1e-12, abs=1e-12)
 

@@ -6,7 +6,8 @@ from one schema (exporter/ingest/schema.py). Here 10,000 generated bodies (hypot
 with the same config: one as served (fast path first), one with the fast path switched off. For every body
 the status and the whole answer (the error list included) must be equal, and so must every series of the
 two exporters afterwards. Each field of each item is present and valid, absent, null, of the wrong type, or
-out of range; items go alone or in batches; configs hold one model or three.
+out of range; items go alone or in batches; configs hold one model or three. Prediction attributes split
+segments and fairness groups, so the series compared afterwards include those the attributes decide.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ models:
       - {name: tenure, type: numeric}
       - {name: plan, type: categorical}
       - {name: "mean radius", type: numeric}
+    attributes: [sex, "age band"]
+    segments: {features: [plan, "age band"], top: 2}
+    fairness: {features: [sex], reference_group: {sex: f}}
 """
 MULTI = (
     SINGLE
@@ -52,6 +56,8 @@ MULTI = (
     features:
       - {name: bmi, type: numeric}
       - {name: region, type: categorical}
+    attributes: [site]
+    segments: {features: [site]}
 """
 )
 CONFIGS = {"single": SINGLE, "multi": MULTI}
@@ -115,6 +121,7 @@ FEATURES = {
     "price": ["bmi", "region"],
 }
 FEATURE_VALUE = st.one_of(NUMBERS, TEXT, st.booleans(), st.none(), WRONG)
+ATTRIBUTES = {"churn": ["sex", "age band"], "iris": [], "price": ["site"]}
 
 
 @functools.cache
@@ -127,6 +134,12 @@ def outcome(model: str):
 def features(model: str):
     names = FEATURES[model] + ["unknown feature"]
     return st.one_of(st.dictionaries(st.sampled_from(names), FEATURE_VALUE, max_size=4), WRONG)
+
+
+@functools.cache
+def attributes(model: str):
+    names = ATTRIBUTES[model] + ["unknown attribute", "plan"]  # "plan" is a feature of churn, not an attribute
+    return st.one_of(st.dictionaries(st.sampled_from(names), FEATURE_VALUE, max_size=3), WRONG)
 
 
 @functools.cache
@@ -167,6 +180,7 @@ def value(kind: str, model: str):
         "id": ID,
         "timestamp": TIMESTAMP,
         "features": features(model),
+        "attributes": attributes(model),
         "outcome": outcome(model),
         "scores": scores(model),
         "probability": st.one_of(PROBABILITY, NUMBERS, WRONG),
@@ -190,6 +204,9 @@ def valid(field: schema.Field, model: str):
     if field.kind == "features":
         values = {n: (SMALL if i % 2 == 0 else st.sampled_from(["a", "b", "c"])) for i, n in enumerate(FEATURES[model])}
         return st.fixed_dictionaries({}, optional=values)
+    if field.kind == "attributes":
+        groups = st.one_of(st.sampled_from(["f", "m", "x", "", 1, 2.0, True]), st.none())
+        return st.fixed_dictionaries({}, optional={n: groups for n in ATTRIBUTES[model]})
     if field.kind == "outcome":
         return st.sampled_from(classes) if classes else SMALL
     if field.kind == "scores":
@@ -318,6 +335,16 @@ def pair(request):
     # The generator reaches both outcomes and both paths often enough to mean something.
     assert p.accepted >= p.bodies // 20, (p.accepted, p.bodies)
     assert p.fast_taken >= p.bodies // 40, (p.fast_taken, p.bodies)
+    # Attributes decided segments and fairness groups, so their series were among those compared.
+    segments = {
+        (dict(labels)["segment_feature"], dict(labels)["segment"])
+        for name, labels in series(p.served)
+        if name == "mlmon_segment_window_samples"
+    }
+    for attribute in ("age band", "site") if "price" in p.models else ("age band",):
+        assert len({v for f, v in segments if f == attribute and v != "other"}) >= 2, segments
+    groups = {dict(labels)["group"] for name, labels in series(p.served) if name == "mlmon_fairness_group_samples"}
+    assert "f" in groups and len(groups - {"f", "other"}) >= 1, groups  # the reference group and another
 
 
 def encode(value) -> bytes:

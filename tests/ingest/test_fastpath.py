@@ -44,7 +44,8 @@ models:
       - {name: "mean radius (cm)", type: numeric}
       - {name: "od280/od315 ratio", type: categorical}
       - {name: region, type: categorical}
-    segments: {features: [region]}
+    attributes: [sex, "age.band (y)"]
+    segments: {features: [region, sex]}
   - name: iris
     task: multiclass
     classes: [setosa, versicolor, "2"]
@@ -103,10 +104,11 @@ def same(fast_items, general_items) -> None:
                 a,
                 b,
             )
-        fa, fg = features_of(f.features), features_of(g.features)
-        assert fa == fg
-        for name, value in fa.items():  # categorical values keep their JSON type (category() depends on it)
-            assert isinstance(value, float) and isinstance(fg[name], (int, float)) or type(value) is type(fg[name])
+        for kind in ("features", "attributes"):
+            fa, fg = features_of(getattr(f, kind)), features_of(getattr(g, kind))
+            assert fa == fg, kind
+            for name, value in fa.items():  # categorical values keep their JSON type (category() depends on it)
+                assert isinstance(value, float) and isinstance(fg[name], (int, float)) or type(value) is type(fg[name])
 
 
 # -- generated bodies ---------------------------------------------------------------------------------
@@ -173,6 +175,13 @@ def item(draw, valid=None):
                 draw(st.sampled_from(["other", "tenure ", "v0", "ATTRIBUTES", "mean radius", "mean radius (cm) "]))
             ] = pick(numbers)
         out["features"] = features
+    if model == "churn" and draw(st.booleans()):
+        attributes = {name: pick(categories) for name in ("sex", "age.band (y)") if draw(st.booleans())}
+        if not valid and draw(st.integers(0, 3)) == 0:
+            attributes[draw(st.sampled_from(["tenure", "other", "v0", "sex "]))] = pick(categories)
+        out["attributes"] = attributes
+    elif model != "churn" and not valid and draw(st.integers(0, 9)) == 0:
+        out["attributes"] = {"sex": "f"}  # a model that declares no attributes
     if draw(st.integers(0, 19)):
         out["prediction"] = pick(classes)
     optional = {

@@ -3,7 +3,9 @@
 Predictions and labels go through the HTTP API (labels with the prediction, before it and after it); the scrape
 is compared with fairlearn's MetricFrame per group and its disparity functions (``method="between_groups"`` is
 ``disparity: spread``; ``disparity: reference`` is computed with numpy from MetricFrame's ``by_group``). Both
-sides are ratios of exact counts: they agree to 1e-12 (float rounding only).
+sides are ratios of exact counts: they agree to 1e-12 (float rounding only). The estimated group rates (before
+the labels) are compared with the same rates computed by numpy from scikit-learn's isotonic calibration of the
+reference's scores, on the window's raw scores.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fairlearn.metrics import (
     true_positive_rate,
 )
 from sklearn.datasets import load_breast_cancer
+from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
@@ -59,8 +62,9 @@ RATES = {
 }
 
 
-def _send(client, model: str, rows: list[dict], y_pred, y_true, seed: int = 0) -> None:
-    """Predictions with their features; 10% labelled inline, 20% labels first, the rest labels after."""
+def _send(client, model: str, rows: list[dict], y_pred, y_true, seed: int = 0, attributes=()) -> None:
+    """Predictions with their features; 10% labelled inline, 20% labels first, the rest labels after. The
+    ``attributes`` named go in the prediction's attributes instead of its features."""
     rng = np.random.default_rng(seed)
     kind = rng.choice(3, size=len(rows), p=[0.1, 0.2, 0.7])
     early = [{"model": model, "id": f"p{i}", "label": y_true[i]} for i in range(len(rows)) if kind[i] == 1]
@@ -69,6 +73,9 @@ def _send(client, model: str, rows: list[dict], y_pred, y_true, seed: int = 0) -
     items = []
     for i, features in enumerate(rows):
         item = {"model": model, "id": f"p{i}", "prediction": y_pred[i], "features": features}
+        if attributes:
+            item["features"] = {k: v for k, v in features.items() if k not in attributes}
+            item["attributes"] = {k: v for k, v in features.items() if k in attributes}
         if kind[i] == 0:
             item["label"] = y_true[i]
         items.append(item)
@@ -155,9 +162,8 @@ def test_spread_disparities_equal_fairlearns_between_groups():
     for feature in ("sex", "age_band"):
         disparity = _check(m, "loan", feature, y_true, y_pred, groups[feature], "grant")
         assert disparity["equal_opportunity_difference"] > 0.1  # the data has a disparity to find
-    # The fairness features are segment features: their segments' windows are the groups'.
-    seg = {"model": "loan", "version": "default", "window": "5m", "segment_feature": "sex", "segment": "female"}
-    assert m.get("mlmon_segment_window_samples", kind="predictions", **seg) == (groups["sex"] == "female").sum()
+    # A fairness feature not listed under segments publishes no segment families (its groups keep counts only).
+    assert m.all("mlmon_segment_window_samples") == []
     # Spread mode: no reference group for the rules to join.
     assert m.all("mlmon_fairness_reference_group") == []
 
@@ -175,6 +181,188 @@ def test_reference_disparities_are_gaps_to_the_reference_group():
     published = {(s.labels["feature"], s.labels["group"]): s.value for s in m.all("mlmon_fairness_reference_group")}
     assert published == {("sex", "male"): 1, ("age_band", "31-50"): 1}
     assert {s.labels["model"] for s in m.all("mlmon_fairness_reference_group")} == {"loan"}
+
+
+def test_groups_from_attributes_the_model_does_not_use_equal_fairlearns():
+    """Sensitive groups sent as attributes (not model inputs) give the same figures; they stay out of drift,
+    and a reference (which knows only the features) leaves their groups as they were."""
+    text = """
+    windows: ["5m", "1h"]
+    models:
+      - name: loan
+        task: binary
+        classes: [deny, grant]
+        positive_class: grant
+        features: [{name: income, type: numeric}]
+        attributes: [sex, age_band]
+        fairness: {features: [sex, age_band], disparity: reference, reference_group: {sex: male, age_band: 31-50}}
+    """
+    app, _ = make_app(text)
+    client = app.test_client()
+    rows, y_pred, y_true, groups = _loan_data(3000, seed=11)
+    reference = "income\n" + "\n".join(str(v) for v in np.random.default_rng(0).normal(size=500))
+    assert client.put("/api/v1/models/loan/reference", data=reference, content_type="text/csv").status_code == 200
+    _send(client, "loan", rows, y_pred.tolist(), y_true.tolist(), seed=4, attributes=("sex", "age_band"))
+    m = scrape(client)
+    _check(m, "loan", "sex", y_true, y_pred, groups["sex"], "grant", reference="male")
+    _check(m, "loan", "age_band", y_true, y_pred, groups["age_band"], "grant", reference="31-50")
+    drifting = {s.labels["feature"] for s in m.all("mlmon_feature_drift")}
+    missing = {s.labels["feature"] for s in m.all("mlmon_feature_missing_ratio")}
+    assert drifting == missing == {"income"}
+    # A new reference keeps the groups the attributes have: a female is still a female, not "other".
+    w = {"model": "loan", "version": "default", "window": "5m", "feature": "sex", "kind": "predictions"}
+    females = m.get("mlmon_fairness_group_samples", group="female", **w)
+    assert client.put("/api/v1/models/loan/reference", data=reference, content_type="text/csv").status_code == 200
+    item = {"model": "loan", "prediction": "deny", "features": {"income": 1.0}, "attributes": {"sex": "female"}}
+    assert client.post("/api/v1/predictions", json=item).status_code == 202
+    assert scrape(client).get("mlmon_fairness_group_samples", group="female", **w) == females + 1
+    # Sent as a feature, an attribute is refused with a hint.
+    r = client.post("/api/v1/predictions", json={"model": "loan", "prediction": "deny", "features": {"sex": "male"}})
+    assert r.status_code == 400
+    (detail,) = r.get_json()["error"]["details"]
+    assert detail["field"] == "features.sex" and "send it under 'attributes'" in detail["message"]
+
+
+def test_estimated_group_rates_equal_numpy_on_the_calibrated_scores():
+    """Before any label: each group's expected outcomes are the sums of its predictions' calibrated
+    probabilities (isotonic, fitted by scikit-learn on the reference); rates and gaps follow from them."""
+    rng = np.random.default_rng(5)
+
+    def rows(n: int, older_shift: float):
+        group = rng.choice(["young", "old"], size=n, p=[0.6, 0.4])
+        x = rng.normal(np.where(group == "old", older_shift, 0.0), 1.0)
+        truth = rng.random(n) < 1 / (1 + np.exp(-2 * x))
+        return group, x, (1 / (1 + np.exp(-2 * x))) ** 2, truth  # the scores are over-confident on "deny"
+
+    _, _, s_ref, y_ref = rows(4000, 0.0)
+    text = """
+    windows: ["5m", "1h"]
+    models:
+      - name: loan
+        task: binary
+        classes: [deny, grant]
+        positive_class: grant
+        features: [{name: x, type: numeric}]
+        attributes: [age]
+        fairness: {features: [age], reference_group: {age: young}}
+    """
+    app, clock = make_app(text)
+    client = app.test_client()
+    x_ref = rng.normal(size=len(s_ref))
+    reference = "x,score,label\n" + "\n".join(
+        f"{x},{s},{'grant' if y else 'deny'}" for x, s, y in zip(x_ref, s_ref, y_ref)
+    )
+    r = client.put("/api/v1/models/loan/reference", data=reference, content_type="text/csv")
+    assert r.status_code == 200 and r.get_json()["calibration"]["method"] == "isotonic", r.get_json()
+
+    group, x, score, _ = rows(3000, 0.8)
+    predicted = score >= 0.3
+    items = [
+        {
+            "model": "loan",
+            "id": f"p{i}",
+            "prediction": "grant" if predicted[i] else "deny",
+            "score": float(score[i]),
+            "features": {"x": float(x[i])},
+            "attributes": {"age": str(group[i])},
+        }
+        for i in range(len(x))
+    ]
+    assert client.post("/api/v1/predictions", json={"predictions": items}).status_code == 202
+    m = scrape(client)
+
+    p = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(s_ref, y_ref).predict(score)
+    w = {"model": "loan", "version": "default", "window": "5m", "feature": "age"}
+    expected_rates = {}
+    for g in ("young", "old"):
+        inside = group == g
+        pi, yes = p[inside], predicted[inside]
+        outcomes = {
+            "tp": pi[yes].sum(),
+            "fp": (1 - pi[yes]).sum(),
+            "tn": (1 - pi[~yes]).sum(),
+            "fn": pi[~yes].sum(),
+        }
+        for outcome, value in outcomes.items():
+            got = m.get("mlmon_fairness_group_estimated_outcomes", group=g, outcome=outcome, **w)
+            assert got == pytest.approx(value, rel=1e-9, abs=1e-9), (g, outcome)
+        rates = {
+            "true_positive_rate": outcomes["tp"] / (outcomes["tp"] + outcomes["fn"]),
+            "false_positive_rate": outcomes["fp"] / (outcomes["fp"] + outcomes["tn"]),
+            "accuracy": (outcomes["tp"] + outcomes["tn"]) / inside.sum(),
+        }
+        for name, value in rates.items():
+            assert m.get(f"mlmon_fairness_estimated_{name}", group=g, **w) == pytest.approx(value, rel=1e-9)
+        expected_rates[g] = rates
+        # No label yet: the realized rates are absent, the estimated ones speak.
+        assert m.get("mlmon_fairness_true_positive_rate", group=g, **w) is None
+    tpr_gap = abs(expected_rates["old"]["true_positive_rate"] - expected_rates["young"]["true_positive_rate"])
+    fpr_gap = abs(expected_rates["old"]["false_positive_rate"] - expected_rates["young"]["false_positive_rate"])
+    acc_gap = abs(expected_rates["old"]["accuracy"] - expected_rates["young"]["accuracy"])
+    got = {name: m.get(f"mlmon_fairness_estimated_{name}", **w) for name in fairness.ESTIMATED_DISPARITIES}
+    assert got == pytest.approx(
+        {
+            "equal_opportunity_difference": tpr_gap,
+            "equalized_odds_difference": max(tpr_gap, fpr_gap),
+            "accuracy_difference": acc_gap,
+        },
+        rel=1e-9,
+    )
+    assert tpr_gap > 0.05  # the shifted group gets another true positive rate: there is a gap to find
+
+    # They survive a restart, replayed from the journal and restored from a snapshot; a snapshot whose groups
+    # lack the estimate's arrays (written before groups kept them) restores with them empty.
+    series = {k: v for k, v in m.series("mlmon_fairness_").items()}
+    for checkpoint in (False, True):
+        if checkpoint:
+            app.extensions["mlmon"].checkpoint()
+        again, _ = make_app(text, clock)
+        assert scrape(again.test_client()).series("mlmon_fairness_") == series
+    state = app.extensions["mlmon"].models["loan"]
+    for rings in state.versions["default"].segments.values():
+        for ring in rings:
+            del ring.arrays["est_n"], ring.arrays["est_confusion"]
+    app.extensions["mlmon"].checkpoint()
+    old, _ = make_app(text, clock)
+    restored = scrape(old.test_client())
+    assert restored.get("mlmon_fairness_estimated_accuracy", group="old", **w) is None
+    assert restored.get("mlmon_fairness_selection_rate", group="old", **w) == m.get(
+        "mlmon_fairness_selection_rate", group="old", **w
+    )
+
+
+@pytest.mark.parametrize(
+    "attributes, field, reason",
+    [
+        ({"colour": "red"}, "attributes.colour", "unknown_attribute"),
+        ({"income": 3}, "attributes.income", "unknown_attribute"),
+        ({"sex": {"a": 1}}, "attributes.sex", "invalid_value"),
+        ({"sex": [1]}, "attributes.sex", "invalid_value"),
+        ({"sex": "x" * 1025}, "attributes.sex", "invalid_value"),
+        (["sex"], "attributes", "invalid_value"),
+    ],
+)
+def test_bad_attributes_are_refused_by_name_and_counted(attributes, field, reason):
+    text = """
+    models:
+      - name: loan
+        task: binary
+        classes: [deny, grant]
+        positive_class: grant
+        features: [{name: income, type: numeric}]
+        attributes: [sex]
+        fairness: {features: [sex]}
+    """
+    app, _ = make_app(text)
+    client = app.test_client()
+    before = scrape(client).get("mlmon_ingest_errors_total", model="loan", reason=reason) or 0
+    item = {"model": "loan", "prediction": "deny", "attributes": attributes}
+    r = client.post("/api/v1/predictions", json=item)
+    assert r.status_code == 400
+    details = r.get_json()["error"]["details"]
+    assert [(d["field"], d["reason"]) for d in details] == [(field, reason)]
+    assert scrape(client).get("mlmon_ingest_errors_total", model="loan", reason=reason) == before + 1
+    assert scrape(client).get("mlmon_predictions_total", model="loan", version="default") in (None, 0)
 
 
 def test_breast_cancer_model_fairness_across_tumour_size_equals_fairlearns():
@@ -216,6 +404,11 @@ def test_values_beyond_top_go_to_other_which_is_not_compared():
     w = {"model": "loan", "version": "default", "window": "5m", "feature": "age_band"}
     other = ~np.isin(age, kept)
     assert m.get("mlmon_fairness_group_samples", group="other", kind="predictions", **w) == other.sum()
+    # Listed under segments too, the feature's segments are its groups, with the same counts.
+    seg = {"model": "loan", "version": "default", "window": "5m", "segment_feature": "age_band"}
+    for group in (*kept, "other"):
+        samples = m.get("mlmon_fairness_group_samples", group=group, kind="predictions", **w)
+        assert m.get("mlmon_segment_window_samples", segment=group, kind="predictions", **seg) == samples
     by_group, disparity = _expected(y_true[~other], y_pred[~other], age[~other], "grant", None)
     for name, expected in disparity.items():
         assert m.get(f"mlmon_fairness_{name}", **w) == pytest.approx(expected, abs=EXACT)
@@ -377,3 +570,42 @@ def test_a_new_reference_keeps_the_predicted_class_counts(tmp_path):
             s.labels["window"] + s.labels.get("group", ""): s.value for s in before.all(family)
         }
     _check(after, "loan", "sex", y_true, y_pred, groups["sex"], "grant")
+
+
+ATTRIBUTES = """
+models:
+  - name: m
+    task: binary
+    classes: [no, yes]
+    features: [{{name: sex, type: categorical}}, {{name: age, type: numeric}}]
+    attributes: {attributes}
+    segments: {{features: {segments}}}
+"""
+
+
+@pytest.mark.parametrize(
+    "attributes, segments, expected",
+    [
+        ("[sex]", "[sex]", "models[0].attributes[0]: 'sex' is a feature of the model; an attribute is a value it"),
+        ("[region, region]", "[sex]", "models[0].attributes[1]: duplicate attribute 'region'"),
+        ("region", "[sex]", "models[0].attributes: must be a non-empty list of attribute names"),
+        ("[]", "[sex]", "models[0].attributes: must be a non-empty list of attribute names"),
+        ("[[a]]", "[sex]", "models[0].attributes[0]: must be a name of 1 to 128 printable characters"),
+        (f"[{', '.join(f'a{i}' for i in range(33))}]", "[sex]", "models[0].attributes: at most 32 attributes"),
+        ("[region]", "[colour]", "attributes: ['region']"),  # the message lists what segments may name
+    ],
+)
+def test_attribute_config_errors_name_the_key(attributes, segments, expected):
+    found = "\n".join(problems(ATTRIBUTES.format(attributes=attributes, segments=segments)))
+    assert expected in found, found
+
+
+def test_segments_and_fairness_may_name_attributes():
+    text = (
+        ATTRIBUTES.format(attributes="[region, band]", segments="[band, sex]") + "    fairness: {features: [region]}\n"
+    )
+    model = parse_config(textwrap.dedent(text)).models[0]
+    assert model.attributes == ("region", "band")
+    assert model.segment_features == ("band", "sex", "region")
+    assert model.fairness_features == ("region",)
+    assert [f.name for f in model.features] == ["sex", "age"]  # attributes are no features: no drift, no reference

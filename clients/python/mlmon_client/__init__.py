@@ -347,6 +347,7 @@ class Client:
         timestamp: Any = None,
         label: Any = None,
         registry: Any = None,
+        attributes: Any = None,
     ) -> bool:
         """Queue one prediction; return True if queued, False if dropped. Never blocks or raises.
 
@@ -356,7 +357,9 @@ class Client:
         ``timestamp`` (unix seconds or datetime) defaults to now; ``latency_seconds`` may be a
         timedelta. numpy values are converted to plain Python numbers/lists. ``registry`` is the
         version's entry in a model registry, some of ``run_id``, ``model_uri``, ``name``, ``version``
-        (sending it now and then is enough: the exporter keeps the latest per version).
+        (sending it now and then is enough: the exporter keeps the latest per version). ``attributes``
+        maps name -> str, number, bool or None: facts the model does not use (a sensitive group, a
+        region) that split segments and fairness groups; the model's config must declare them.
         """
         try:
             item = _compact(
@@ -366,6 +369,7 @@ class Client:
                     "id": None if id is None else str(id),
                     "timestamp": _timestamp(timestamp),
                     "features": None if features is None else _features(features),
+                    "attributes": None if attributes is None else _features(attributes),
                     "prediction": _plain(prediction),
                     "scores": None if scores is None else _features(scores),
                     "score": _plain(score),
