@@ -2,7 +2,7 @@
 
 Three scikit-learn models trained at start on bundled data sets, served over HTTP with Flask:
 
-    POST /predict/<model>    {"features": {...}}           -> {"id", "prediction", "scores", "version"}
+    POST /predict/<model>    {"features": {...}, "attributes": {...}}   -> {"id", "prediction", "scores", "version"}
     POST /feedback/<model>   {"id": ..., "label": ...}      -> 202   (the ground truth, later)
     POST /deploy/<model>     {"version", "X", "y"}          -> 200   (retrain and swap in a new version)
     GET  /healthz
@@ -79,7 +79,9 @@ def create_app(seed: int = 0) -> Flask:
         deployed = models.get(name)
         if deployed is None:
             return jsonify({"error": f"unknown model {name!r}"}), 404
-        features = (request.get_json(silent=True) or {}).get("features") or {}
+        body = request.get_json(silent=True) or {}
+        features = body.get("features") or {}
+        attributes = body.get("attributes")  # facts about the case the model does not use (an age group)
         world = deployed.world
         started = time.perf_counter()
         row = np.array([[features.get(f, np.nan) for f in world.features]], dtype=float)
@@ -101,6 +103,7 @@ def create_app(seed: int = 0) -> Flask:
             id=request_id,  # the key the label will be joined on
             version=deployed.version,
             features=features,
+            attributes=attributes,  # watched for fairness, kept out of drift
             scores=scores,
             latency_seconds=latency,
         )

@@ -9,6 +9,12 @@ the users and the ground truth). Phases, in order:
   outcomes (binary: labels flip in one region of the input space; multiclass: two classes swap;
   regression: targets rise by 40%). Accuracy falls.
 - ``recovery``: the world stays changed and a new model version, trained on recent data, is deployed.
+
+The binary model's patients also carry an age group, an attribute the model does not use: the groups are
+treated alike until the concept drift, which hits the region where most of the older patients' cases now
+lie. The model is then wrong far more often for the older group (accuracy about 0.25 against 0.8) and
+finds fewer of its cancers (true positive rate about 0.13 against 0.38); the retrained version brings both
+groups' accuracy back to about 0.9.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.model_selection import train_test_split
 
 PHASES = ("healthy", "covariate_drift", "concept_drift", "recovery")
+AGE_GROUPS = ("under_60", "60_plus")  # the binary model's attribute (examples/demo/mlmon.yml: fairness)
 DRIFTED_FEATURES = 3  # the first three features drift in the covariate-drift phase
 
 
@@ -93,11 +100,25 @@ def changed_concept(world: World, X: np.ndarray, y: np.ndarray) -> np.ndarray:
     y = y.copy()
     if world.task == "binary":
         # In one region (the larger half of the first feature) the outcome flips.
-        region = X[:, 0] > np.median(world.X_train[:, 0])
+        region = _changed_region(world, X)
         flipped = np.where(y == world.classes[0], world.classes[1], world.classes[0])
         return np.where(region, flipped, y)
     a, b = world.classes[1], world.classes[2]
     return np.where(y == a, b, np.where(y == b, a, y))
+
+
+def _changed_region(world: World, X: np.ndarray) -> np.ndarray:
+    return X[:, 0] > np.median(world.X_train[:, 0])
+
+
+def age_groups(world: World, phase: str, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The age group of each of the binary model's rows ``X``: 40% are 60 or over, at random until the concept
+    drift; from then on 70% of the rows in the changed region and 10% of the others (still 40% in all)."""
+    if phase in ("concept_drift", "recovery"):
+        older = np.where(_changed_region(world, X), 0.7, 0.1)
+    else:
+        older = np.full(len(X), 0.4)
+    return np.where(rng.uniform(size=len(X)) < older, AGE_GROUPS[1], AGE_GROUPS[0])
 
 
 def validation_set(world: World, copies: int = 10, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:

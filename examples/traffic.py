@@ -106,9 +106,11 @@ class Traffic:
         next_at = time.monotonic()
         while not self.stopped.is_set():
             X, y = scenario.sample(world, self.phase, 1, rng)
-            features = {f: round(float(v), 5) for f, v in zip(world.features, X[0])}
+            body: dict = {"features": {f: round(float(v), 5) for f, v in zip(world.features, X[0])}}
+            if world.task == "binary":  # who the patient is: not an input of the model, watched for fairness
+                body["attributes"] = {"age_group": str(scenario.age_groups(world, self.phase, X, rng)[0])}
             try:
-                r = session.post(f"{self.url}/predict/{name}", json={"features": features}, timeout=5)
+                r = session.post(f"{self.url}/predict/{name}", json=body, timeout=5)
                 r.raise_for_status()
                 self.sent += 1
                 if rng.uniform() >= self.label_loss:

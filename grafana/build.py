@@ -727,9 +727,160 @@ def model():
             6,
         ),
     ]
+    panels += fairness_panels()
     for panel, w, h in panels:
         d = d.with_panel(lay.place(panel, w, h))
     return d
+
+
+FAIR_BY = "model, version, feature, group"
+FAIR_LEGEND = "{{model}} {{version}} {{feature}}={{group}}"
+
+
+def group_counts(metric: str, extra: str = "") -> str:
+    """A fairness count of each group in the chosen window, summed over the replicas (exact: counts add)."""
+    return f"sum without (instance, kind, outcome) ({metric}{{{WINDOW}{',' + extra if extra else ''}}})"
+
+
+def group_rate(numerator: tuple[str, str], denominator: tuple[str, str]) -> str:
+    """A rate of each group from its summed counts: exactly the exporter's with one replica, and the pooled
+    rate with several; absent where the denominator is 0."""
+    return mx(FAIR_BY, f"{group_counts(*numerator)} / ({group_counts(*denominator)} > 0)")
+
+
+OUTCOMES = "mlmon_fairness_group_outcomes"
+SELECTION_RATE = group_rate(
+    ("mlmon_fairness_group_predicted_positive", ""),
+    ("mlmon_fairness_group_samples", 'kind="predictions"'),
+)
+TRUE_POSITIVE_RATE = group_rate((OUTCOMES, 'outcome="tp"'), (OUTCOMES, 'outcome=~"tp|fn"'))
+FALSE_POSITIVE_RATE = group_rate((OUTCOMES, 'outcome="fp"'), (OUTCOMES, 'outcome=~"fp|tn"'))
+GROUP_ACCURACY = group_rate((OUTCOMES, 'outcome=~"tp|tn"'), (OUTCOMES, ""))
+ESTIMATED = "mlmon_fairness_group_estimated_outcomes"
+ESTIMATED_TRUE_POSITIVE_RATE = group_rate((ESTIMATED, 'outcome="tp"'), (ESTIMATED, 'outcome=~"tp|fn"'))
+
+
+def disparity(metric: str) -> str:
+    """A disparity gauge of each fairness feature, pooled over replicas by the predictions of the compared
+    groups (exact with one replica per model, an approximation with several: docs/dashboards.md)."""
+    weight = f'sum without (group) (mlmon_fairness_group_samples{{{WINDOW},kind="predictions",group!="other"}})'
+    return mx("model, version, feature", weighted(metric, WINDOW, weight=weight, key=f"{WINDOW_KEY}, feature"))
+
+
+def fairness_panels() -> list:
+    """The model dashboard's fairness row: binary models with `fairness:` in the config (docs/fairness.md)."""
+    threshold = 'mlmon_alert_threshold{{{sel},threshold="{name}"}}'
+    return [
+        (
+            ts(
+                "Fairness: selection rate by group",
+                "Share of each group's predictions that are the positive class, in the chosen window (binary "
+                "models with fairness: in the config; groups are the values of a sensitive feature or attribute, "
+                "`other` the values beyond segments.top). Needs no labels: a gap shows at once. Groups selected "
+                "at very different rates may still be treated fairly if they truly differ (docs/fairness.md).",
+                "percentunit",
+                [query(SELECTION_RATE, FAIR_LEGEND)],
+            ),
+            8,
+            8,
+        ),
+        (
+            ts(
+                "Fairness: true positive rate by group",
+                "Of each group's labelled positives in the chosen window, the share the model found (equal "
+                "opportunity: a group whose rate falls is the one the model now fails), by the time the labels "
+                "arrive; absent for a group without labelled positives. `estimated`: the same rate as the group's "
+                "calibrated scores expect it for every prediction, labelled or not (needs a reference with scores "
+                "and labels): it speaks before the labels, and a realized rate far from it means the scores no "
+                "longer hold for that group.",
+                "percentunit",
+                [
+                    query(TRUE_POSITIVE_RATE, FAIR_LEGEND),
+                    query(ESTIMATED_TRUE_POSITIVE_RATE, "estimated " + FAIR_LEGEND),
+                ],
+                thr=QUALITY,
+            ),
+            8,
+            8,
+        ),
+        (
+            ts(
+                "Fairness: disparities",
+                "Per fairness feature in the chosen window: the demographic parity ratio (lowest selection rate "
+                "over the reference group's, or over the highest; 1 is parity, MlmonModelFairnessDisparity needs "
+                "it proven under fairness_ratio_min), and the largest gaps in true positive rates (equal "
+                "opportunity; the alert's fairness_gap_max), in true or false positive rates (equalized odds) and "
+                "in accuracy. `other` is never compared. Read the groups' counts beside them: a gap between small "
+                "groups is noise.",
+                "percentunit",
+                [
+                    query(disparity("mlmon_fairness_demographic_parity_ratio"), "parity ratio {{model}} {{feature}}"),
+                    query(
+                        disparity("mlmon_fairness_equal_opportunity_difference"),
+                        "opportunity gap {{model}} {{feature}}",
+                    ),
+                    query(disparity("mlmon_fairness_equalized_odds_difference"), "odds gap {{model}} {{feature}}"),
+                    query(disparity("mlmon_fairness_accuracy_difference"), "accuracy gap {{model}} {{feature}}"),
+                    query(
+                        f"max by (model) ({threshold.format(sel=MODEL, name='fairness_ratio_min')})",
+                        "lowest ratio {{model}}",
+                    ),
+                    query(
+                        f"max by (model) ({threshold.format(sel=MODEL, name='fairness_gap_max')})",
+                        "largest gap {{model}}",
+                    ),
+                ],
+                lo=0,
+            ),
+            8,
+            8,
+        ),
+        (
+            tbl(
+                "Fairness: groups side by side",
+                "Every group of every fairness feature in the chosen window, summed over the replicas: its "
+                "predictions and labelled outcomes, how often it is selected, and how often the model is right "
+                "for it. The alert compares a group only with at least fairness_min_group_samples predictions "
+                "(and as many labelled positives for the true positive rate).",
+                "short",
+                [
+                    query(
+                        mx(FAIR_BY, group_counts("mlmon_fairness_group_samples", 'kind="predictions"')),
+                        instant=True,
+                        fmt="table",
+                    ),
+                    query(mx(FAIR_BY, group_counts(OUTCOMES)), instant=True, fmt="table"),
+                    query(SELECTION_RATE, instant=True, fmt="table"),
+                    query(TRUE_POSITIVE_RATE, instant=True, fmt="table"),
+                    query(FALSE_POSITIVE_RATE, instant=True, fmt="table"),
+                    query(GROUP_ACCURACY, instant=True, fmt="table"),
+                ],
+                transformations=[
+                    ("merge", {}),
+                    (
+                        "organize",
+                        {
+                            "excludeByName": {"Time": True},
+                            "renameByName": {
+                                "Value #A": "predictions",
+                                "Value #B": "labelled",
+                                "Value #C": "selection rate",
+                                "Value #D": "true positive rate",
+                                "Value #E": "false positive rate",
+                                "Value #F": "accuracy",
+                            },
+                        },
+                    ),
+                ],
+                overrides=[
+                    (name, {"unit": "percentunit", "custom.cellOptions": {"type": "gauge", "mode": "basic"}})
+                    for name in ("selection rate", "true positive rate", "false positive rate", "accuracy")
+                ],
+            ),
+            24,
+            7,
+        ),
+    ]
 
 
 def drift():
