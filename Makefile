@@ -75,8 +75,9 @@ bench-full: $(BENCH_STAMP)
 	$(BENCH_PY) bench/run.py --full
 
 # `make bench-alerts`: replays scenarios (a collapse at three label rates, healthy weeks, a slow decay, late
-# labels, two replicas, drift) through the exporter's code and the bundled rules under promtool, and writes
-# when each alert fires, and how often without cause, into docs/alerts.md. About 15 minutes on 2 cores.
+# labels, two replicas, drift, the estimate, fairness) through the exporter's code and the bundled rules under
+# promtool, and writes when each alert fires, and how often without cause, into docs/alerts.md. About 40
+# minutes on 2 cores; `.venv/bin/python bench/bench_alerts.py --only fairness:` the fairness table alone.
 bench-alerts: venv system-deps
 	$(PY) bench/bench_alerts.py
 

@@ -7,12 +7,15 @@ evaluated at every step as Prometheus would (15 s, its evaluation interval, arou
 simulated weeks); a harness group records when each alert starts firing, and the harness reads that back.
 
 For each scenario and seed it reports, per alert, the delay from the change to the first firing, and the
-firing episodes without cause (before the change, or over a stationary week). The table goes into
-docs/alerts.md between the ``bench-alerts`` markers. ``--rules-dir`` runs another copy of the rules, so a rule
-made slower or noisier shows in the table (tests/bundle/test_bench_alerts.py checks that it does).
+firing episodes without cause (before the change, or over a stationary week). The tables go into
+docs/alerts.md between the ``bench-alerts`` markers (quality, estimate and drift) and the
+``bench-alerts-fairness`` markers (MlmonModelFairnessDisparity, per criterion); a run writes each table whose
+scenarios it all replayed. ``--rules-dir`` runs another copy of the rules, so a rule made slower or noisier
+shows in the table (tests/bundle/test_bench_alerts.py checks that it does).
 
     python bench/bench_alerts.py                 # every scenario, 5 seeds where the outcome is random
     python bench/bench_alerts.py --quick         # 2 seeds, for a look (does not write docs/alerts.md)
+    python bench/bench_alerts.py --only fairness: --jobs 1   # the fairness table alone (written)
     python bench/bench_alerts.py --only "collapse 0.2/s" --seeds 1 --no-write
     python bench/bench_alerts.py --only "healthy week 30/h" --seeds 8 --set min_labeled_samples=30
 """
@@ -37,7 +40,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from exporter.config import parse_config  # noqa: E402
+from exporter.config import THRESHOLDS, parse_config  # noqa: E402
 from exporter.engine.state import ModelState, ServerReports  # noqa: E402
 from exporter.ingest.validation import IngestErrors, Label, Prediction  # noqa: E402
 from exporter.serve.collector import MlmonCollector  # noqa: E402
@@ -46,7 +49,26 @@ from exporter.stats import reference  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RULES_DIR = os.path.join(ROOT, "prometheus", "rules")
 DOC = os.path.join(ROOT, "docs", "alerts.md")
-BEGIN, END = "<!-- bench-alerts:begin -->", "<!-- bench-alerts:end -->"
+# docs/alerts.md holds one table per block, each between its own markers (<!-- name:begin --> ...
+# <!-- name:end -->), with the families it shows and the thresholds its header names. A run writes the
+# blocks whose scenarios it all replayed, so that `--only fairness:` measures the fairness table alone.
+BLOCKS = {
+    "bench-alerts": (
+        ("quality", "estimate", "drift"),
+        (
+            "accuracy_min",
+            "accuracy_drop",
+            "error_rise",
+            "min_labeled_samples",
+            "evidence_confidence",
+            "calibration_gap_max",
+        ),
+    ),
+    "bench-alerts-fairness": (
+        ("fairness",),
+        ("fairness_ratio_min", "fairness_gap_max", "fairness_min_group_samples", "evidence_confidence"),
+    ),
+}
 HOUR, DAY, WEEK = 3600.0, 86400.0, 7 * 86400.0
 FEATURES = 20
 
@@ -57,12 +79,38 @@ GROUPS = {
     "quality": ["mlmon-pooled-shared", "mlmon-evidence", "mlmon-quality"],
     "estimate": ["mlmon-pooled-shared", "mlmon-pooled-estimate", "mlmon-quality"],
     "drift": ["mlmon-pooled-shared", "mlmon-pooled-quality", "mlmon-pooled-drift", "mlmon-drift"],
+    # mlmon-fairness-evidence holds the evidence the alert decides on, then the alert.
+    "fairness": ["mlmon-pooled-shared", "mlmon-fairness", "mlmon-fairness-evidence"],
 }
 ALERTS = {
     "quality": ("MlmonModelAccuracyLow", "MlmonModelAccuracyDrop", "MlmonModelErrorRise"),
     "estimate": ("MlmonModelEstimatedAccuracyLow", "MlmonModelCalibrationGap"),
     "drift": ("MlmonModelFeatureDrift", "MlmonModelPredictionDrift", "MlmonModelFeatureValuesMissing"),
+    "fairness": ("MlmonModelFairnessDisparity",),
 }
+# The fairness alert's two criteria, told apart by its `criterion` label (the harness keeps that label).
+PARITY = 'MlmonModelFairnessDisparity{criterion="demographic_parity"}'
+OPPORTUNITY = 'MlmonModelFairnessDisparity{criterion="equal_opportunity"}'
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A group of the fairness feature: its share of the traffic, the share of its predictions the model
+    selects (predicts positive), the share truly positive (its base rate) and, of those, the share the model
+    selects (its true positive rate). Its false positive rate follows from the three."""
+
+    name: str
+    share: float
+    selection: float
+    base: float
+    tpr: float = 0.8
+
+    @property
+    def fpr(self) -> float:
+        fpr = (self.selection - self.tpr * self.base) / (1.0 - self.base)
+        if not 0.0 <= fpr <= 1.0:
+            raise ValueError(f"no false positive rate gives {self}")
+        return fpr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +120,13 @@ class Scenario:
     hours, one sample every ``step`` seconds; before that the exporter warms up in steps of ``warm_step``."""
 
     name: str
-    family: str  # quality | drift | estimate
+    family: str  # quality | drift | estimate | fairness
     # healthy | collapse | decay | drop_above_floor | mae_double | regression_healthy | stationary | shift |
     # covariate_shift | calibrated (estimate: the inputs move, the relation of inputs to outcomes stays) |
-    # concept_drift (estimate: the inputs stay, a share of the outcomes turns)
+    # concept_drift (estimate: the inputs stay, a share of the outcomes turns) | equal (fairness: the groups
+    # as ``groups`` says throughout) | selection_drop (fairness: the last group's selection rate falls to 0.6
+    # times the first's, its true positive rate kept) | tpr_drop (fairness: the last group's true positive
+    # rate falls by 0.25, its selection rate kept)
     kind: str
     rate: float
     hours: float
@@ -95,6 +146,10 @@ class Scenario:
     within: float | None = None
     quiet: bool = False
     max_other: int | None = None
+    # fairness: the groups of the feature `group` (the first is the reference group in reference mode), and
+    # the model's fairness.disparity
+    groups: tuple[Group, ...] = ()
+    disparity: str = "reference"
 
     @property
     def task(self) -> str:
@@ -327,6 +382,98 @@ def scenarios() -> list[Scenario]:
             chunk=DAY,
         )
     )
+    out += fairness_scenarios()
+    return out
+
+
+def _shares(groups: tuple[Group, ...]) -> str:
+    return "/".join(f"{g.share * 100:g}" for g in groups)
+
+
+def fairness_scenarios() -> list[Scenario]:
+    """A binary model with the categorical feature `group` under fairness:, predictions with their labels.
+    Equal treatment for a week (every group selected as often, and found as often when truly positive),
+    across traffic, the minority's share, the selection rate and the disparity mode; then breaks of each
+    criterion, where the minority group is the one treated worse."""
+    both = (PARITY, OPPORTUNITY)
+    out = []
+    weeks = (
+        ("reference", 1.0, (0.5, 0.5), 0.1),
+        ("reference", 10.0, (0.9, 0.1), 0.3),
+        ("spread", 0.2, (0.45, 0.45, 0.1), 0.1),
+        ("spread", 10.0, (0.5, 0.4, 0.1), 0.3),
+    )
+    for disparity, rate, shares, selection in weeks:
+        groups = tuple(Group("abc"[i], share, selection, selection / 2) for i, share in enumerate(shares))
+        out.append(
+            Scenario(
+                f"fairness: equal week {_rate_name(rate)}, groups {_shares(groups)}, selection {selection:g}, "
+                f"{disparity}",
+                "fairness",
+                "equal",
+                rate,
+                WEEK / HOUR,
+                step=60,
+                seeds=1,
+                target="no warning",
+                watch=both,
+                quiet=True,
+                max_other=0,
+                chunk=DAY,
+                groups=groups,
+                disparity=disparity,
+            )
+        )
+    # Disparate impact: the minority's selection rate falls to 0.6 times the reference group's (its true
+    # positive rate kept: fewer of its truly negative members are selected). The target says which window
+    # decides (the shortest that compares both groups) and what it holds.
+    steps = (
+        (10.0, (0.5, 0.5), 0.3, 3, 3, "the 5m window decides: 1500 predictions a group"),
+        (10.0, (0.9, 0.1), 0.1, 4, 2, "the 1h window decides: 300 of the minority in 5m, 18 selected, prove nothing"),
+        (0.2, (0.5, 0.5), 0.3, 12, 3, "the 1h window decides: 360 predictions a group"),
+    )
+    for rate, shares, selection, hours, seeds, window in steps:
+        groups = tuple(Group("ab"[i], share, selection, selection / 2) for i, share in enumerate(shares))
+        out.append(
+            Scenario(
+                f"fairness: disparate impact 0.6, {_rate_name(rate)}, groups {_shares(groups)}, "
+                f"selection {selection:g}",
+                "fairness",
+                "selection_drop",
+                rate,
+                24 + hours,
+                change=24,
+                record_from=23,
+                seeds=seeds,
+                target=f"measured ({window})",
+                watch=both,
+                groups=groups,
+            )
+        )
+    # Equal opportunity: the minority's true positive rate falls from 0.8 to 0.55 (its selection rate kept:
+    # more of its truly negative members are selected instead).
+    steps = (
+        (10.0, (0.5, 0.5), 3, 2, "the 5m window decides: 450 positives a group"),
+        (1.0, (0.5, 0.5), 4, 3, "the 1h window decides: 540 positives a group"),
+        (10.0, (0.9, 0.1), 4, 3, "the 1h window decides: the minority's 90 positives in 5m prove nothing"),
+    )
+    for rate, shares, hours, seeds, window in steps:
+        groups = tuple(Group("ab"[i], share, 0.3, 0.3) for i, share in enumerate(shares))
+        out.append(
+            Scenario(
+                f"fairness: minority TPR 0.8 to 0.55, {_rate_name(rate)}, groups {_shares(groups)}",
+                "fairness",
+                "tpr_drop",
+                rate,
+                24 + hours,
+                change=24,
+                record_from=23,
+                seeds=seeds,
+                target=f"measured ({window})",
+                watch=(OPPORTUNITY, PARITY),
+                groups=groups,
+            )
+        )
     return out
 
 
@@ -351,6 +498,19 @@ def error_sd_at(s: Scenario, t: float) -> float:
     return 2.0 if s.kind == "mae_double" and t >= s.change * HOUR else 1.0
 
 
+def groups_at(s: Scenario, t: float) -> tuple[Group, ...]:
+    """The fairness feature's groups at ``t`` (seconds): after the change, the last group (the minority)
+    treated worse as ``s.kind`` says."""
+    if s.change is None or t < s.change * HOUR or s.kind == "equal":
+        return s.groups
+    *rest, last = s.groups
+    if s.kind == "selection_drop":
+        last = dataclasses.replace(last, selection=0.6 * s.groups[0].selection)
+    elif s.kind == "tpr_drop":
+        last = dataclasses.replace(last, tpr=last.tpr - 0.25)
+    return (*rest, last)
+
+
 def config_text(s: Scenario) -> str:
     lines = ["storage: {backend: memory}"]
     if s.thresholds:
@@ -363,6 +523,10 @@ def config_text(s: Scenario) -> str:
         lines += [f"      - {{name: f{i}, type: numeric}}" for i in range(FEATURES)]
     if s.family == "estimate":
         lines += ['    positive_class: "yes"', "    features:", "      - {name: x, type: numeric}"]
+    if s.family == "fairness":
+        lines += ['    positive_class: "yes"', "    features:", "      - {name: group, type: categorical}"]
+        reference = f", reference_group: {{group: {s.groups[0].name}}}" if s.disparity == "reference" else ""
+        lines.append(f"    fairness: {{features: [group]{reference}, disparity: {s.disparity}}}")
     return "\n".join(lines) + "\n"
 
 
@@ -422,6 +586,16 @@ class Replay:
                 for rows in (pool, shifted)
             )
 
+        if s.family == "fairness":
+            # Every event is one of a few kinds (group, label, predicted class): one prediction object per
+            # kind, its time set as it is sent, as the drift pool does.
+            self.kinds = [
+                Prediction("m", "v1", None, 0.0, predicted, None, None, label, {"group": g.name})
+                for g in s.groups
+                for label in (0, 1)
+                for predicted in (0, 1)
+            ]
+
     def advance(self, t: float, dt: float) -> None:
         """Everything that arrives in (t - dt, t], ingested at t."""
         self.now = t
@@ -445,6 +619,16 @@ class Replay:
             for e in events:
                 e.timestamp = t
             st.add_predictions(events, t)
+            return
+        if s.family == "fairness":
+            groups = groups_at(s, t)
+            g = rng.choice(len(groups), n, p=[x.share for x in groups])
+            label = rng.random(n) < np.array([x.base for x in groups])[g]
+            chance = np.where(label, np.array([x.tpr for x in groups])[g], np.array([x.fpr for x in groups])[g])
+            predicted = rng.random(n) < chance
+            for e in self.kinds:
+                e.timestamp = t
+            st.add_predictions([self.kinds[k] for k in (4 * g + 2 * label + predicted).tolist()], t)
             return
         if s.family == "estimate":
             shifted = s.kind == "covariate_shift" and t >= s.change * HOUR
@@ -574,7 +758,8 @@ def harness_group(step: float) -> dict:
         "rules": [
             {
                 "record": "harness:alerts_firing",
-                "expr": 'count by (alertname, severity) (ALERTS{alertstate="firing"})',
+                # criterion: the fairness alert's two criteria are two alerts (absent elsewhere: no label).
+                "expr": 'count by (alertname, severity, criterion) (ALERTS{alertstate="firing"})',
             },
             {
                 # One sample, its time, at each evaluation where an alert starts firing.
@@ -659,7 +844,10 @@ def parse_promtool(output: str, step: float) -> Timeline:
         at = sum(int(n) * _UNITS[u] for n, u in _DURATION.findall(m["time"]))
         for sample in _SAMPLE.finditer(m["got"]):
             labels = dict(re.findall(r'(\w+)="([^"]*)"', sample["labels"]))
-            key = (labels.get("alertname", ""), labels.get("severity", ""))
+            alert = labels.get("alertname", "")
+            if labels.get("criterion"):
+                alert += f'{{criterion="{labels["criterion"]}"}}'
+            key = (alert, labels.get("severity", ""))
             value = float(sample["value"])
             if m["expr"].startswith("count_over_time(harness:alert_started"):
                 starts.setdefault(key, {}).setdefault(at, [0, None])[0] = int(value)
@@ -724,13 +912,27 @@ def _episodes(runs: list[dict], alert: str) -> str:
     return " / ".join(str(c) for c in counts)
 
 
-def report(results: dict[str, list[dict]], all_scenarios: list[Scenario], took: float, mode: str) -> list[str]:
+def block_of(s: Scenario) -> str:
+    return next(name for name, (families, _) in BLOCKS.items() if s.family in families)
+
+
+def report(
+    results: dict[str, list[dict]],
+    all_scenarios: list[Scenario],
+    took: float,
+    mode: str,
+    command: str = "`make bench-alerts` (`python bench/bench_alerts.py`)",
+    scope: str = "",
+) -> list[str]:
+    """The table of ``results`` (one block's scenarios), under a header saying how and when it was measured;
+    ``scope`` qualifies the run time (its workers, and whether the run replayed more than this table)."""
     by_name = {s.name: s for s in all_scenarios}
+    named = BLOCKS[block_of(by_name[next(iter(results))])][1] if results else ()
+    defaults = ", ".join(f"`{k}` {THRESHOLDS[k][0]:g}" for k in named)
     lines = [
-        f"Measured by `make bench-alerts` (`python bench/bench_alerts.py`) on {datetime.date.today().isoformat()}, "
-        f"{mode} mode, in {took / 60:.1f} min, with the bundled rules and the default thresholds "
-        "(`accuracy_min` 0.7, `accuracy_drop` 0.1, `error_rise` 0.25, `min_labeled_samples` 100, "
-        "`evidence_confidence` 0.99, `calibration_gap_max` 0.05) and windows (5m, 1h, 1d; 60 buckets each). "
+        f"Measured by {command} on {datetime.date.today().isoformat()}, "
+        f"{mode} mode, in {took / 60:.1f} min{scope}, with the bundled rules and the default thresholds "
+        f"({defaults}) and windows (5m, 1h, 1d; 60 buckets each). "
         "Delays are from the change to the first firing, as the median over the runs (seeds) with the fastest and "
         "slowest in brackets; episodes are counted per run."
         + "".join(f" This run sets `{k}` to {v:g}." for k, v in all_scenarios[0].thresholds),
@@ -778,15 +980,17 @@ def met(s: Scenario, runs: list[dict]) -> str:
     return "yes" if not missed else f"**no** ({len(missed)} of {len(runs)} runs)"
 
 
-def write_doc(lines: list[str]) -> None:
+def write_doc(lines: list[str], block: str = "bench-alerts") -> None:
+    """Replace the table between the block's markers in docs/alerts.md, leaving every other block as it is."""
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     with open(DOC) as fh:
         text = fh.read()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{DOC} has no {BEGIN} ... {END} section to fill")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    if begin not in text or end not in text:
+        raise SystemExit(f"{DOC} has no {begin} ... {end} section to fill")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
     with open(DOC, "w") as fh:
-        fh.write(head + BEGIN + "\n" + "\n".join(lines) + "\n" + END + tail)
+        fh.write(head + begin + "\n" + "\n".join(lines) + "\n" + end + tail)
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
@@ -832,10 +1036,25 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     took = time.perf_counter() - started
     for runs in results.values():
         runs.sort(key=lambda r: r["seed"])
-    lines = report(results, chosen, took, "quick" if args.quick else "default")
-    print("\n".join(lines))
-    if not (args.no_write or args.quick or args.only or args.seeds or args.set or args.rules_dir != RULES_DIR):
-        write_doc(lines)
+    command = "`make bench-alerts` (`python bench/bench_alerts.py`)"
+    if args.only:
+        command = "`python bench/bench_alerts.py " + " ".join(f"--only '{o}'" for o in args.only) + "`"
+    mode = "quick" if args.quick else "default"
+    may_write = not (args.no_write or args.quick or args.seeds or args.set or args.rules_dir != RULES_DIR)
+    ran = {s.name for s in chosen}
+    for block in BLOCKS:
+        names = [s.name for s in chosen if block_of(s) == block]
+        if not names:
+            continue
+        workers = max(1, min(args.jobs, len(jobs)))
+        scope = f" on {workers} worker{'s' if workers > 1 else ''}"
+        if len(names) < len(chosen):
+            scope += " (a run that also replayed the other tables' scenarios)"
+        lines = report({n: results[n] for n in names}, chosen, took, mode, command, scope)
+        print("\n".join(lines) + "\n")
+        # A block's table is written only whole: every scenario of the block, and nothing else in its rows.
+        if may_write and all(s.name in ran for s in scenarios() if block_of(s) == block):
+            write_doc(lines, block)
     return results
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from bench import bench_alerts
-from bench.bench_alerts import HOUR, Scenario, report, run_one
+from bench.bench_alerts import HOUR, OPPORTUNITY, PARITY, Group, Scenario, replay, report, rule_groups, run_one
 from tests.bundle.test_rules import ROOT, needs_promtool
 
 COLLAPSE = Scenario(
@@ -35,6 +35,21 @@ HEALTHY = Scenario(
     watch=("MlmonModelAccuracyLow",),
     chunk=6 * HOUR,
     quiet=True,
+)
+
+# Two equal groups, 30% selected and 30% truly positive; after 15 minutes the second group's true positive
+# rate falls from 0.8 to 0.55 (the 5m window holds some 450 positives a group: proven at once).
+TPR_DROP = Scenario(
+    "fairness: minority TPR 0.8 to 0.55, 10/s (short)",
+    "fairness",
+    "tpr_drop",
+    10.0,
+    1.0,
+    change=0.25,
+    record_from=0.2,
+    target="measured",
+    watch=(OPPORTUNITY, PARITY),
+    groups=(Group("a", 0.5, 0.3, 0.3), Group("b", 0.5, 0.3, 0.3)),
 )
 
 
@@ -111,3 +126,60 @@ def test_promtool_report_is_read_back():
     assert timeline.starts[("MlmonModelAccuracyLow", "critical")] == [(7200.0, 2, 4500.0)]
     assert timeline.starts[("X", "warning")] == [(7200.0, 1, None)]
     assert timeline.firing[("X", "warning")] == pytest.approx(45.0)
+
+
+def test_a_fairness_replay_publishes_the_counts_the_rules_read():
+    """The fairness rules read the exporter's per-group counts: the replay publishes every one of them, per
+    window and group, and the groups behave as the scenario says (the minority's true positive rate falls)."""
+    wanted = bench_alerts.wanted_metrics(rule_groups(bench_alerts.RULES_DIR, "fairness"))
+    assert {"mlmon_fairness_group_samples", "mlmon_fairness_group_outcomes", "mlmon_fairness_reference_group"} <= wanted
+    short = Scenario("short", "fairness", "tpr_drop", 10.0, 0.5, change=0.25, record_from=0.25, groups=TPR_DROP.groups)
+    _, series = replay(short, 0, wanted)
+    assert {key.split("{")[0] for key in series} == wanted
+    assert (
+        'mlmon_fairness_reference_group{job="mlmon", instance="replica-a:8490", model="m", feature="group", group="a"}'
+        in series
+    )
+
+    def last(name: str, group: str, extra: str) -> float:
+        labels = f'model="m", version="v1", window="5m", feature="group", group="{group}"{extra}'
+        return series[f'{name}{{job="mlmon", instance="replica-a:8490", {labels}}}'][-1]
+
+    for group, tpr in (("a", 0.8), ("b", 0.55)):
+        tp = last("mlmon_fairness_group_outcomes", group, ', outcome="tp"')
+        fn = last("mlmon_fairness_group_outcomes", group, ', outcome="fn"')
+        selected = last("mlmon_fairness_group_predicted_positive", group, "")
+        predictions = last("mlmon_fairness_group_samples", group, ', kind="predictions"')
+        assert tp / (tp + fn) == pytest.approx(tpr, abs=0.08)
+        assert selected / predictions == pytest.approx(0.3, abs=0.05)
+
+
+@needs_promtool
+def test_a_fairness_break_fires_its_criterion_only():
+    result = run_one((TPR_DROP, 0, bench_alerts.RULES_DIR))
+    assert PARITY not in result["alerts"], result
+    delay = result["alerts"][OPPORTUNITY]["delay_minutes"]
+    assert 30 <= delay <= 40, result  # for: 30m, once the 5m window holds the change
+    assert f"| {OPPORTUNITY} (warning) | {delay:.1f} min | 0 | measured |" in table(TPR_DROP, result)
+
+
+def test_a_criterion_is_an_alert_of_its_own():
+    output = """    expr: "count_over_time(harness:alert_started[3600s])", time: 1h,
+        exp: nil
+        got: {alertname="MlmonModelFairnessDisparity", criterion="equal_opportunity", severity="warning"} 1E+00
+"""
+    timeline = bench_alerts.parse_promtool(output, 15)
+    assert list(timeline.starts) == [(OPPORTUNITY, "warning")]
+
+
+def test_a_table_is_written_between_its_own_markers(tmp_path, monkeypatch):
+    doc = tmp_path / "alerts.md"
+    blocks = "".join(f"<!-- {b}:begin -->\nold {b}\n<!-- {b}:end -->\ntext\n" for b in bench_alerts.BLOCKS)
+    doc.write_text(blocks)
+    monkeypatch.setattr(bench_alerts, "DOC", str(doc))
+    bench_alerts.write_doc(["new"], "bench-alerts-fairness")
+    text = doc.read_text()
+    assert (
+        "old bench-alerts\n" in text
+        and "<!-- bench-alerts-fairness:begin -->\nnew\n<!-- bench-alerts-fairness:end -->" in text
+    )
