@@ -1,0 +1,107 @@
+"""Multivariate drift by PCA reconstruction error (docs/drift.md, "Multivariate drift").
+
+At reference time the numeric features are imputed (reference means) and standardised, and a PCA keeping a
+share of their variance is fitted: the reference's structure, frozen with the profile. A row that follows
+that structure is rebuilt from its principal components with a small error; when features move together
+otherwise (a correlation that flips, many small shifts at once) the error grows, even where every feature's
+own distribution stays put. At ingest each row's error is computed for the whole batch at once, and only
+sums are kept per time bucket (rows, errors, squared errors): a window's figure is its rows' mean error.
+
+The thresholds come from the reference itself: its rows cut into chunks of ``chunk`` rows, the mean and
+standard deviation of the chunks' mean errors, and mean +- 3 standard deviations.
+
+Work in progress: numeric features only; how NannyML imputes and encodes categorical features is being
+checked (bench/NANNYML_RECONSTRUCTION.md) before this follows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_VARIANCE = 0.65  # the share of the standardised variance the kept components explain (NannyML's)
+DEFAULT_CHUNK = 500  # reference rows per chunk for the thresholds
+MIN_ROWS = 200
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """The frozen fit: per numeric feature its imputation value, centre and scale; the kept components (rows
+    of unit length); and the reference's chunk statistics."""
+
+    features: tuple[str, ...]
+    impute: np.ndarray
+    centre: np.ndarray
+    scale: np.ndarray
+    components: np.ndarray  # k x d
+    reference_mean: float  # mean of the reference chunks' mean errors
+    reference_std: float  # their standard deviation
+
+    @property
+    def lower(self) -> float:
+        return max(self.reference_mean - 3 * self.reference_std, 0.0)
+
+    @property
+    def upper(self) -> float:
+        return self.reference_mean + 3 * self.reference_std
+
+    def errors(self, values: np.ndarray) -> np.ndarray:
+        """Each row's reconstruction error (Euclidean, in standardised units); ``values``: rows x features,
+        NaN where missing (imputed)."""
+        x = np.where(np.isnan(values), self.impute, values)
+        z = (x - self.centre) / self.scale
+        rebuilt = (z @ self.components.T) @ self.components
+        return np.sqrt(((z - rebuilt) ** 2).sum(axis=1))
+
+    def as_json(self) -> dict:
+        return {
+            "features": list(self.features),
+            "impute": self.impute.tolist(),
+            "centre": self.centre.tolist(),
+            "scale": self.scale.tolist(),
+            "components": self.components.tolist(),
+            "reference_mean": self.reference_mean,
+            "reference_std": self.reference_std,
+        }
+
+    @staticmethod
+    def from_json(data: dict) -> Reconstruction:
+        return Reconstruction(
+            tuple(data["features"]),
+            np.asarray(data["impute"], dtype=np.float64),
+            np.asarray(data["centre"], dtype=np.float64),
+            np.asarray(data["scale"], dtype=np.float64),
+            np.asarray(data["components"], dtype=np.float64).reshape(-1, len(data["features"])),
+            float(data["reference_mean"]),
+            float(data["reference_std"]),
+        )
+
+
+def fit(
+    names: list[str], values: np.ndarray, variance: float = DEFAULT_VARIANCE, chunk: int = DEFAULT_CHUNK
+) -> Reconstruction | None:
+    """Fit on the reference's numeric columns (rows x features, NaN missing); None with fewer than two
+    features or ``MIN_ROWS`` rows (no structure to learn)."""
+    rows, d = values.shape
+    if d < 2 or rows < MIN_ROWS:
+        return None
+    impute = np.nanmean(values, axis=0)
+    impute = np.where(np.isnan(impute), 0.0, impute)
+    x = np.where(np.isnan(values), impute, values)
+    centre = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    z = (x - centre) / scale
+    # Principal axes by SVD of the standardised rows (sign and order as numpy gives them: the error does
+    # not depend on either).
+    _, s, vt = np.linalg.svd(z, full_matrices=False)
+    explained = s**2 / (s**2).sum() if s.any() else np.ones_like(s) / len(s)
+    k = int(np.searchsorted(np.cumsum(explained), variance) + 1)
+    components = vt[: min(k, d)]
+    rec = Reconstruction(tuple(names), impute, centre, scale, components, 0.0, 0.0)
+    errs = rec.errors(values)
+    n_chunks = max(rows // chunk, 1)
+    means = np.array([c.mean() for c in np.array_split(errs[: n_chunks * chunk], n_chunks)])
+    std = float(means.std(ddof=0)) if len(means) > 1 else 0.0
+    return Reconstruction(tuple(names), impute, centre, scale, components, float(means.mean()), std)
