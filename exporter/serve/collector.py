@@ -592,6 +592,23 @@ class _DriftFamilies:
         self.rows = GaugeFamily(
             "mlmon_reference_rows", "Rows of the reference profile in use (absent: no reference).", labels=["model"]
         )
+        self.multivariate = GaugeFamily(
+            "mlmon_multivariate_drift",
+            "Mean PCA reconstruction error of the window's rows (numeric features, standardised on the reference): "
+            "how far the features have left the way they moved together in the reference.",
+            labels=w,
+        )
+        self.multivariate_rows = GaugeFamily(
+            "mlmon_multivariate_drift_samples",
+            "Rows in the window with a reconstruction error (the weight of mlmon_multivariate_drift).",
+            labels=w,
+        )
+        self.multivariate_bounds = GaugeFamily(
+            "mlmon_multivariate_drift_threshold",
+            "The reference's own range of mlmon_multivariate_drift: the mean of its chunks' errors -3 (lower) and "
+            "+3 (upper) standard deviations.",
+            labels=["model", "bound"],
+        )
 
     def model(self, snap: ModelSnapshot) -> None:
         model = snap.config
@@ -600,6 +617,11 @@ class _DriftFamilies:
         if snap.profile is None:
             return
         self.rows.add_metric([model.name], snap.profile.rows)
+        rec = snap.profile.reconstruction
+        if rec is not None:
+            if rec.lower is not None:
+                self.multivariate_bounds.add_metric([model.name, "lower"], rec.lower)
+            self.multivariate_bounds.add_metric([model.name, "upper"], rec.upper)
         for f in model.features:
             for method in NUMERIC_METHODS if f.type == "numeric" else CATEGORICAL_METHODS:
                 if method != "chi2":
@@ -624,6 +646,10 @@ class _DriftFamilies:
             self.label.add_metric(mvw + [method], value)
         if d.drifted is not None:
             self.drifted.add_metric(mvw, d.drifted)
+        if d.multivariate_rows:
+            self.multivariate_rows.add_metric(mvw, d.multivariate_rows)
+        if d.multivariate is not None:
+            self.multivariate.add_metric(mvw, d.multivariate)
         for feature, shares in d.distribution.items():
             for bin_name, share in shares.items():
                 self.bins.add_metric(mvw + [feature, bin_name], share)
@@ -653,6 +679,9 @@ class _DriftFamilies:
             self.missing_total,
             self.errors_total,
             self.rows,
+            self.multivariate,
+            self.multivariate_rows,
+            self.multivariate_bounds,
         ]
 
 

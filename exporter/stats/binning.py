@@ -19,7 +19,8 @@ from exporter.stats.window import Schema
 
 CAT_SLOTS = TOP_CATEGORIES + 1
 # Arrays of the window rings that depend on the reference's bins (cleared when the reference changes).
-REFERENCE_ARRAYS = ("num_counts", "num_out", "cat_counts", "cat_unseen", "pred_bins", "pred_out")
+MULTIVARIATE = ("mv_n", "mv_sum", "mv_sq")  # multivariate drift's sums (exporter/stats/multivariate.py)
+REFERENCE_ARRAYS = ("num_counts", "num_out", "cat_counts", "cat_unseen", "pred_bins", "pred_out", *MULTIVARIATE)
 
 
 def drift_schema(model: ModelConfig) -> Schema:
@@ -33,6 +34,10 @@ def drift_schema(model: ModelConfig) -> Schema:
         "cat_counts": ((categorical, CAT_SLOTS), np.int32),
         "cat_unseen": ((categorical,), np.int32),
     }
+    if numeric >= 2:  # multivariate drift: rows with a reconstruction error, their sum and sum of squares
+        schema["mv_n"] = ((), np.int64)
+        schema["mv_sum"] = ((), np.float64)
+        schema["mv_sq"] = ((), np.float64)
     if model.is_classification:
         schema["pred_bins"] = ((len(model.classes),), np.int32)  # predicted classes
     else:
@@ -88,6 +93,13 @@ class Binner:
                 missing_cols.append(self.numeric_col[j])
             if self.refs:
                 self._bin_numeric(values, gone, out)
+            rec = self.profile.reconstruction if self.profile is not None else None
+            if rec is not None:
+                rebuilt = rec.errors(values)  # each row's reconstruction error
+                events, zero = np.arange(n), np.zeros(n, dtype=np.int64)
+                out.scatter["mv_n"] = (events, zero, None)
+                out.scatter["mv_sum"] = (events, zero, rebuilt)
+                out.scatter["mv_sq"] = (events, zero, rebuilt * rebuilt)
         # Categorical: missing values found by a comprehension; against a reference, a look-up per value.
         cat_ev, cat_idx, unseen_ev, unseen_idx = [], [], [], []
         for j, (name, column) in enumerate(zip(self.categorical, categorical)):
@@ -203,6 +215,9 @@ class WindowDrift:
     label: dict[str, float]
     drifted: int | None  # features over their threshold (None: nothing to compare)
     distribution: dict[str, dict[str, float]] = field(default_factory=dict)  # feature -> bin -> share
+    # Multivariate drift: the window's mean reconstruction error of its rows, and how many (None: not published)
+    multivariate: float | None = None
+    multivariate_rows: int = 0
 
 
 NUMERIC_DISTRIBUTION_BINS = ["below_min", *(f"q{i:02d}" for i in range(1, 11)), "above_max"]
@@ -381,6 +396,11 @@ def window_drift(
     categorical = [f.name for f in model.features if f.type == "categorical"]
     if numeric:
         _numeric_drift(model, _NumericTable.of(profile, numeric), totals, result)
+    if profile.reconstruction is not None and "mv_n" in totals:
+        rows = int(totals["mv_n"])
+        result.multivariate_rows = rows
+        if rows >= minimum:
+            result.multivariate = float(totals["mv_sum"]) / rows
     for j, name in enumerate(categorical):
         ref = profile.features[name]
         cur = totals["cat_counts"][j, : len(ref.counts)].astype(np.float64)

@@ -10,8 +10,9 @@ sums are kept per time bucket (rows, errors, squared errors): a window's figure 
 The thresholds come from the reference itself: its rows cut into chunks of ``chunk`` rows, the mean and
 standard deviation of the chunks' mean errors, and mean +- 3 standard deviations.
 
-Work in progress: numeric features only; how NannyML imputes and encodes categorical features is being
-checked (bench/NANNYML_RECONSTRUCTION.md) before this follows it.
+Work in progress: numeric features only. NannyML (bench/NANNYML_RECONSTRUCTION.md) also takes categorical
+features, imputed with the reference's most frequent value and encoded as each category's share of the
+reference rows (0 for an unseen one); the profile keeps the top categories' counts, enough for that.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ class Reconstruction:
     reference_std: float  # their standard deviation
 
     @property
-    def lower(self) -> float:
-        return max(self.reference_mean - 3 * self.reference_std, 0.0)
+    def lower(self) -> float | None:
+        """None when mean - 3 sd is not above 0 (an error is never negative: no lower bound), as NannyML."""
+        low = self.reference_mean - 3 * self.reference_std
+        return low if low > 0 else None
 
     @property
     def upper(self) -> float:
@@ -97,11 +100,12 @@ def fit(
     # not depend on either).
     _, s, vt = np.linalg.svd(z, full_matrices=False)
     explained = s**2 / (s**2).sum() if s.any() else np.ones_like(s) / len(s)
-    k = int(np.searchsorted(np.cumsum(explained), variance) + 1)
+    # The fewest components whose cumulative share is strictly above ``variance`` (scikit-learn's rule).
+    k = int(np.searchsorted(np.cumsum(explained), variance, side="right") + 1)
     components = vt[: min(k, d)]
     rec = Reconstruction(tuple(names), impute, centre, scale, components, 0.0, 0.0)
     errs = rec.errors(values)
-    n_chunks = max(rows // chunk, 1)
-    means = np.array([c.mean() for c in np.array_split(errs[: n_chunks * chunk], n_chunks)])
+    # Chunks of ``chunk`` rows in order, the last one partial (as NannyML chunks by size).
+    means = np.array([errs[i : i + chunk].mean() for i in range(0, rows, chunk)])
     std = float(means.std(ddof=0)) if len(means) > 1 else 0.0
     return Reconstruction(tuple(names), impute, centre, scale, components, float(means.mean()), std)

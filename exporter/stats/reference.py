@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from exporter.config import ModelConfig
-from exporter.stats import estimate
+from exporter.stats import estimate, multivariate
 
 FORMAT = "mlmon-reference/1"
 NUMERIC_BINS = 40  # interior quantile bins; PSI merges them into deciles
@@ -122,6 +122,9 @@ class Profile:
     # reference had no scores and labels to calibrate against (``calibration_note`` says which was missing).
     calibration: estimate.Calibration | None = None
     calibration_note: str = ""
+    # The frozen PCA of the numeric features for multivariate drift (exporter/stats/multivariate.py); None
+    # with fewer than two numeric features or too few rows.
+    reconstruction: multivariate.Reconstruction | None = None
 
     def as_json(self) -> dict:
         out = {
@@ -138,6 +141,8 @@ class Profile:
             out["calibration"] = self.calibration.as_json()
         elif self.calibration_note:
             out["calibration_note"] = self.calibration_note
+        if self.reconstruction is not None:
+            out["reconstruction"] = self.reconstruction.as_json()
         return out
 
     def calibration_summary(self) -> dict:
@@ -252,7 +257,14 @@ def build_profile(columns: dict[str, list], model: ModelConfig) -> Profile:
                 raise ReferenceError(f"column {key!r}: {sorted(bad)[:5]} are not classes of {model.name!r}")
             outcomes[key] = _class_profile(values, model)
     calibration, note = _calibration(columns, model, _score_columns_used(columns, model))
-    return Profile(model.name, rows, features, outcomes["prediction"], outcomes["label"], calibration, note)
+    numeric = [f.name for f in model.features if f.type == "numeric"]
+    reconstruction = None
+    if len(numeric) >= 2:
+        matrix = np.column_stack([_floats(columns[name], name) for name in numeric])
+        reconstruction = multivariate.fit(numeric, matrix)
+    return Profile(
+        model.name, rows, features, outcomes["prediction"], outcomes["label"], calibration, note, reconstruction
+    )
 
 
 def score_columns(model: ModelConfig) -> list[str]:
@@ -400,6 +412,15 @@ def from_json(data, model: ModelConfig) -> Profile:
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ReferenceError(f"calibration: {exc}") from None
     note = data.get("calibration_note", "")
+    reconstruction = None
+    if data.get("reconstruction") is not None:
+        numeric = tuple(f.name for f in model.features if f.type == "numeric")
+        try:
+            reconstruction = multivariate.Reconstruction.from_json(data["reconstruction"])
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise ReferenceError(f"reconstruction: {exc}") from None
+        if reconstruction.features != numeric:
+            raise ReferenceError(f"reconstruction: its features must be the model's numeric ones {list(numeric)}")
     return Profile(
         model.name,
         rows,
@@ -408,6 +429,7 @@ def from_json(data, model: ModelConfig) -> Profile:
         extra.get("label"),
         calibration,
         note if isinstance(note, str) else "",
+        reconstruction,
     )
 
 

@@ -53,7 +53,7 @@ def test_a_flipped_correlation_raises_the_error_while_each_feature_stays_put():
     same = rec.errors(correlated(rng, 2000)).mean()
     flipped_rows = correlated(rng, 2000, flip=(0, 1))
     flipped = rec.errors(flipped_rows).mean()
-    assert rec.lower <= same <= rec.upper
+    assert (rec.lower or 0.0) <= same <= rec.upper
     assert flipped > rec.upper
     # Every feature's own distribution is the same: KS sees nothing.
     assert max(ks_2samp(ref[:, j], flipped_rows[:, j]).statistic for j in range(10)) < 0.05
@@ -87,3 +87,44 @@ def test_the_fit_survives_json():
     x = correlated(rng, 50, d=3)
     assert np.array_equal(again.errors(x), rec.errors(x))
     assert (again.lower, again.upper) == (rec.lower, rec.upper)
+
+
+CONFIG = """
+windows: ["5m", "1h"]
+storage: {{backend: memory}}
+models:
+  - name: m
+    task: binary
+    classes: [no, yes]
+    features: [{features}]
+"""
+
+
+def test_the_exporter_publishes_the_windows_mean_error_and_the_reference_range():
+    from tests.conftest import make_app, scrape
+
+    names = [f"f{i}" for i in range(10)]
+    app, _ = make_app(CONFIG.format(features=", ".join(f"{{name: {n}, type: numeric}}" for n in names)))
+    client = app.test_client()
+    rng = np.random.default_rng(6)
+    ref = correlated(rng, 5000)
+    csv = ",".join(names) + "\n" + "\n".join(",".join(repr(float(v)) for v in row) for row in ref)
+    assert client.put("/api/v1/models/m/reference", data=csv, content_type="text/csv").status_code == 200
+    rows = correlated(rng, 1500, flip=(0, 1))
+    items = [{"model": "m", "prediction": "no", "features": dict(zip(names, map(float, row)))} for row in rows]
+    assert client.post("/api/v1/predictions", json={"predictions": items}).status_code == 202
+    m = scrape(client)
+
+    scaler = StandardScaler().fit(ref)
+    pca = PCA(n_components=multivariate.DEFAULT_VARIANCE, svd_solver="full").fit(scaler.transform(ref))
+    z = scaler.transform(rows)
+    errors = np.linalg.norm(z - pca.inverse_transform(pca.transform(z)), axis=1)
+    w = {"model": "m", "version": "default", "window": "5m"}
+    assert m.get("mlmon_multivariate_drift", **w) == pytest.approx(errors.mean(), rel=1e-9)
+    assert m.get("mlmon_multivariate_drift_samples", **w) == 1500
+    upper = m.get("mlmon_multivariate_drift_threshold", model="m", bound="upper")
+    assert (
+        m.get("mlmon_multivariate_drift", **w)
+        > upper
+        > m.get("mlmon_multivariate_drift_threshold", model="m", bound="lower")
+    )
