@@ -22,7 +22,7 @@ from exporter.engine.joins import JoinStore, Pending
 from exporter.ingest.columns import bin_rows
 from exporter.ingest.validation import Label, Prediction
 from exporter.stats import estimate, quality, reference
-from exporter.stats.binning import REFERENCE_ARRAYS, Binner, drift_schema, scatter
+from exporter.stats.binning import MULTIVARIATE, REFERENCE_ARRAYS, Binner, drift_schema, scatter
 from exporter.stats.histogram import Histogram
 from exporter.stats.reference import Profile, category
 from exporter.stats.window import Ring, Schema, Span, spans
@@ -778,9 +778,13 @@ def fingerprint(model: ModelConfig, config: Config) -> str:
 
     Thresholds, drift methods and limits are not in it: changing them keeps the windows.
     """
-    # Without the estimate's arrays: they depend only on the classes, and a snapshot written before them gets
-    # them empty on restore (Ring.conform) instead of losing its windows.
-    schema = {name: (shape, np.dtype(dtype).str) for name, (shape, dtype) in ring_schema(model, False).items()}
+    # Without the estimate's and the multivariate drift's arrays: scalars and class-shaped arrays only, and a
+    # snapshot written before them gets them empty on restore (Ring.conform) instead of losing its windows.
+    schema = {
+        name: (shape, np.dtype(dtype).str)
+        for name, (shape, dtype) in ring_schema(model, False).items()
+        if name not in MULTIVARIATE
+    }
     return repr(
         (
             model.task,

@@ -34,7 +34,7 @@ def drift_schema(model: ModelConfig) -> Schema:
         "cat_counts": ((categorical, CAT_SLOTS), np.int32),
         "cat_unseen": ((categorical,), np.int32),
     }
-    if numeric >= 2:  # multivariate drift: rows with a reconstruction error, their sum and sum of squares
+    if len(model.features) >= 2:  # multivariate drift: rows with an error, their sum and sum of squares
         schema["mv_n"] = ((), np.int64)
         schema["mv_sum"] = ((), np.float64)
         schema["mv_sq"] = ((), np.float64)
@@ -93,13 +93,14 @@ class Binner:
                 missing_cols.append(self.numeric_col[j])
             if self.refs:
                 self._bin_numeric(values, gone, out)
-            rec = self.profile.reconstruction if self.profile is not None else None
-            if rec is not None:
-                rebuilt = rec.errors(values)  # each row's reconstruction error
-                events, zero = np.arange(n), np.zeros(n, dtype=np.int64)
-                out.scatter["mv_n"] = (events, zero, None)
-                out.scatter["mv_sum"] = (events, zero, rebuilt)
-                out.scatter["mv_sq"] = (events, zero, rebuilt * rebuilt)
+        rec = self.profile.reconstruction if self.profile is not None else None
+        if rec is not None:
+            values = numeric if self.numeric else np.empty((n, 0))
+            rebuilt = rec.errors(rec.matrix(values, categorical))  # each row's reconstruction error
+            events, zero = np.arange(n), np.zeros(n, dtype=np.int64)
+            out.scatter["mv_n"] = (events, zero, None)
+            out.scatter["mv_sum"] = (events, zero, rebuilt)
+            out.scatter["mv_sq"] = (events, zero, rebuilt * rebuilt)
         # Categorical: missing values found by a comprehension; against a reference, a look-up per value.
         cat_ev, cat_idx, unseen_ev, unseen_idx = [], [], [], []
         for j, (name, column) in enumerate(zip(self.categorical, categorical)):

@@ -26,18 +26,44 @@ DEFAULT_CHUNK = 500  # reference rows per chunk for the thresholds
 MIN_ROWS = 200
 
 
+MAX_ENCODED = 1000  # categories per categorical feature whose share is kept; the rarer ones share one value
+
+
 @dataclass(frozen=True)
 class Reconstruction:
-    """The frozen fit: per numeric feature its imputation value, centre and scale; the kept components (rows
-    of unit length); and the reference's chunk statistics."""
+    """The frozen fit: per column (the numeric features, then the categorical ones as their categories'
+    shares of the reference rows) its imputation value, centre and scale; the kept components (rows of unit
+    length); and the reference's chunk statistics."""
 
-    features: tuple[str, ...]
+    features: tuple[str, ...]  # numeric features, then categorical ones
     impute: np.ndarray
     centre: np.ndarray
     scale: np.ndarray
     components: np.ndarray  # k x d
     reference_mean: float  # mean of the reference chunks' mean errors
     reference_std: float  # their standard deviation
+    # per categorical feature: category -> its share of the reference rows (missing ones counted as the most
+    # frequent category, which imputes them); and the share of a category beyond the MAX_ENCODED kept
+    encodings: tuple[dict[str, float], ...] = ()
+    rare: tuple[float, ...] = ()
+
+    def matrix(self, numeric: np.ndarray, categorical: list[list]) -> np.ndarray:
+        """The columns the fit reads: ``numeric`` (rows x numeric features, NaN missing) beside each
+        categorical column encoded as its categories' shares (NaN missing, 0 for a category the reference
+        never had). Values are matched as the profile matches them (exporter/stats/reference.py: category)."""
+        if not self.encodings:
+            return numeric
+        from exporter.stats.reference import category  # a cycle at import time: reference imports this module
+
+        rows = numeric.shape[0]
+        out = np.empty((rows, numeric.shape[1] + len(self.encodings)))
+        out[:, : numeric.shape[1]] = numeric
+        for j, (shares, rare, column) in enumerate(zip(self.encodings, self.rare, categorical, strict=True)):
+            out[:, numeric.shape[1] + j] = [
+                np.nan if v is None or v == "" else shares.get(v if type(v) is str else category(v), rare)
+                for v in column
+            ]
+        return out
 
     @property
     def lower(self) -> float | None:
@@ -60,6 +86,8 @@ class Reconstruction:
     def as_json(self) -> dict:
         return {
             "features": list(self.features),
+            "encodings": [sorted(e.items()) for e in self.encodings],
+            "rare": list(self.rare),
             "impute": self.impute.tolist(),
             "centre": self.centre.tolist(),
             "scale": self.scale.tolist(),
@@ -78,19 +106,53 @@ class Reconstruction:
             np.asarray(data["components"], dtype=np.float64).reshape(-1, len(data["features"])),
             float(data["reference_mean"]),
             float(data["reference_std"]),
+            tuple({str(k): float(v) for k, v in pairs} for pairs in data.get("encodings", ())),
+            tuple(float(v) for v in data.get("rare", ())),
         )
 
 
+def encode(column: list[str | None]) -> tuple[dict[str, float], float]:
+    """A categorical reference column's encoding: each category's share of the rows, the missing ones counted
+    as the most frequent category (the smallest of equally frequent ones), as NannyML imputes and encodes;
+    the MAX_ENCODED most frequent kept, the rest at their mean share."""
+    present = [v for v in column if v is not None and v != ""]
+    counts: dict[str, int] = {}
+    for v in present:
+        counts[v] = counts.get(v, 0) + 1
+    if not counts:
+        return {}, 0.0
+    mode = min(counts, key=lambda c: (-counts[c], c))
+    counts[mode] += len(column) - len(present)
+    ranked = sorted(counts, key=lambda c: (-counts[c], c))
+    kept, rest = ranked[:MAX_ENCODED], ranked[MAX_ENCODED:]
+    rows = len(column)
+    rare = sum(counts[c] for c in rest) / rows / len(rest) if rest else 0.0
+    return {c: counts[c] / rows for c in kept}, rare
+
+
 def fit(
-    names: list[str], values: np.ndarray, variance: float = DEFAULT_VARIANCE, chunk: int = DEFAULT_CHUNK
+    names: list[str],
+    values: np.ndarray,
+    variance: float = DEFAULT_VARIANCE,
+    chunk: int = DEFAULT_CHUNK,
+    categorical: dict[str, list[str | None]] | None = None,
 ) -> Reconstruction | None:
-    """Fit on the reference's numeric columns (rows x features, NaN missing); None with fewer than two
-    features or ``MIN_ROWS`` rows (no structure to learn)."""
+    """Fit on the reference's numeric columns (rows x features, NaN missing) and its ``categorical`` columns
+    (feature -> values as text, None or "" missing); None with fewer than two columns or ``MIN_ROWS`` rows
+    (no structure to learn)."""
+    categorical = categorical or {}
+    encoded = [encode(column) for column in categorical.values()]
+    rec0 = Reconstruction((), np.empty(0), np.empty(0), np.empty(0), np.empty((0, 0)), 0.0, 0.0,
+                          tuple(e for e, _ in encoded), tuple(r for _, r in encoded))  # fmt: skip
+    values = rec0.matrix(values, list(categorical.values()))
+    names = [*names, *categorical]
     rows, d = values.shape
     if d < 2 or rows < MIN_ROWS:
         return None
     impute = np.nanmean(values, axis=0)
     impute = np.where(np.isnan(impute), 0.0, impute)
+    for j, (shares, _) in enumerate(encoded):  # a missing category is the most frequent one: its share
+        impute[d - len(encoded) + j] = max(shares.values(), default=0.0)
     x = np.where(np.isnan(values), impute, values)
     centre = x.mean(axis=0)
     scale = x.std(axis=0)
@@ -103,9 +165,10 @@ def fit(
     # The fewest components whose cumulative share is strictly above ``variance`` (scikit-learn's rule).
     k = int(np.searchsorted(np.cumsum(explained), variance, side="right") + 1)
     components = vt[: min(k, d)]
-    rec = Reconstruction(tuple(names), impute, centre, scale, components, 0.0, 0.0)
+    encodings, rare = rec0.encodings, rec0.rare
+    rec = Reconstruction(tuple(names), impute, centre, scale, components, 0.0, 0.0, encodings, rare)
     errs = rec.errors(values)
     # Chunks of ``chunk`` rows in order, the last one partial (as NannyML chunks by size).
     means = np.array([errs[i : i + chunk].mean() for i in range(0, rows, chunk)])
     std = float(means.std(ddof=0)) if len(means) > 1 else 0.0
-    return Reconstruction(tuple(names), impute, centre, scale, components, float(means.mean()), std)
+    return Reconstruction(tuple(names), impute, centre, scale, components, float(means.mean()), std, encodings, rare)

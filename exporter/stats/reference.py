@@ -258,10 +258,13 @@ def build_profile(columns: dict[str, list], model: ModelConfig) -> Profile:
             outcomes[key] = _class_profile(values, model)
     calibration, note = _calibration(columns, model, _score_columns_used(columns, model))
     numeric = [f.name for f in model.features if f.type == "numeric"]
-    reconstruction = None
-    if len(numeric) >= 2:
-        matrix = np.column_stack([_floats(columns[name], name) for name in numeric])
-        reconstruction = multivariate.fit(numeric, matrix)
+    categorical = {
+        f.name: [None if v in (None, "") else category(v) for v in columns[f.name]]
+        for f in model.features
+        if f.type == "categorical"
+    }
+    matrix = np.column_stack([_floats(columns[name], name) for name in numeric]) if numeric else np.empty((rows, 0))
+    reconstruction = multivariate.fit(numeric, matrix, categorical=categorical)
     return Profile(
         model.name, rows, features, outcomes["prediction"], outcomes["label"], calibration, note, reconstruction
     )
@@ -414,13 +417,16 @@ def from_json(data, model: ModelConfig) -> Profile:
     note = data.get("calibration_note", "")
     reconstruction = None
     if data.get("reconstruction") is not None:
-        numeric = tuple(f.name for f in model.features if f.type == "numeric")
+        columns = tuple(
+            [f.name for f in model.features if f.type == "numeric"]
+            + [f.name for f in model.features if f.type == "categorical"]
+        )
         try:
             reconstruction = multivariate.Reconstruction.from_json(data["reconstruction"])
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ReferenceError(f"reconstruction: {exc}") from None
-        if reconstruction.features != numeric:
-            raise ReferenceError(f"reconstruction: its features must be the model's numeric ones {list(numeric)}")
+        if reconstruction.features != columns:
+            raise ReferenceError(f"reconstruction: its features must be the model's, numeric first {list(columns)}")
     return Profile(
         model.name,
         rows,

@@ -128,3 +128,64 @@ def test_the_exporter_publishes_the_windows_mean_error_and_the_reference_range()
         > upper
         > m.get("mlmon_multivariate_drift_threshold", model="m", bound="lower")
     )
+
+
+def test_categorical_features_are_their_categories_shares_and_missing_ones_the_most_frequent():
+    """As NannyML: a category becomes its share of the reference rows, a missing one the most frequent
+    category (its share counting the missing rows), an unseen one 0; checked with Counter, StandardScaler
+    and PCA on the raw rows."""
+    from collections import Counter
+
+    from tests.conftest import make_app, scrape
+
+    rng = np.random.default_rng(7)
+
+    def rows(n: int, tilt: float):
+        x = correlated(rng, n, d=3)
+        colour = np.where(x[:, 0] + tilt * rng.normal(size=n) > 0, "red", np.where(x[:, 1] > 0.5, "blue", "green"))
+        size = rng.choice(["s", "m", "l"], size=n, p=[0.5, 0.3, 0.2]).astype(object)
+        size[rng.random(n) < 0.05] = ""  # missing
+        return x, colour.astype(object), size
+
+    x_ref, c_ref, s_ref = rows(3000, 0.3)
+    features = "{name: a, type: numeric}, {name: b, type: numeric}, {name: c, type: numeric}, "
+    features += "{name: colour, type: categorical}, {name: size, type: categorical}"
+    app, _ = make_app(CONFIG.format(features=features))
+    client = app.test_client()
+    lines = ["a,b,c,colour,size"] + [
+        f"{r[0]!r},{r[1]!r},{r[2]!r},{c},{s}" for r, c, s in zip(x_ref.tolist(), c_ref, s_ref)
+    ]
+    assert client.put("/api/v1/models/m/reference", data="\n".join(lines), content_type="text/csv").status_code == 200
+    x, c, s = rows(1000, 3.0)  # colour no longer follows a the way it did
+    c[:10] = "purple"  # never in the reference
+    items = [
+        {
+            "model": "m",
+            "prediction": "no",
+            "features": {"a": r[0], "b": r[1], "c": r[2], "colour": cc, "size": ss or None},
+        }
+        for r, cc, ss in zip(x.tolist(), c, s)
+    ]
+    assert client.post("/api/v1/predictions", json={"predictions": items}).status_code == 202
+
+    def shares(column):
+        counts = Counter(v for v in column if v != "")
+        mode = sorted(counts, key=lambda k: (-counts[k], k))[0]
+        counts[mode] += sum(v == "" for v in column)
+        return {k: n / len(column) for k, n in counts.items()}, mode
+
+    enc = [shares(c_ref), shares(s_ref)]
+
+    def matrix(x, cols):
+        out = [x]
+        for (share, mode), col in zip(enc, cols):
+            out.append(np.array([[share.get(mode if v == "" else v, 0.0)] for v in col]))
+        return np.hstack(out)
+
+    ref = matrix(x_ref, (c_ref, s_ref))
+    scaler = StandardScaler().fit(ref)
+    pca = PCA(n_components=multivariate.DEFAULT_VARIANCE, svd_solver="full").fit(scaler.transform(ref))
+    z = scaler.transform(matrix(x, (c, s)))
+    expected = np.linalg.norm(z - pca.inverse_transform(pca.transform(z)), axis=1).mean()
+    got = scrape(client).get("mlmon_multivariate_drift", model="m", version="default", window="5m")
+    assert got == pytest.approx(expected, rel=1e-9)
