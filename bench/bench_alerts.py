@@ -426,7 +426,7 @@ def fairness_scenarios() -> list[Scenario]:
         )
     # Disparate impact: the minority's selection rate falls to 0.6 times the reference group's (its true
     # positive rate kept: fewer of its truly negative members are selected). The target says which window
-    # decides (the shortest that compares both groups) and what it holds.
+    # decides (the shortest decisive one of those that compare both groups) and what it holds.
     steps = (
         (10.0, (0.5, 0.5), 0.3, 3, 3, "the 5m window decides: 1500 predictions a group"),
         (10.0, (0.9, 0.1), 0.1, 4, 2, "the 1h window decides: 300 of the minority in 5m, 18 selected, prove nothing"),

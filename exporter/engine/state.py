@@ -177,8 +177,8 @@ class Segments:
         self.features = model.segment_features
         self.top = model.segment_top
         self.attributes = frozenset(model.attributes)
-        # per segment feature: read from the prediction's attributes (True) or its features (False)
-        self._from_attributes = tuple(f in self.attributes for f in self.features)
+        # per segment feature: its name, and whether it is read from the prediction's attributes (else features)
+        self._sources = tuple((f, f in self.attributes) for f in self.features)
         self.pinned = {f: {v} for f, v in model.fairness_reference}
         self.values: dict[str, set[str]] = {f: set(self.pinned.get(f, ())) for f in self.features}
         self.from_reference = False
@@ -199,9 +199,8 @@ class Segments:
     def keys(self, events: list[Prediction]) -> list[tuple[str, ...]] | None:
         if not self.features:
             return None
-        pairs = tuple(zip(self.features, self._from_attributes, strict=True))
         return [
-            tuple(self._value(f, ((e.attributes if attr else e.features) or {}).get(f)) for f, attr in pairs)
+            tuple(self._value(f, ((e.attributes if attr else e.features) or {}).get(f)) for f, attr in self._sources)
             for e in events
         ]
 
@@ -395,9 +394,7 @@ class VersionState:
         listed = self.model.listed_segments
         for (feature, value), idx in _segment_groups(self.model.segment_features, segments):
             if feature not in listed:  # a fairness feature only: its groups' outcomes
-                c = len(self.model.classes)
-                confusion = np.bincount(act[idx] * c + pred[idx], minlength=c * c).reshape(c, c)
-                part = {"labeled": len(idx), "confusion": confusion}
+                part = {"labeled": len(idx), "confusion": self._confusion(pred[idx], act[idx])}
             elif self.model.is_classification:
                 part = self._classification_stats(pred[idx], act[idx], *_score_matrix([scores[i] for i in idx]))
             else:
@@ -411,11 +408,15 @@ class VersionState:
             rings = self.segments[feature, value] = [Ring(r.seconds, r.k, schema) for r in self.rings]
         return rings
 
+    def _confusion(self, pred: np.ndarray, actual: np.ndarray) -> np.ndarray:
+        """The (actual x predicted) counts of labelled outcomes."""
+        c = len(self.model.classes)
+        return np.bincount(actual * c + pred, minlength=c * c).reshape(c, c)
+
     def _classification_stats(self, pred: np.ndarray, actual: np.ndarray, have: np.ndarray, sc: np.ndarray) -> dict:
         """What labelled outcomes add to a window bucket (confusion, score histograms, log loss...); ``have``
         indexes the outcomes with scores, ``sc`` their scores (:func:`_score_matrix`)."""
-        c = len(self.model.classes)
-        confusion = np.bincount(actual * c + pred, minlength=c * c).reshape(c, c)
+        confusion = self._confusion(pred, actual)
         stats = {}
         if have.size:
             act = actual[have]

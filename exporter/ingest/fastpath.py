@@ -187,8 +187,8 @@ class FastDecoder:
         self.validator = validator
         self._class_index = validator.class_index
         self._registries: dict = {}  # registry entry (a _Registry) -> its RegistryInfo, once checked
-        # A model with a feature or attribute name msgspec cannot rename to (a quote or a backslash in it) is left out:
-        # its items fail the tag look-up and go to the general path.
+        # A model with a feature or attribute name msgspec cannot rename to (a quote or a backslash in it) is
+        # left out: its items fail the tag look-up and go to the general path.
         models = [
             m
             for m in validator.config.models

@@ -34,56 +34,51 @@ class GroupCounts:
         return self.tp + self.fp + self.tn + self.fn
 
 
+def _cells(confusion: np.ndarray, positive: int) -> tuple:
+    """tp, fp, tn, fn of an (actual x predicted) confusion matrix of two classes."""
+    negative = 1 - positive
+    return (
+        confusion[positive, positive],
+        confusion[negative, positive],
+        confusion[negative, negative],
+        confusion[positive, negative],
+    )
+
+
 def group_counts(pred_bins: np.ndarray, confusion: np.ndarray, positive: int) -> GroupCounts:
     """From a window's predicted-class counts and its (actual x predicted) confusion matrix of two classes."""
-    negative = 1 - positive
-    return GroupCounts(
-        predictions=int(pred_bins.sum()),
-        predicted_positive=int(pred_bins[positive]),
-        tp=int(confusion[positive, positive]),
-        fp=int(confusion[negative, positive]),
-        tn=int(confusion[negative, negative]),
-        fn=int(confusion[positive, negative]),
-    )
+    tp, fp, tn, fn = (int(v) for v in _cells(confusion, positive))
+    return GroupCounts(int(pred_bins.sum()), int(pred_bins[positive]), tp, fp, tn, fn)
 
 
 def _share(part: float, whole: float) -> float | None:
     return part / whole if whole > 0 else None
 
 
+def _outcome_rates(tp: float, fp: float, tn: float, fn: float) -> dict[str, float | None]:
+    return {
+        "true_positive_rate": _share(tp, tp + fn),
+        "false_positive_rate": _share(fp, fp + tn),
+        "accuracy": _share(tp + tn, tp + fp + tn + fn),
+    }
+
+
 def group_rates(c: GroupCounts) -> dict[str, float | None]:
     """Selection rate (of all predictions), true and false positive rates and accuracy (of labelled ones)."""
-    return {
-        "selection_rate": _share(c.predicted_positive, c.predictions),
-        "true_positive_rate": _share(c.tp, c.tp + c.fn),
-        "false_positive_rate": _share(c.fp, c.fp + c.tn),
-        "accuracy": _share(c.tp + c.tn, c.labeled),
-    }
+    return {"selection_rate": _share(c.predicted_positive, c.predictions), **_outcome_rates(c.tp, c.fp, c.tn, c.fn)}
 
 
 def estimated_outcomes(est_confusion: np.ndarray, positive: int) -> dict[str, float]:
     """A group's expected tp, fp, tn and fn: the window's expected (actual x predicted) confusion matrix of its
     scored predictions (exporter/stats/estimate.py), where every prediction, labelled or not, counts the
     calibrated probability of each class being the truth."""
-    negative = 1 - positive
-    return {
-        "tp": float(est_confusion[positive, positive]),
-        "fp": float(est_confusion[negative, positive]),
-        "tn": float(est_confusion[negative, negative]),
-        "fn": float(est_confusion[positive, negative]),
-    }
+    return dict(zip(OUTCOMES, (float(v) for v in _cells(est_confusion, positive)), strict=True))
 
 
 def estimated_rates(outcomes: dict[str, float]) -> dict[str, float | None]:
     """True and false positive rates and accuracy from expected outcomes (no selection rate: it is never
     estimated, every prediction's class is known)."""
-    tp, fp, tn, fn = (outcomes[o] for o in OUTCOMES)
-    return {
-        "selection_rate": None,
-        "true_positive_rate": _share(tp, tp + fn),
-        "false_positive_rate": _share(fp, fp + tn),
-        "accuracy": _share(tp + tn, tp + fp + tn + fn),
-    }
+    return {"selection_rate": None, **_outcome_rates(*(outcomes[o] for o in OUTCOMES))}
 
 
 ESTIMATED_DISPARITIES = ("equal_opportunity_difference", "equalized_odds_difference", "accuracy_difference")
