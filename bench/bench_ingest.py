@@ -168,8 +168,9 @@ def served_batches(text: str, clients: tuple, seconds: float, singles: bool = Fa
 
 def run(seconds: float = 5.0) -> dict:
     """Without a reference (drift off: the window update only counts and looks for missing values), then with
-    one (drift on: every feature binned against the reference's quantiles, as mlmon is normally run), then with
-    one that calibrates the scores (drift and estimate on)."""
+    one (drift on: every feature binned against the reference's quantiles and each row's multivariate
+    reconstruction error, as mlmon is normally run), the same with multivariate drift off (what it costs), then
+    with one that calibrates the scores (drift and estimate on)."""
     out = {
         "in_process": in_process(),
         **served_batches(config_text(models=1, features=30), (1, 2, 4, 4, 4), seconds, True),
@@ -177,6 +178,9 @@ def run(seconds: float = 5.0) -> dict:
     with tempfile.TemporaryDirectory() as ref:
         text = config_text(models=1, features=30, reference_dir=ref)
         out["with_reference"] = {"in_process": in_process(text=text), **served_batches(text, (1, 2, 4), seconds)}
+    with tempfile.TemporaryDirectory() as ref:
+        text = config_text(models=1, features=30, reference_dir=ref, multivariate=False)
+        out["univariate_only"] = {"in_process": in_process(text=text), **served_batches(text, (1, 2, 4), seconds)}
     # ...and with a reference that also carries scores and labels: the estimated quality on as well (every
     # prediction's score calibrated, the expected confusion matrix and score bins summed; each inline label
     # adds to its prediction's bucket).

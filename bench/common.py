@@ -37,13 +37,15 @@ def config_text(
     storage: dict | None = None,
     joins: dict | None = None,
     scored_reference: bool = False,
+    multivariate: bool = True,
 ) -> str:
     """A config of `models` models; with `reference_dir`, each gets a reference CSV written there (drift on),
     with `scored_reference` one that also carries the model's scores and the true labels (estimated quality on).
 
     Storage is the default (SQLite, sync normal) unless `storage` says otherwise, always with its data
     directory in a fresh temporary directory: `mlmon serve` (Served) and `create_app` on the parsed text
-    would otherwise write `data/` into the working directory, the repo. `limits` and `joins` add settings.
+    would otherwise write `data/` into the working directory, the repo. `limits` and `joins` add settings;
+    ``multivariate=False`` turns multivariate drift off (on by default, as in mlmon).
     """
     limit = {"max_batch_size": 10000, "max_body_bytes": 67108864, **(limits or {})}
     store = {"path": scratch_dir("mlmon-bench-data-"), **(storage or {})}
@@ -58,6 +60,8 @@ def config_text(
             path = os.path.join(reference_dir, f"model{m}.csv")
             write_reference(path, features, seed=1000 + m, scored=scored_reference)
             lines.append(f"    reference: {path}")
+        if not multivariate:
+            lines.append("    drift: {multivariate: false}")
         if task != "regression":
             lines.append('    classes: ["no", "yes"]')
         lines.append("    features:")

@@ -188,6 +188,12 @@ class ModelConfig:
     # Publish each feature's window and reference distributions in 12 coarse bins (mlmon_*_bin_ratio):
     # off by default, since it adds 12 series per feature and window.
     drift_bins: bool = False
+    # Multivariate drift (drift.multivariate, docs/drift.md#multivariate-drift): on with two features or more;
+    # the share of the standardised variance the kept components explain; reference rows per chunk for the
+    # thresholds (0: a tenth of the reference, as NannyML's default chunker). Both are fitted with the reference.
+    multivariate: bool = True
+    multivariate_variance: float = 0.65
+    multivariate_chunk: int = 0
     invalid_features: str = "reject"  # reject | count: unknown feature names and values of the wrong type
     segment_features: tuple[str, ...] = ()  # categorical features whose values split quality and drift
     segment_top: int = 10  # values per segment feature published one by one; the rest are "other"
@@ -467,9 +473,21 @@ def _drift_thresholds(ck: Checker, path: str, node: Node, base: dict[str, float]
     return out
 
 
-def _drift(ck: Checker, path: str, node: Node) -> tuple[str, int, dict[str, float], bool]:
-    method, min_samples, thresholds, bins = "psi", 100, dict(DRIFT_THRESHOLDS), False
-    m = ck.mapping(path, node, {"method", "min_samples", "thresholds", "bins"})
+@dataclass(frozen=True)
+class _Drift:
+    method: str = "psi"
+    min_samples: int = 100
+    thresholds: tuple[tuple[str, float], ...] = tuple(DRIFT_THRESHOLDS.items())
+    bins: bool = False
+    multivariate: bool = True
+    variance: float = 0.65
+    chunk: int = 0
+
+
+def _drift(ck: Checker, path: str, node: Node) -> _Drift:
+    d = _Drift()
+    method, min_samples, thresholds, bins = d.method, d.min_samples, dict(DRIFT_THRESHOLDS), d.bins
+    m = ck.mapping(path, node, {"method", "min_samples", "thresholds", "bins", "multivariate"})
     if "bins" in m:
         if not isinstance(m["bins"].value, bool):
             ck.fail(f"{path}.bins", m["bins"], "must be true or false")
@@ -484,7 +502,31 @@ def _drift(ck: Checker, path: str, node: Node) -> tuple[str, int, dict[str, floa
         min_samples = ck.positive_int(f"{path}.min_samples", m["min_samples"], 1, 10**9) or min_samples
     if "thresholds" in m:
         thresholds = _drift_thresholds(ck, f"{path}.thresholds", m["thresholds"], thresholds)
-    return method, min_samples, thresholds, bins
+    multivariate, variance, chunk = d.multivariate, d.variance, d.chunk
+    if "multivariate" in m:
+        mpath, mnode = f"{path}.multivariate", m["multivariate"]
+        if isinstance(mnode.value, bool):  # multivariate: false (or true: the defaults)
+            multivariate = mnode.value
+        else:
+            mm = ck.mapping(mpath, mnode, {"enabled", "variance", "chunk_size"})
+            if "enabled" in mm:
+                if not isinstance(mm["enabled"].value, bool):
+                    ck.fail(f"{mpath}.enabled", mm["enabled"], "must be true or false")
+                else:
+                    multivariate = mm["enabled"].value
+            if "variance" in mm:
+                v = _number(mm["variance"].value)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+                    ck.fail(
+                        f"{mpath}.variance",
+                        mm["variance"],
+                        f"must be a share of the variance above 0 and below 1, e.g. 0.65; got {mm['variance'].value!r}",
+                    )
+                else:
+                    variance = float(v)
+            if "chunk_size" in mm:
+                chunk = ck.positive_int(f"{mpath}.chunk_size", mm["chunk_size"], 10, 10**8) or chunk
+    return _Drift(method, min_samples, tuple(thresholds.items()), bins, multivariate, variance, chunk)
 
 
 def _thresholds(ck: Checker, path: str, node: Node, base: dict[str, float]) -> dict[str, float]:
@@ -623,7 +665,7 @@ def _model(ck: Checker, path: str, node: Node, thresholds: dict[str, float], bas
             reference = os.path.join(base_dir, rnode.value) if base_dir else rnode.value
             if not os.path.isfile(reference):
                 ck.fail(f"{path}.reference", rnode, f"no such file: {reference}")
-    drift = _drift(ck, f"{path}.drift", m["drift"]) if "drift" in m else ("psi", 100, dict(DRIFT_THRESHOLDS), False)
+    drift = _drift(ck, f"{path}.drift", m["drift"]) if "drift" in m else _Drift()
     invalid = "reject"
     if "invalid_features" in m:
         if m["invalid_features"].value not in ("reject", "count"):
@@ -658,10 +700,13 @@ def _model(ck: Checker, path: str, node: Node, thresholds: dict[str, float], bas
         buckets,
         tuple(thresholds.items()),
         reference,
-        drift[0],
-        drift[1],
-        tuple(drift[2].items()),
-        drift[3],
+        drift.method,
+        drift.min_samples,
+        drift.thresholds,
+        drift.bins,
+        drift.multivariate,
+        drift.variance,
+        drift.chunk,
         invalid,
         segment_features,
         segment_top,

@@ -1038,6 +1038,41 @@ def drift():
         ),
         (
             ts(
+                "Multivariate drift (PCA reconstruction error)",
+                "The mean reconstruction error of the window's rows: how far the features left the way they moved "
+                "together in the reference (a correlation that turned, many small shifts at once), which no single "
+                "feature's drift shows. The lines are the reference's own range (its chunks' mean error +- 3 sd); "
+                "MlmonModelMultivariateDrift fires when the shortest window holding a reference chunk's rows stays "
+                "outside it for 15 minutes. Published once the window holds a chunk's rows; models with two features "
+                "or more.",
+                "short",
+                [
+                    query(
+                        mx(
+                            "model, version",
+                            weighted(
+                                "mlmon_multivariate_drift",
+                                WINDOW,
+                                weight=f"mlmon_multivariate_drift_samples{{{WINDOW}}}",
+                            ),
+                        ),
+                        "{{model}} {{version}}",
+                    ),
+                    query(
+                        f'max by (model) (mlmon_multivariate_drift_threshold{{{MODEL},bound="upper"}})',
+                        "upper {{model}}",
+                    ),
+                    query(
+                        f'max by (model) (mlmon_multivariate_drift_threshold{{{MODEL},bound="lower"}})',
+                        "lower {{model}}",
+                    ),
+                ],
+            ),
+            24,
+            8,
+        ),
+        (
+            ts(
                 "Missing values",
                 "Share of the window's predictions without the feature (absent or null).",
                 "percentunit",

@@ -110,6 +110,22 @@ def test_every_problem_is_reported_at_once():
         ("models:\n  - {name: a, task: regression, prediction_buckets: [3, 1]}", "increasing order"),
         ("models: [\n", "not valid YAML"),
         ("models:\n  - {name: a, task: regression}\nmodels: []", "duplicate key 'models'"),
+        (
+            "models:\n  - {name: a, task: regression, drift: {multivariate: {variance: 1.5}}}",
+            "models[0].drift.multivariate.variance: must be a share of the variance above 0 and below 1",
+        ),
+        (
+            "models:\n  - {name: a, task: regression, drift: {multivariate: {chunk_size: 5}}}",
+            "models[0].drift.multivariate.chunk_size",
+        ),
+        (
+            "models:\n  - {name: a, task: regression, drift: {multivariate: {enabled: yes please}}}",
+            "models[0].drift.multivariate.enabled: must be true or false",
+        ),
+        (
+            "models:\n  - {name: a, task: regression, drift: {multivariate: {chunks: 10}}}",
+            "did you mean 'chunk_size'?",
+        ),
     ],
 )
 def test_invalid_configs_are_explained(text, expected):
@@ -405,3 +421,13 @@ def test_registry_version_keys_follow_the_api_version_rule():
     from exporter.ingest import schema
 
     assert config._MODEL_VERSION_RE.pattern == schema.VERSION_PATTERN
+
+
+def test_multivariate_drift_is_on_by_default_and_configurable():
+    base = "models:\n  - {name: a, task: regression%s}"
+    default = parse_config(base % "").models[0]
+    assert (default.multivariate, default.multivariate_variance, default.multivariate_chunk) == (True, 0.65, 0)
+    tuned = parse_config(base % ", drift: {multivariate: {variance: 0.8, chunk_size: 250}}").models[0]
+    assert (tuned.multivariate, tuned.multivariate_variance, tuned.multivariate_chunk) == (True, 0.8, 250)
+    assert parse_config(base % ", drift: {multivariate: false}").models[0].multivariate is False
+    assert parse_config(base % ", drift: {multivariate: {enabled: false}}").models[0].multivariate is False

@@ -34,7 +34,9 @@ def drift_schema(model: ModelConfig) -> Schema:
         "cat_counts": ((categorical, CAT_SLOTS), np.int32),
         "cat_unseen": ((categorical,), np.int32),
     }
-    if len(model.features) >= 2:  # multivariate drift: rows with an error, their sum and sum of squares
+    if (
+        model.multivariate and len(model.features) >= 2
+    ):  # multivariate drift: rows with an error, their sum and sum of squares
         schema["mv_n"] = ((), np.int64)
         schema["mv_sum"] = ((), np.float64)
         schema["mv_sq"] = ((), np.float64)
@@ -400,7 +402,8 @@ def window_drift(
     if profile.reconstruction is not None and "mv_n" in totals:
         rows = int(totals["mv_n"])
         result.multivariate_rows = rows
-        if rows >= minimum:
+        # Not noisier than the reference's chunks the thresholds come from: at least a chunk's rows.
+        if rows >= max(minimum, profile.reconstruction.chunk):
             result.multivariate = float(totals["mv_sum"]) / rows
     for j, name in enumerate(categorical):
         ref = profile.features[name]

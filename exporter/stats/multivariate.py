@@ -7,23 +7,26 @@ otherwise (a correlation that flips, many small shifts at once) the error grows,
 own distribution stays put. At ingest each row's error is computed for the whole batch at once, and only
 sums are kept per time bucket (rows, errors, squared errors): a window's figure is its rows' mean error.
 
-The thresholds come from the reference itself: its rows cut into chunks of ``chunk`` rows, the mean and
-standard deviation of the chunks' mean errors, and mean +- 3 standard deviations.
+The thresholds come from the reference itself: its rows cut into chunks of ``chunk`` rows (a tenth of the
+reference unless configured), the mean and standard deviation of the chunks' mean errors, and mean +- 3
+standard deviations. A window's figure is published once it holds at least a chunk's rows, so that it is never
+noisier than the chunks its thresholds were drawn from.
 
-Work in progress: numeric features only. NannyML (bench/NANNYML_RECONSTRUCTION.md) also takes categorical
-features, imputed with the reference's most frequent value and encoded as each category's share of the
-reference rows (0 for an unseen one); the profile keeps the top categories' counts, enough for that.
+Categorical features are taken as NannyML takes them (bench/NANNYML_RECONSTRUCTION.md): imputed with the
+reference's most frequent category and encoded as each category's share of the reference rows (0 for an
+unseen one), then standardised with the numeric columns.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 DEFAULT_VARIANCE = 0.65  # the share of the standardised variance the kept components explain (NannyML's)
-DEFAULT_CHUNK = 500  # reference rows per chunk for the thresholds
-MIN_ROWS = 200
+DEFAULT_CHUNKS = 10  # without a configured chunk size, the reference is cut into 10 chunks (as NannyML's default)
+MIN_ROWS = 200  # fewer reference rows: no fit
 
 
 MAX_ENCODED = 1000  # categories per categorical feature whose share is kept; the rarer ones share one value
@@ -46,6 +49,8 @@ class Reconstruction:
     # frequent category, which imputes them); and the share of a category beyond the MAX_ENCODED kept
     encodings: tuple[dict[str, float], ...] = ()
     rare: tuple[float, ...] = ()
+    chunk: int = 1  # reference rows per chunk of the thresholds: a window's figure needs at least as many rows
+    variance: float = DEFAULT_VARIANCE  # the share of the variance the components were chosen to explain
 
     def matrix(self, numeric: np.ndarray, categorical: list[list]) -> np.ndarray:
         """The columns the fit reads: ``numeric`` (rows x numeric features, NaN missing) beside each
@@ -94,6 +99,8 @@ class Reconstruction:
             "components": self.components.tolist(),
             "reference_mean": self.reference_mean,
             "reference_std": self.reference_std,
+            "chunk": self.chunk,
+            "variance": self.variance,
         }
 
     @staticmethod
@@ -108,6 +115,8 @@ class Reconstruction:
             float(data["reference_std"]),
             tuple({str(k): float(v) for k, v in pairs} for pairs in data.get("encodings", ())),
             tuple(float(v) for v in data.get("rare", ())),
+            int(data["chunk"]),
+            float(data["variance"]),
         )
 
 
@@ -134,12 +143,12 @@ def fit(
     names: list[str],
     values: np.ndarray,
     variance: float = DEFAULT_VARIANCE,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int = 0,
     categorical: dict[str, list[str | None]] | None = None,
 ) -> Reconstruction | None:
     """Fit on the reference's numeric columns (rows x features, NaN missing) and its ``categorical`` columns
-    (feature -> values as text, None or "" missing); None with fewer than two columns or ``MIN_ROWS`` rows
-    (no structure to learn)."""
+    (feature -> values as text, None or "" missing); ``chunk``: rows per chunk of the thresholds (0: a tenth of
+    the rows). None with fewer than two columns or ``MIN_ROWS`` rows (no structure to learn)."""
     categorical = categorical or {}
     encoded = [encode(column) for column in categorical.values()]
     rec0 = Reconstruction((), np.empty(0), np.empty(0), np.empty(0), np.empty((0, 0)), 0.0, 0.0,
@@ -149,6 +158,7 @@ def fit(
     rows, d = values.shape
     if d < 2 or rows < MIN_ROWS:
         return None
+    chunk = chunk or max(1, rows // DEFAULT_CHUNKS)
     impute = np.nanmean(values, axis=0)
     impute = np.where(np.isnan(impute), 0.0, impute)
     for j, (shares, _) in enumerate(encoded):  # a missing category is the most frequent one: its share
@@ -166,9 +176,9 @@ def fit(
     k = int(np.searchsorted(np.cumsum(explained), variance, side="right") + 1)
     components = vt[: min(k, d)]
     encodings, rare = rec0.encodings, rec0.rare
-    rec = Reconstruction(tuple(names), impute, centre, scale, components, 0.0, 0.0, encodings, rare)
+    rec = Reconstruction(tuple(names), impute, centre, scale, components, 0.0, 0.0, encodings, rare, chunk, variance)
     errs = rec.errors(values)
     # Chunks of ``chunk`` rows in order, the last one partial (as NannyML chunks by size).
     means = np.array([errs[i : i + chunk].mean() for i in range(0, rows, chunk)])
     std = float(means.std(ddof=0)) if len(means) > 1 else 0.0
-    return Reconstruction(tuple(names), impute, centre, scale, components, float(means.mean()), std, encodings, rare)
+    return dataclasses.replace(rec, reference_mean=float(means.mean()), reference_std=std)

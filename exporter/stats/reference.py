@@ -257,6 +257,14 @@ def build_profile(columns: dict[str, list], model: ModelConfig) -> Profile:
                 raise ReferenceError(f"column {key!r}: {sorted(bad)[:5]} are not classes of {model.name!r}")
             outcomes[key] = _class_profile(values, model)
     calibration, note = _calibration(columns, model, _score_columns_used(columns, model))
+    reconstruction = _reconstruction(columns, model, rows) if model.multivariate else None
+    return Profile(
+        model.name, rows, features, outcomes["prediction"], outcomes["label"], calibration, note, reconstruction
+    )
+
+
+def _reconstruction(columns: dict[str, list], model: ModelConfig, rows: int) -> multivariate.Reconstruction | None:
+    """The frozen fit of multivariate drift on the reference's feature columns (None: too few)."""
     numeric = [f.name for f in model.features if f.type == "numeric"]
     categorical = {
         f.name: [None if v in (None, "") else category(v) for v in columns[f.name]]
@@ -264,10 +272,7 @@ def build_profile(columns: dict[str, list], model: ModelConfig) -> Profile:
         if f.type == "categorical"
     }
     matrix = np.column_stack([_floats(columns[name], name) for name in numeric]) if numeric else np.empty((rows, 0))
-    reconstruction = multivariate.fit(numeric, matrix, categorical=categorical)
-    return Profile(
-        model.name, rows, features, outcomes["prediction"], outcomes["label"], calibration, note, reconstruction
-    )
+    return multivariate.fit(numeric, matrix, model.multivariate_variance, model.multivariate_chunk, categorical)
 
 
 def score_columns(model: ModelConfig) -> list[str]:
@@ -416,7 +421,7 @@ def from_json(data, model: ModelConfig) -> Profile:
             raise ReferenceError(f"calibration: {exc}") from None
     note = data.get("calibration_note", "")
     reconstruction = None
-    if data.get("reconstruction") is not None:
+    if data.get("reconstruction") is not None and model.multivariate:
         columns = tuple(
             [f.name for f in model.features if f.type == "numeric"]
             + [f.name for f in model.features if f.type == "categorical"]

@@ -384,8 +384,9 @@ def test_descriptions_template_the_specifics():
         if rule["alert"].startswith("MlmonModel"):
             assert "$labels.model" in description, rule["alert"]
             if rule["alert"] not in NO_PUBLISHED_THRESHOLD:
-                assert re.search(r"mlmon_(alert|drift)_threshold\{", description), rule["alert"]
-                assert re.search(r"mlmon_(alert|drift)_threshold", expanded_expr(rule["expr"])), rule["alert"]
+                threshold = r"mlmon_(alert|drift|multivariate_drift)_threshold"
+                assert re.search(threshold + r"\{", description), rule["alert"]
+                assert re.search(threshold, expanded_expr(rule["expr"])), rule["alert"]
 
 
 def test_firing_tests_show_model_version_and_dashboard_variables():
