@@ -36,20 +36,44 @@ import scenario  # noqa: E402  (the demo's data sets and models)
 log = logging.getLogger("model_server")
 
 
+try:  # SHAP values of each prediction, sent as its attributions (the demo extra installs shap)
+    import shap
+except ImportError:  # pragma: no cover - the demo runs without attributions then
+    shap = None
+
+
 class Deployed:
-    """One model as served: its version, the fitted estimator and what its inputs look like."""
+    """One model as served: its version, the fitted estimator and what its inputs look like; for the binary
+    model, a SHAP explainer whose values for the positive class (the config's) go with each prediction."""
 
     def __init__(self, world: scenario.World, version: str, estimator):
         self.world = world
         self.version = version
         self.estimator = estimator
+        self.explainer, self.output = None, None
+        if world.task == "binary" and shap is not None:
+            self.explainer = shap.TreeExplainer(estimator)
+            self.output = [str(c) for c in estimator.classes_].index(world.classes[0])  # malignant: positive
+
+    def explain(self, X: np.ndarray):
+        """The SHAP explanation of the rows ``X`` (None without an explainer)."""
+        if self.explainer is None:
+            return None
+        explanation = self.explainer(X)
+        explanation.feature_names = self.world.features  # fitted on arrays: name the columns
+        return explanation
 
 
-def upload_reference(name: str, world: scenario.World, estimator) -> None:
+def upload_reference(name: str, deployed: Deployed) -> None:
     """Tell mlmon what normal looks like: the validation data (here: the held-out rows the users' requests
-    resemble), with the model's predictions and the true labels."""
+    resemble), with the model's predictions, the true labels, and what drove each prediction (SHAP)."""
+    world, estimator = deployed.world, deployed.estimator
     X, y = scenario.validation_set(world)
     columns = {f: X[:, j].tolist() for j, f in enumerate(world.features)}
+    explanation = deployed.explain(X)
+    if explanation is not None:  # the drivers at training time, against which mlmon compares today's
+        for j, f in enumerate(world.features):
+            columns[f"attributions.{f}"] = explanation.values[:, j, deployed.output].round(6).tolist()
     columns["prediction"] = estimator.predict(X).tolist()
     columns["label"] = y.tolist()
     if world.task != "regression":  # the scores calibrate mlmon's estimated quality (docs/estimation.md)
@@ -72,7 +96,7 @@ def create_app(seed: int = 0) -> Flask:
         estimator = scenario.estimator(world, seed).fit(world.X_train, world.y_train)
         models[name] = Deployed(world, "v1", estimator)
         log.info("trained %s v1 on %d rows", name, len(world.X_train))
-        upload_reference(name, world, estimator)
+        upload_reference(name, models[name])
 
     @app.post("/predict/<name>")
     def predict(name: str):
@@ -95,6 +119,8 @@ def create_app(seed: int = 0) -> Flask:
             scores = dict(zip(classes, proba.round(6).tolist()))
             prediction = classes[int(np.argmax(proba))]
         latency = time.perf_counter() - started
+        explanation = deployed.explain(row)  # what drove this prediction, for the binary model
+        attributions = None if explanation is None else mlmon.shap_attributions(explanation[0], output=deployed.output)
 
         # --- the mlmon part: one call, after the model has answered ---------------------------------
         mlmon.log_prediction(
@@ -104,6 +130,7 @@ def create_app(seed: int = 0) -> Flask:
             version=deployed.version,
             features=features,
             attributes=attributes,  # watched for fairness, kept out of drift
+            attributions=attributions,  # SHAP values: what drives the model now against at training time
             scores=scores,
             latency_seconds=latency,
         )

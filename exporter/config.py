@@ -194,6 +194,11 @@ class ModelConfig:
     multivariate: bool = True
     multivariate_variance: float = 0.65
     multivariate_chunk: int = 0
+    # Feature attributions (models[].attributions, docs/attributions.md): predictions may carry each feature's
+    # SHAP or LIME value; per window, each feature's mean absolute attribution against the reference's. Off by
+    # default (its arrays cost memory in every bucket); ``attribution_top``: features published one by one.
+    attributions: bool = False
+    attribution_top: int = 20
     invalid_features: str = "reject"  # reject | count: unknown feature names and values of the wrong type
     segment_features: tuple[str, ...] = ()  # categorical features whose values split quality and drift
     segment_top: int = 10  # values per segment feature published one by one; the rest are "other"
@@ -549,6 +554,7 @@ def _model(ck: Checker, path: str, node: Node, thresholds: dict[str, float], bas
         "positive_class",
         "features",
         "attributes",
+        "attributions",
         "prediction_buckets",
         "thresholds",
         "reference",
@@ -687,6 +693,9 @@ def _model(ck: Checker, path: str, node: Node, thresholds: dict[str, float], bas
         fairness = _fairness(ck, f"{path}.fairness", m["fairness"], task_v, features, attributes)
         # Each group's counts are its segment's windows: a fairness feature is a segment feature too.
         segment_features = tuple(dict.fromkeys((*segment_features, *fairness[0])))
+    attributions, attribution_top = False, 20
+    if "attributions" in m:
+        attributions, attribution_top = _attributions(ck, f"{path}.attributions", m["attributions"], features)
     registry_name, registry_versions = "", ()
     if "registry" in m:
         registry_name, registry_versions = _model_registry(ck, f"{path}.registry", m["registry"])
@@ -707,6 +716,8 @@ def _model(ck: Checker, path: str, node: Node, thresholds: dict[str, float], bas
         drift.multivariate,
         drift.variance,
         drift.chunk,
+        attributions,
+        attribution_top,
         invalid,
         segment_features,
         segment_top,
@@ -720,6 +731,26 @@ def _model(ck: Checker, path: str, node: Node, thresholds: dict[str, float], bas
 
 
 FAIRNESS_DISPARITIES = ("spread", "reference")
+
+
+def _attributions(ck: Checker, path: str, node: Node, features: list) -> tuple[bool, int]:
+    """models[].attributions: true, false, or {enabled, top}."""
+    enabled, top = True, 20
+    if isinstance(node.value, bool):
+        enabled = node.value
+    else:
+        m = ck.mapping(path, node, {"enabled", "top"})
+        if "enabled" in m:
+            if not isinstance(m["enabled"].value, bool):
+                ck.fail(f"{path}.enabled", m["enabled"], "must be true or false")
+            else:
+                enabled = m["enabled"].value
+        if "top" in m:
+            top = ck.positive_int(f"{path}.top", m["top"], 1, 1000) or top
+    if enabled and not features:
+        ck.fail(path, node, "needs the model's features: list them under features")
+        enabled = False
+    return enabled, top
 
 
 MAX_ATTRIBUTES = 32

@@ -1072,6 +1072,101 @@ def drift():
             8,
         ),
         (
+            tbl(
+                "Drivers now vs at training (attributions)",
+                "Each feature's mean absolute attribution (SHAP or LIME value) in the chosen window and in the "
+                "reference, with its rank (1: the strongest driver). A feature that climbs the ranking drives the "
+                "model more than it did at training time: its inputs moved into a region where it matters more, or "
+                "the model leans on it after a retrain. Models with attributions: true whose predictions carry them; "
+                "the top features of each side (attributions.top).",
+                "short",
+                [
+                    query(
+                        mx(
+                            "model, feature",
+                            weighted(
+                                "mlmon_attribution_mean_abs",
+                                WINDOW,
+                                weight=f"mlmon_attribution_samples{{{WINDOW}}}",
+                            ),
+                        ),
+                        instant=True,
+                        fmt="table",
+                    ),
+                    query(f"min by (model, feature) (mlmon_attribution_rank{{{WINDOW}}})", instant=True, fmt="table"),
+                    query(
+                        f"max by (model, feature) (mlmon_reference_attribution_mean_abs{{{MODEL}}})",
+                        instant=True,
+                        fmt="table",
+                    ),
+                    query(
+                        f"min by (model, feature) (mlmon_reference_attribution_rank{{{MODEL}}})",
+                        instant=True,
+                        fmt="table",
+                    ),
+                ],
+                transformations=[
+                    ("merge", {}),
+                    (
+                        "organize",
+                        {
+                            "excludeByName": {"Time": True},
+                            "indexByName": {
+                                "model": 0,
+                                "feature": 1,
+                                "Value #B": 2,
+                                "Value #A": 3,
+                                "Value #D": 4,
+                                "Value #C": 5,
+                            },
+                            "renameByName": {
+                                "Value #A": "mean |attribution| now",
+                                "Value #B": "rank now",
+                                "Value #C": "mean |attribution| at training",
+                                "Value #D": "rank at training",
+                            },
+                        },
+                    ),
+                    ("sortBy", {"sort": [{"field": "rank now"}]}),
+                ],
+            ),
+            14,
+            10,
+        ),
+        (
+            ts(
+                "Attribution drift",
+                "How far the model's attention moved from the reference's: the total variation distance between the "
+                "features' shares of the mean absolute attribution (0: the same drivers in the same proportions; 1: "
+                "none in common), and Spearman's rank correlation of the drivers (1: they rank as at training).",
+                "short",
+                [
+                    query(
+                        mx(
+                            "model, version",
+                            weighted(
+                                "mlmon_attribution_drift", WINDOW, weight=f"mlmon_attribution_samples{{{WINDOW}}}"
+                            ),
+                        ),
+                        "distance {{model}} {{version}}",
+                    ),
+                    query(
+                        mx(
+                            "model, version",
+                            weighted(
+                                "mlmon_attribution_rank_correlation",
+                                WINDOW,
+                                weight=f"mlmon_attribution_samples{{{WINDOW}}}",
+                            ),
+                        ),
+                        "rank correlation {{model}} {{version}}",
+                    ),
+                ],
+            ),
+            10,
+            10,
+        ),
+        (
             ts(
                 "Missing values",
                 "Share of the window's predictions without the feature (absent or null).",

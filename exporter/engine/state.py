@@ -19,9 +19,9 @@ import numpy as np
 from exporter.config import Config, ModelConfig, RegistryInfo
 from exporter.engine import joins, storage
 from exporter.engine.joins import JoinStore, Pending
-from exporter.ingest.columns import bin_rows
+from exporter.ingest.columns import bin_rows, numeric_columns
 from exporter.ingest.validation import Label, Prediction
-from exporter.stats import estimate, quality, reference
+from exporter.stats import attribution, estimate, quality, reference
 from exporter.stats.binning import MULTIVARIATE, REFERENCE_ARRAYS, Binner, drift_schema, scatter
 from exporter.stats.histogram import Histogram
 from exporter.stats.reference import Profile, category
@@ -39,8 +39,15 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 
 
 def ring_schema(model: ModelConfig, estimates: bool = True) -> Schema:
-    """The arrays of a window bucket; ``estimates``: with those of the estimated quality (a version's rings,
-    not a segment's)."""
+    """The arrays of a window bucket; ``estimates``: with those of the estimated quality and the attributions
+    (a version's rings, not a segment's)."""
+    schema = _ring_schema(model, estimates)
+    if estimates and model.attributions:
+        schema.update(attribution.schema(len(model.features)))
+    return schema
+
+
+def _ring_schema(model: ModelConfig, estimates: bool) -> Schema:
     if not model.is_classification:
         schema = {
             name: ((), np.float64) for name in ("predictions", "labeled", "err", "abs_err", "sq_err", "y", "y_sq")
@@ -323,6 +330,12 @@ class VersionState:
             if calibration is not None and have.size:
                 estimated = estimate.scatter(calibration, have, preds[have], scores, self.positive)
                 binned.scatter.update(estimated)
+        if self.model.attributions:
+            carried = [i for i, e in enumerate(events) if e.attributions is not None]
+            if carried:  # predictions without attributions cost nothing
+                rows = [events[i].attributions for i in carried]
+                values = numeric_columns(rows, [f.name for f in self.model.features])
+                binned.scatter.update(attribution.scatter(values, np.asarray(carried, dtype=np.int64)))
         _predictions_into(self.rings, ts, binned, now)
         fairness, listed = self.model.fairness_features, self.model.listed_segments
         for (feature, value), idx in _segment_groups(self.model.segment_features, segments):
@@ -779,12 +792,13 @@ def fingerprint(model: ModelConfig, config: Config) -> str:
 
     Thresholds, drift methods and limits are not in it: changing them keeps the windows.
     """
-    # Without the estimate's and the multivariate drift's arrays: scalars and class-shaped arrays only, and a
-    # snapshot written before them gets them empty on restore (Ring.conform) instead of losing its windows.
+    # Without the estimate's, the multivariate drift's and the attributions' arrays: a snapshot written before
+    # them (or before attributions were turned on) gets them empty on restore (Ring.conform) instead of losing
+    # its windows.
     schema = {
         name: (shape, np.dtype(dtype).str)
         for name, (shape, dtype) in ring_schema(model, False).items()
-        if name not in MULTIVARIATE
+        if name not in MULTIVARIATE and name not in attribution.ARRAYS
     }
     return repr(
         (

@@ -84,6 +84,14 @@ def attributes_type(model: ModelConfig) -> type:
     return _values_type(_struct_name(model, "Attributes"), [(name, _Category) for name in model.attributes])
 
 
+def attributions_type(model: ModelConfig) -> Any:
+    """The struct of one model's prediction attributions: every feature optional, a bounded number. A model that
+    does not monitor them takes only null: an object goes to the general path, which words the refusal."""
+    if not model.attributions:
+        return type(None)
+    return _values_type(_struct_name(model, "Attributions"), [(f.name, _Bounded | None) for f in model.features])
+
+
 def _values_type(name: str, types: list[tuple[str, Any]]) -> type:
     attributes = {key: f"v{i}" for i, (key, _) in enumerate(types)}
     fields = [(attributes[key], kind, None) for key, kind in types]
@@ -120,6 +128,7 @@ def _kinds(model: ModelConfig, features: type) -> dict[str, Any]:
         "timestamp": float | str,
         "features": features,
         "attributes": attributes_type(model),
+        "attributions": attributions_type(model),
         "outcome": outcome,
         "scores": dict[str, _Probability],
         "probability": _Probability,
@@ -304,6 +313,7 @@ class FastDecoder:
                     item.features,
                     registry=registry,
                     attributes=item.attributes,
+                    attributions=item.attributions,
                 )
             )
         return out

@@ -56,6 +56,7 @@ KINDS = {
     "timestamp": "unix seconds or an RFC 3339 date-time with a time zone",
     "features": "an object of feature name to value (a number, string, boolean, or null for missing)",
     "attributes": "an object of attribute name to value (a string, number, boolean, or null for missing)",
+    "attributions": "an object of feature name to a number (its attribution: a SHAP or LIME value), or null",
     "outcome": "a class of the model (classification) or a finite number (regression)",
     "scores": "an object of class to probability",
     "probability": "a probability from 0 to 1",
@@ -106,6 +107,14 @@ PREDICTION = Item(
             "Attribute name to value: categorical facts about the prediction the model does not use (a sensitive "
             "group, a region), named under the model's attributes in the config. They split segments and "
             "fairness groups and are kept out of drift and data quality.",
+        ),
+        Field(
+            "attributions",
+            "attributions",
+            False,
+            "Feature name to its attribution for this prediction (a SHAP or LIME value from the model server), for "
+            "models with attributions: true in the config; names must be the model's features, some may be left "
+            "out. Monitored as each feature's mean absolute attribution against the reference's.",
         ),
         Field(
             "prediction",
@@ -185,6 +194,15 @@ _JSON_KINDS: dict[str, dict] = {
         "type": "object",
         "additionalProperties": {
             "oneOf": [{"type": "string", "maxLength": MAX_STRING_LENGTH}, {"type": "number"}, {"type": "boolean"}],
+            "nullable": True,
+        },
+    },
+    "attributions": {
+        "type": "object",
+        "additionalProperties": {
+            "type": "number",
+            "minimum": -MAX_MAGNITUDE,
+            "maximum": MAX_MAGNITUDE,
             "nullable": True,
         },
     },

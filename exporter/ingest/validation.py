@@ -89,6 +89,7 @@ class Prediction:
     feature_errors: tuple[tuple[str, str], ...] = ()  # (feature, reason) left out under invalid_features: count
     registry: RegistryInfo | None = None  # the model version in a model registry, when the prediction says
     attributes: dict | None = None  # attribute name -> value (models[].attributes): segments, not drift
+    attributions: Any = None  # feature name -> its attribution (models[].attributions); a struct on the fast path
 
 
 @dataclass(slots=True)
@@ -270,6 +271,7 @@ class Validator:
             ts = self._timestamp(it, item.get("timestamp"), now)
             features, feature_errors = self._features(it, model, item.get("features"))
             attributes = self._attributes(it, model, item.get("attributes"))
+            attributions = self._attributions(it, model, item.get("attributions"))
             if "prediction" not in item:
                 it.fail("prediction", "missing_field", "is required")
                 pred = None
@@ -296,6 +298,7 @@ class Validator:
                         feature_errors,
                         registry,
                         attributes,
+                        attributions,
                     )
                 )
         if problems:
@@ -376,6 +379,37 @@ class Validator:
         # Unknown names are counted without their name: label values stay bounded by the config.
         errors = tuple(("" if reason == "unknown_feature" else name, reason) for name, reason, _ in bad)
         return {k: v for k, v in features.items() if k not in dropped}, errors
+
+    def _attributions(self, it: _Item, model: ModelConfig, attributions: Any) -> dict | None:
+        """A prediction's ``attributions``: feature name -> a finite number (null: left out). Always strict: a
+        model must say it monitors them (models[].attributions), and every name must be one of its features."""
+        if attributions is None:
+            return None
+        if not model.attributions:
+            it.fail(
+                "attributions",
+                "invalid_value",
+                f"model {model.name!r} does not monitor attributions (attributions: true in its config)",
+            )
+            return None
+        if not isinstance(attributions, dict):
+            it.fail("attributions", "invalid_value", "must be an object of feature name to a number")
+            return None
+        features = self.features[model.name]
+        for name, value in attributions.items():
+            if name not in features:
+                it.fail(
+                    f"attributions.{str(name)[:100]}",
+                    "unknown_feature",
+                    f"is not a feature of model {model.name!r}; attributions are per feature",
+                )
+            elif value is not None and not _bounded(value):
+                it.fail(
+                    f"attributions.{name}",
+                    "invalid_value",
+                    f"must be a number from -{MAX_MAGNITUDE:g} to {MAX_MAGNITUDE:g}, got {_show(value)}",
+                )
+        return attributions
 
     def _attributes(self, it: _Item, model: ModelConfig, attributes: Any) -> dict | None:
         """A prediction's ``attributes``: names declared under the model's attributes, categorical values.

@@ -19,7 +19,7 @@ from exporter.engine.model_registry import EMPTY, RegistryLinks
 from exporter.engine.state import ModelSnapshot, ModelState, Segments, ServerReports
 from exporter.ingest.validation import IngestErrors
 from exporter.serve.exposition import CounterFamily, GaugeFamily
-from exporter.stats import estimate, fairness, quality
+from exporter.stats import attribution, estimate, fairness, quality
 from exporter.stats.binning import decision_method, distribution, window_drift
 from exporter.stats.drift import CATEGORICAL_METHODS, CLASS_METHODS, NUMERIC_METHODS
 from exporter.stats.histogram import Histogram
@@ -184,11 +184,13 @@ def _families(
     drift_families = _DriftFamilies()
     segments = _SegmentFamilies()
     fair = _FairnessFamilies()
+    attributions = _AttributionFamilies()
 
     for snap in snaps:
         model = snap.config
         m = model.name
         drift_families.model(snap)
+        attributions.model(snap)
         fair.model(model)
         calibration = snap.profile.calibration if snap.profile is not None else None
         if calibration is not None:
@@ -241,6 +243,8 @@ def _families(
                 else:
                     _regression_window(mvw, totals, gauges)
                 drift_families.window(mvw, window_drift(model, snap.profile, totals))
+                if model.attributions:
+                    attributions.window(snap, mvw, totals)
             spans.version(mv, v.spans, model.is_classification, calibration is not None)
             for (seg_feature, seg_value), windows in v.segments.items():
                 if seg_feature not in model.listed_segments:
@@ -281,6 +285,7 @@ def _families(
         *drift_families.all(),
         *segments.all(),
         *fair.all(),
+        *attributions.all(),
     )
 
     errs = CounterFamily(
@@ -515,6 +520,88 @@ class _EstimateFamilies:
         return [self.info, self.samples, *self.gauges.values(), *self.per_class.values()]
 
 
+class _AttributionFamilies:
+    """Feature attributions (exporter/stats/attribution.py): what drives the model now against the reference."""
+
+    def __init__(self):
+        w = [*MV, "window"]
+        self.mean_abs = GaugeFamily(
+            "mlmon_attribution_mean_abs",
+            "Mean absolute attribution (SHAP or LIME value) of the feature over the window's predictions that carry "
+            "it: the feature's importance now (models with attributions: true; the top features only).",
+            labels=[*w, "feature"],
+        )
+        self.rank = GaugeFamily(
+            "mlmon_attribution_rank",
+            "The feature's rank by mean absolute attribution in the window: 1 is the strongest driver.",
+            labels=[*w, "feature"],
+        )
+        self.samples = GaugeFamily(
+            "mlmon_attribution_samples", "Predictions in the window that carried attributions.", labels=w
+        )
+        self.drift = GaugeFamily(
+            "mlmon_attribution_drift",
+            "Total variation distance between the features' shares of the mean absolute attribution in the window "
+            "and in the reference: the share of the model's attention that moved between features (0 to 1).",
+            labels=w,
+        )
+        self.correlation = GaugeFamily(
+            "mlmon_attribution_rank_correlation",
+            "Spearman's rank correlation of the features' mean absolute attributions in the window and in the "
+            "reference: 1 when the drivers rank as at training.",
+            labels=w,
+        )
+        self.reference = GaugeFamily(
+            "mlmon_reference_attribution_mean_abs",
+            "Mean absolute attribution of the feature in the reference (its attributions.<feature> column): its "
+            "importance at training time (the top features only).",
+            labels=["model", "feature"],
+        )
+        self.reference_rank = GaugeFamily(
+            "mlmon_reference_attribution_rank",
+            "The feature's rank by mean absolute attribution in the reference: 1 was the strongest driver.",
+            labels=["model", "feature"],
+        )
+
+    def _reference(self, snap: ModelSnapshot):
+        return snap.profile.attributions if snap.profile is not None else None
+
+    def model(self, snap: ModelSnapshot) -> None:
+        model, ref = snap.config, self._reference(snap)
+        if not model.attributions or ref is None:
+            return
+        ranks = attribution.ranks(ref)
+        for j in sorted(attribution.top(ref, model.attribution_top)):
+            self.reference.add_metric([model.name, model.features[j].name], float(ref[j]))
+            self.reference_rank.add_metric([model.name, model.features[j].name], int(ranks[j]))
+
+    def window(self, snap: ModelSnapshot, mvw: list[str], totals: dict) -> None:
+        model = snap.config
+        names = [f.name for f in model.features]
+        a = attribution.window(names, totals, self._reference(snap), model.drift_min_samples, model.attribution_top)
+        if a is None:
+            return
+        self.samples.add_metric(mvw, a.rows)
+        for name, value in a.mean_abs.items():
+            self.mean_abs.add_metric([*mvw, name], value)
+            self.rank.add_metric([*mvw, name], a.rank[name])
+        if a.drift is not None:
+            self.drift.add_metric(mvw, a.drift)
+        if a.rank_correlation is not None:
+            self.correlation.add_metric(mvw, a.rank_correlation)
+
+    def all(self) -> list:
+        return [
+            self.mean_abs,
+            self.rank,
+            self.samples,
+            self.drift,
+            self.correlation,
+            self.reference,
+            self.reference_rank,
+        ]
+
+
 class _DriftFamilies:
     """Drift and data-quality families (docs/drift.md), filled model by model, window by window."""
 
@@ -594,7 +681,7 @@ class _DriftFamilies:
         )
         self.multivariate = GaugeFamily(
             "mlmon_multivariate_drift",
-            "Mean PCA reconstruction error of the window's rows (numeric features, standardised on the reference): "
+            "Mean PCA reconstruction error of the window's rows (the features standardised on the reference): "
             "how far the features have left the way they moved together in the reference.",
             labels=w,
         )

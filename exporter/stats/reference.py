@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from exporter.config import ModelConfig
-from exporter.stats import estimate, multivariate
+from exporter.stats import attribution, estimate, multivariate
 
 FORMAT = "mlmon-reference/1"
 NUMERIC_BINS = 40  # interior quantile bins; PSI merges them into deciles
@@ -125,6 +125,9 @@ class Profile:
     # The frozen PCA of the numeric features for multivariate drift (exporter/stats/multivariate.py); None
     # with fewer than two numeric features or too few rows.
     reconstruction: multivariate.Reconstruction | None = None
+    # The mean absolute attribution of each feature (the model's features in order; NaN: no value), from the
+    # reference's attributions.<feature> columns (exporter/stats/attribution.py); None without them.
+    attributions: np.ndarray | None = None
 
     def as_json(self) -> dict:
         out = {
@@ -143,6 +146,9 @@ class Profile:
             out["calibration_note"] = self.calibration_note
         if self.reconstruction is not None:
             out["reconstruction"] = self.reconstruction.as_json()
+        if self.attributions is not None:
+            names = list(self.features)
+            out["attributions"] = {n: float(v) for n, v in zip(names, self.attributions) if not np.isnan(v)}
         return out
 
     def calibration_summary(self) -> dict:
@@ -224,9 +230,13 @@ def build_profile(columns: dict[str, list], model: ModelConfig) -> Profile:
     if not names:
         raise ReferenceError(f"model {model.name!r} has no features in the config: nothing to profile")
     scores = score_columns(model)
+    if model.attributions:
+        scores = [*scores, *(attribution.REFERENCE_PREFIX + n for n in names)]
     unknown = [c for c in columns if c not in names and c not in EXTRA_COLUMNS and c not in scores]
     if unknown:
-        allowed = ", ".join([*EXTRA_COLUMNS, *scores])
+        allowed = ", ".join([*EXTRA_COLUMNS, *scores[:12]])
+        if any(c.startswith(attribution.REFERENCE_PREFIX) for c in unknown) and not model.attributions:
+            allowed += " (attributions.<feature> columns need attributions: true in the model's config)"
         raise ReferenceError(
             f"unknown columns {unknown[:10]}: the model's features are {sorted(names)}; {allowed} are allowed besides"
         )
@@ -258,8 +268,23 @@ def build_profile(columns: dict[str, list], model: ModelConfig) -> Profile:
             outcomes[key] = _class_profile(values, model)
     calibration, note = _calibration(columns, model, _score_columns_used(columns, model))
     reconstruction = _reconstruction(columns, model, rows) if model.multivariate else None
+    attributions = None
+    if model.attributions:
+        try:
+            found = attribution.reference_profile(columns, list(names))
+        except ValueError as exc:
+            raise ReferenceError(f"attributions columns must hold numbers: {exc}") from None
+        attributions = None if found is None else found[0]
     return Profile(
-        model.name, rows, features, outcomes["prediction"], outcomes["label"], calibration, note, reconstruction
+        model.name,
+        rows,
+        features,
+        outcomes["prediction"],
+        outcomes["label"],
+        calibration,
+        note,
+        reconstruction,
+        attributions,
     )
 
 
@@ -432,6 +457,17 @@ def from_json(data, model: ModelConfig) -> Profile:
             raise ReferenceError(f"reconstruction: {exc}") from None
         if reconstruction.features != columns:
             raise ReferenceError(f"reconstruction: its features must be the model's, numeric first {list(columns)}")
+    attributions = None
+    if data.get("attributions") is not None and model.attributions:
+        given = data["attributions"]
+        if not isinstance(given, dict) or set(given) - set(names):
+            raise ReferenceError("attributions: must be an object of the model's feature names to a number")
+        try:
+            attributions = np.array([float(given.get(n, np.nan)) for n in names])
+        except (TypeError, ValueError) as exc:
+            raise ReferenceError(f"attributions: {exc}") from None
+        if (attributions[~np.isnan(attributions)] < 0).any():
+            raise ReferenceError("attributions: mean absolute attributions cannot be negative")
     return Profile(
         model.name,
         rows,
@@ -441,6 +477,7 @@ def from_json(data, model: ModelConfig) -> Profile:
         calibration,
         note if isinstance(note, str) else "",
         reconstruction,
+        attributions,
     )
 
 

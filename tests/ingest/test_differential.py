@@ -7,7 +7,8 @@ with the same config: one as served (fast path first), one with the fast path sw
 the status and the whole answer (the error list included) must be equal, and so must every series of the
 two exporters afterwards. Each field of each item is present and valid, absent, null, of the wrong type, or
 out of range; items go alone or in batches; configs hold one model or three. Prediction attributes split
-segments and fairness groups, so the series compared afterwards include those the attributes decide.
+segments and fairness groups, and attributions add to the windows of the models that monitor them, so the series
+compared afterwards include those the attributes and the attributions decide.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ models:
     attributes: [sex, "age band"]
     segments: {features: [plan, "age band"], top: 2}
     fairness: {features: [sex], reference_group: {sex: f}}
+    attributions: {top: 2}
 """
 MULTI = (
     SINGLE
@@ -58,6 +60,7 @@ MULTI = (
       - {name: region, type: categorical}
     attributes: [site]
     segments: {features: [site]}
+    attributions: true
 """
 )
 CONFIGS = {"single": SINGLE, "multi": MULTI}
@@ -122,6 +125,7 @@ FEATURES = {
 }
 FEATURE_VALUE = st.one_of(NUMBERS, TEXT, st.booleans(), st.none(), WRONG)
 ATTRIBUTES = {"churn": ["sex", "age band"], "iris": [], "price": ["site"]}
+ATTRIBUTIONS = {"churn", "price"}  # the models with attributions: iris refuses them
 
 
 @functools.cache
@@ -140,6 +144,12 @@ def features(model: str):
 def attributes(model: str):
     names = ATTRIBUTES[model] + ["unknown attribute", "plan"]  # "plan" is a feature of churn, not an attribute
     return st.one_of(st.dictionaries(st.sampled_from(names), FEATURE_VALUE, max_size=3), WRONG)
+
+
+@functools.cache
+def attributions(model: str):
+    names = FEATURES[model] + ["unknown feature", "sex"]  # "sex" is an attribute of churn, not a feature
+    return st.one_of(st.dictionaries(st.sampled_from(names), FEATURE_VALUE, max_size=4), WRONG)
 
 
 @functools.cache
@@ -181,6 +191,7 @@ def value(kind: str, model: str):
         "timestamp": TIMESTAMP,
         "features": features(model),
         "attributes": attributes(model),
+        "attributions": attributions(model),
         "outcome": outcome(model),
         "scores": scores(model),
         "probability": st.one_of(PROBABILITY, NUMBERS, WRONG),
@@ -207,6 +218,10 @@ def valid(field: schema.Field, model: str):
     if field.kind == "attributes":
         groups = st.one_of(st.sampled_from(["f", "m", "x", "", 1, 2.0, True]), st.none())
         return st.fixed_dictionaries({}, optional={n: groups for n in ATTRIBUTES[model]})
+    if field.kind == "attributions":
+        if model not in ATTRIBUTIONS:
+            return st.just(ABSENT)
+        return st.fixed_dictionaries({}, optional={n: st.one_of(SMALL, st.none()) for n in FEATURES[model]})
     if field.kind == "outcome":
         return st.sampled_from(classes) if classes else SMALL
     if field.kind == "scores":
@@ -345,6 +360,13 @@ def pair(request):
         assert len({v for f, v in segments if f == attribute and v != "other"}) >= 2, segments
     groups = {dict(labels)["group"] for name, labels in series(p.served) if name == "mlmon_fairness_group_samples"}
     assert "f" in groups and len(groups - {"f", "other"}) >= 1, groups  # the reference group and another
+    # Attributions reached the windows of both models that monitor them (and were compared).
+    carried = {
+        dict(labels)["model"]
+        for (name, labels), value in series(p.served).items()
+        if name == "mlmon_attribution_samples" and value > 0
+    }
+    assert carried == set(p.models) & ATTRIBUTIONS, carried
 
 
 def encode(value) -> bytes:

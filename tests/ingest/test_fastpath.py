@@ -46,6 +46,7 @@ models:
       - {name: region, type: categorical}
     attributes: [sex, "age.band (y)"]
     segments: {features: [region, sex]}
+    attributions: true
   - name: iris
     task: multiclass
     classes: [setosa, versicolor, "2"]
@@ -104,7 +105,7 @@ def same(fast_items, general_items) -> None:
                 a,
                 b,
             )
-        for kind in ("features", "attributes"):
+        for kind in ("features", "attributes", "attributions"):
             fa, fg = features_of(getattr(f, kind)), features_of(getattr(g, kind))
             assert fa == fg, kind
             for name, value in fa.items():  # categorical values keep their JSON type (category() depends on it)
@@ -182,6 +183,15 @@ def item(draw, valid=None):
         out["attributes"] = attributes
     elif model != "churn" and not valid and draw(st.integers(0, 9)) == 0:
         out["attributes"] = {"sex": "f"}  # a model that declares no attributes
+    if model == "churn" and draw(st.booleans()):
+        attributions = {name: pick(numbers) for name in feats if draw(st.booleans())}
+        if not valid and draw(st.integers(0, 3)) == 0:
+            attributions[draw(st.sampled_from(["sex", "other", "v0", "tenure "]))] = pick(numbers)
+        if not valid and draw(st.integers(0, 5)) == 0:
+            attributions[draw(st.sampled_from(list(feats)))] = pick(categories)  # not a number
+        out["attributions"] = attributions
+    elif model != "churn" and not valid and draw(st.integers(0, 9)) == 0:
+        out["attributions"] = {"rooms": 0.1}  # a model that does not monitor attributions
     if draw(st.integers(0, 19)):
         out["prediction"] = pick(classes)
     optional = {

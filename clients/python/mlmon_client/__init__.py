@@ -54,7 +54,7 @@ try:  # not available on Windows
 except ImportError:  # pragma: no cover - platform dependent
     _resource = None  # type: ignore[assignment]
 
-__all__ = ["Client", "configure", "get_client", "log_label", "log_prediction"]
+__all__ = ["Client", "configure", "get_client", "log_label", "log_prediction", "shap_attributions"]
 
 logger = logging.getLogger("mlmon.client")
 
@@ -133,6 +133,42 @@ def _features(value: Any) -> Any:
         if callable(to_dict):
             value = to_dict()
     return _plain(value)
+
+
+def shap_attributions(row: Any, output: Any = None, feature_names: Any = None) -> dict[str, float]:
+    """The ``attributions`` of one prediction from a row of a ``shap.Explanation`` (``explanation[i]``):
+    feature name -> SHAP value. For a model with several outputs (a classifier's classes: values of shape
+    features x outputs), ``output`` picks one, by position or by name when the explanation has
+    ``output_names``; monitor one output per model, the positive class of a binary classifier or the
+    predicted class. ``feature_names`` overrides the explanation's own. shap need not be importable here:
+    any object with ``values`` (and ``feature_names``) will do.
+    """
+    values = getattr(row, "values", row)
+    names = feature_names if feature_names is not None else getattr(row, "feature_names", None)
+    if names is None:
+        raise ValueError("the explanation row has no feature_names: pass feature_names")
+    names = [str(n) for n in names]
+    try:
+        shape = tuple(values.shape)
+    except AttributeError:
+        shape = (
+            (len(values),) if not values or not isinstance(values[0], (list, tuple)) else (len(values), len(values[0]))
+        )
+    if len(shape) == 2:
+        if output is None:
+            raise ValueError(f"the explanation has {shape[1]} outputs: pick one with output= (a position or a name)")
+        if isinstance(output, str):
+            outputs = [str(o) for o in (getattr(row, "output_names", None) or [])]
+            if output not in outputs:
+                raise ValueError(f"unknown output {output!r}: the explanation's outputs are {outputs}")
+            output = outputs.index(output)
+        values = [r[output] for r in values]
+    elif len(shape) != 1:
+        raise ValueError(f"expected one row of an explanation (features, or features x outputs), got shape {shape}")
+    values = list(values)
+    if len(values) != len(names):
+        raise ValueError(f"{len(values)} values for {len(names)} feature names")
+    return {n: float(v) for n, v in zip(names, values)}
 
 
 def _timestamp(value: Any) -> Any:
@@ -348,6 +384,7 @@ class Client:
         label: Any = None,
         registry: Any = None,
         attributes: Any = None,
+        attributions: Any = None,
     ) -> bool:
         """Queue one prediction; return True if queued, False if dropped. Never blocks or raises.
 
@@ -360,6 +397,9 @@ class Client:
         (sending it now and then is enough: the exporter keeps the latest per version). ``attributes``
         maps name -> str, number, bool or None: facts the model does not use (a sensitive group, a
         region) that split segments and fairness groups; the model's config must declare them.
+        ``attributions`` maps feature -> number: the prediction's SHAP or LIME values (see
+        :func:`shap_attributions` for a row of a ``shap.Explanation``), for models with
+        ``attributions: true`` in the exporter's config.
         """
         try:
             item = _compact(
@@ -370,6 +410,7 @@ class Client:
                     "timestamp": _timestamp(timestamp),
                     "features": None if features is None else _features(features),
                     "attributes": None if attributes is None else _features(attributes),
+                    "attributions": None if attributions is None else _features(attributions),
                     "prediction": _plain(prediction),
                     "scores": None if scores is None else _features(scores),
                     "score": _plain(score),
