@@ -75,9 +75,10 @@ bench-full: $(BENCH_STAMP)
 	$(BENCH_PY) bench/run.py --full
 
 # `make bench-alerts`: replays scenarios (a collapse at three label rates, healthy weeks, a slow decay, late
-# labels, two replicas, drift, the estimate, fairness) through the exporter's code and the bundled rules under
-# promtool, and writes when each alert fires, and how often without cause, into docs/alerts.md. About 40
-# minutes on 2 cores; `.venv/bin/python bench/bench_alerts.py --only fairness:` the fairness table alone.
+# labels, two replicas, drift, the estimate, fairness, multivariate drift) through the exporter's code and the
+# bundled rules under promtool, and writes when each alert fires, and how often without cause, into
+# docs/alerts.md. About 50 minutes on 2 cores; `.venv/bin/python bench/bench_alerts.py --only fairness:` the
+# fairness table alone (`--only multivariate:` the multivariate drift table).
 bench-alerts: venv system-deps
 	$(PY) bench/bench_alerts.py
 

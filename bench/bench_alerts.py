@@ -8,14 +8,16 @@ simulated weeks); a harness group records when each alert starts firing, and the
 
 For each scenario and seed it reports, per alert, the delay from the change to the first firing, and the
 firing episodes without cause (before the change, or over a stationary week). The tables go into
-docs/alerts.md between the ``bench-alerts`` markers (quality, estimate and drift) and the
-``bench-alerts-fairness`` markers (MlmonModelFairnessDisparity, per criterion); a run writes each table whose
-scenarios it all replayed. ``--rules-dir`` runs another copy of the rules, so a rule made slower or noisier
-shows in the table (tests/bundle/test_bench_alerts.py checks that it does).
+docs/alerts.md between the ``bench-alerts`` markers (quality, estimate and drift), the
+``bench-alerts-fairness`` markers (MlmonModelFairnessDisparity, per criterion) and the
+``bench-alerts-multivariate`` markers (MlmonModelMultivariateDrift, with correlated features); a run writes
+each table whose scenarios it all replayed. ``--rules-dir`` runs another copy of the rules, so a rule made
+slower or noisier shows in the table (tests/bundle/test_bench_alerts.py checks that it does).
 
     python bench/bench_alerts.py                 # every scenario, 5 seeds where the outcome is random
     python bench/bench_alerts.py --quick         # 2 seeds, for a look (does not write docs/alerts.md)
     python bench/bench_alerts.py --only fairness: --jobs 1   # the fairness table alone (written)
+    python bench/bench_alerts.py --only multivariate:        # the multivariate table alone (written)
     python bench/bench_alerts.py --only "collapse 0.2/s" --seeds 1 --no-write
     python bench/bench_alerts.py --only "healthy week 30/h" --seeds 8 --set min_labeled_samples=30
 """
@@ -44,14 +46,15 @@ from exporter.config import THRESHOLDS, parse_config  # noqa: E402
 from exporter.engine.state import ModelState, ServerReports  # noqa: E402
 from exporter.ingest.validation import IngestErrors, Label, Prediction  # noqa: E402
 from exporter.serve.collector import MlmonCollector  # noqa: E402
-from exporter.stats import reference  # noqa: E402
+from exporter.stats import multivariate, reference  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RULES_DIR = os.path.join(ROOT, "prometheus", "rules")
 DOC = os.path.join(ROOT, "docs", "alerts.md")
 # docs/alerts.md holds one table per block, each between its own markers (<!-- name:begin --> ...
 # <!-- name:end -->), with the families it shows and the thresholds its header names. A run writes the
-# blocks whose scenarios it all replayed, so that `--only fairness:` measures the fairness table alone.
+# blocks whose scenarios it all replayed, so that `--only fairness:` measures the fairness table alone. A name
+# with a dot is a model setting of the block's scenarios (see _setting), not one of the exporter's thresholds.
 BLOCKS = {
     "bench-alerts": (
         ("quality", "estimate", "drift"),
@@ -68,9 +71,14 @@ BLOCKS = {
         ("fairness",),
         ("fairness_ratio_min", "fairness_gap_max", "fairness_min_group_samples", "evidence_confidence"),
     ),
+    "bench-alerts-multivariate": (
+        ("multivariate",),
+        ("drift.min_samples", "drift.multivariate.variance", "drift.multivariate.chunk_size", "drift.thresholds.psi"),
+    ),
 }
 HOUR, DAY, WEEK = 3600.0, 86400.0, 7 * 86400.0
 FEATURES = 20
+MV_FEATURES = 10  # the multivariate family's model (correlated_rows)
 
 # The groups of each family of scenarios: the recording groups, in the order their results feed each other
 # (promtool evaluates them so at each step; Prometheus evaluates groups independently, so each group boundary
@@ -81,12 +89,16 @@ GROUPS = {
     "drift": ["mlmon-pooled-shared", "mlmon-pooled-quality", "mlmon-pooled-drift", "mlmon-drift"],
     # mlmon-fairness-evidence holds the evidence the alert decides on, then the alert.
     "fairness": ["mlmon-pooled-shared", "mlmon-fairness", "mlmon-fairness-evidence"],
+    # MlmonModelMultivariateDrift reads mlmon-pooled-drift alone; MlmonModelFeatureDrift, shown beside it, also
+    # the window samples of mlmon-pooled-quality, and the group's missing-values alert mlmon-pooled-shared.
+    "multivariate": ["mlmon-pooled-shared", "mlmon-pooled-quality", "mlmon-pooled-drift", "mlmon-drift"],
 }
 ALERTS = {
     "quality": ("MlmonModelAccuracyLow", "MlmonModelAccuracyDrop", "MlmonModelErrorRise"),
     "estimate": ("MlmonModelEstimatedAccuracyLow", "MlmonModelCalibrationGap"),
     "drift": ("MlmonModelFeatureDrift", "MlmonModelPredictionDrift", "MlmonModelFeatureValuesMissing"),
     "fairness": ("MlmonModelFairnessDisparity",),
+    "multivariate": ("MlmonModelMultivariateDrift", "MlmonModelFeatureDrift"),
 }
 # The fairness alert's two criteria, told apart by its `criterion` label (the harness keeps that label).
 PARITY = 'MlmonModelFairnessDisparity{criterion="demographic_parity"}'
@@ -120,13 +132,15 @@ class Scenario:
     hours, one sample every ``step`` seconds; before that the exporter warms up in steps of ``warm_step``."""
 
     name: str
-    family: str  # quality | drift | estimate | fairness
+    family: str  # quality | drift | estimate | fairness | multivariate
     # healthy | collapse | decay | drop_above_floor | mae_double | regression_healthy | stationary | shift |
     # covariate_shift | calibrated (estimate: the inputs move, the relation of inputs to outcomes stays) |
     # concept_drift (estimate: the inputs stay, a share of the outcomes turns) | equal (fairness: the groups
     # as ``groups`` says throughout) | selection_drop (fairness: the last group's selection rate falls to 0.6
     # times the first's, its true positive rate kept) | tpr_drop (fairness: the last group's true positive
-    # rate falls by 0.25, its selection rate kept)
+    # rate falls by 0.25, its selection rate kept) | stationary (multivariate too) | correlation_flip
+    # (multivariate: f1 turns sign, so its correlation with f0 goes from 0.8 to -0.8, every marginal kept) |
+    # shift_all (multivariate: every feature moves by ``shift`` reference standard deviations)
     kind: str
     rate: float
     hours: float
@@ -150,6 +164,10 @@ class Scenario:
     # the model's fairness.disparity
     groups: tuple[Group, ...] = ()
     disparity: str = "reference"
+    # multivariate: the reference's rows (its chunks, hence its thresholds, are a tenth of them), and the
+    # shift of shift_all
+    reference_rows: int = 5_000
+    shift: float = 0.3
 
     @property
     def task(self) -> str:
@@ -383,6 +401,7 @@ def scenarios() -> list[Scenario]:
         )
     )
     out += fairness_scenarios()
+    out += multivariate_scenarios()
     return out
 
 
@@ -477,6 +496,74 @@ def fairness_scenarios() -> list[Scenario]:
     return out
 
 
+def _deciding(rate: float, rows: int) -> str:
+    """Which window decides the multivariate alert at ``rate`` with a reference of ``rows``: the shortest that
+    holds a chunk's rows (and drift.min_samples, 100), as the exporter publishes it."""
+    chunk = rows // multivariate.DEFAULT_CHUNKS
+    for name, seconds in (("5m", 300), ("1h", HOUR), ("1d", DAY)):
+        held = rate * seconds
+        if held >= max(100, chunk):
+            return f"the {name} window decides: {held:,.0f} rows, chunks of {chunk:,}"
+    return "no window holds a chunk"
+
+
+def multivariate_scenarios() -> list[Scenario]:
+    """A binary model with ten numeric features that move together (correlated_rows) against a reference of
+    5,000 rows (1,000 in one week): stationary weeks, where the alert must stay quiet, then two changes no
+    single feature shows: a correlation that turns (every marginal kept) and a small shift of every feature.
+    MlmonModelFeatureDrift is shown beside it: it should not fire in either."""
+    both = ("MlmonModelMultivariateDrift", "MlmonModelFeatureDrift")
+    out = []
+    for rate, rows, seeds in ((0.2, 5_000, 3), (1.0, 5_000, 1), (10.0, 5_000, 1), (1.0, 1_000, 2)):
+        out.append(
+            Scenario(
+                f"multivariate: stationary week {_rate_name(rate)}, reference {rows:,} rows",
+                "multivariate",
+                "stationary",
+                rate,
+                WEEK / HOUR,
+                step=60,
+                seeds=seeds,
+                target=f"no warning ({_deciding(rate, rows)})",
+                watch=both,
+                quiet=True,
+                chunk=DAY,
+                reference_rows=rows,
+            )
+        )
+    for rate, hours, seeds in ((0.2, 3, 3), (10.0, 2, 1)):
+        out.append(
+            Scenario(
+                f"multivariate: correlation of f0 and f1 0.8 to -0.8, {_rate_name(rate)}",
+                "multivariate",
+                "correlation_flip",
+                rate,
+                24 + hours,
+                change=24,
+                record_from=23,
+                seeds=seeds,
+                target=f"measured ({_deciding(rate, 5_000)}); every marginal kept",
+                watch=both,
+            )
+        )
+    for rate, hours, seeds in ((0.2, 3, 3), (10.0, 2, 2)):
+        out.append(
+            Scenario(
+                f"multivariate: all {MV_FEATURES} features +0.3 sd, {_rate_name(rate)}",
+                "multivariate",
+                "shift_all",
+                rate,
+                24 + hours,
+                change=24,
+                record_from=23,
+                seeds=seeds,
+                target=f"measured ({_deciding(rate, 5_000)}); each feature's PSI about 0.1, under its 0.25",
+                watch=both,
+            )
+        )
+    return out
+
+
 # -- the model's life --------------------------------------------------------------------------------------
 
 
@@ -518,9 +605,10 @@ def config_text(s: Scenario) -> str:
     lines += ["models:", "  - name: m", f"    task: {s.task}"]
     if s.task == "binary":
         lines.append('    classes: ["no", "yes"]')
-    if s.family == "drift":
+    if s.family in ("drift", "multivariate"):
         lines.append("    features:")
-        lines += [f"      - {{name: f{i}, type: numeric}}" for i in range(FEATURES)]
+        count = FEATURES if s.family == "drift" else MV_FEATURES
+        lines += [f"      - {{name: f{i}, type: numeric}}" for i in range(count)]
     if s.family == "estimate":
         lines += ['    positive_class: "yes"', "    features:", "      - {name: x, type: numeric}"]
     if s.family == "fairness":
@@ -528,6 +616,35 @@ def config_text(s: Scenario) -> str:
         reference = f", reference_group: {{group: {s.groups[0].name}}}" if s.disparity == "reference" else ""
         lines.append(f"    fairness: {{features: [group]{reference}, disparity: {s.disparity}}}")
     return "\n".join(lines) + "\n"
+
+
+# The multivariate family's world: ten Normal(0, 1) features that move together. f0 and f1 are correlated 0.8;
+# f2 to f9 are eight independent Normals mixed by a fixed matrix (columns of unit length: correlations from
+# -0.64 to 0.67, of both signs). A PCA keeping 65% of the variance keeps three components (of eigenvalues
+# about 3.4, 2.1 and the pair's 1.8, against 1.1 for the next), whatever the reference's draw.
+MIXING = np.random.default_rng(6).standard_normal((8, 8))
+MIXING /= np.sqrt((MIXING**2).sum(axis=0))
+
+
+def correlated_rows(rng: np.random.Generator, n: int) -> np.ndarray:
+    z = rng.standard_normal((n, MV_FEATURES))
+    x = np.empty_like(z)
+    x[:, 0] = z[:, 0]
+    x[:, 1] = 0.8 * z[:, 0] + 0.6 * z[:, 1]
+    x[:, 2:] = z[:, 2:] @ MIXING
+    return x
+
+
+def changed_rows(s: Scenario, rows: np.ndarray) -> np.ndarray:
+    """The rows after the scenario's change (a copy)."""
+    out = rows.copy()
+    if s.kind == "shift":
+        out[:, :3] += 1.0  # one reference standard deviation in three of the twenty features
+    elif s.kind == "correlation_flip":
+        out[:, 1] = -out[:, 1]
+    elif s.kind == "shift_all":
+        out += s.shift
+    return out
 
 
 # The estimate's world: the outcome is "yes" with probability sigmoid(K x); the model predicts the likelier
@@ -566,25 +683,31 @@ class Replay:
             profile = reference.build_profile(columns, self.model)
             for st in self.states:
                 st.set_reference(profile)
-        if s.family == "drift":
-            ref = self.rng.standard_normal((20_000, FEATURES))
-            profile = reference.build_profile({f"f{i}": list(ref[:, i]) for i in range(FEATURES)}, self.model)
+        if s.family in ("drift", "multivariate"):
+            if s.family == "drift":
+                ref = self.rng.standard_normal((20_000, FEATURES))
+            else:  # the reference goes through build_profile, which fits and freezes its reconstruction
+                ref = correlated_rows(self.rng, s.reference_rows)
+            names = [f"f{i}" for i in range(ref.shape[1])]
+            profile = reference.build_profile({f: list(ref[:, i]) for i, f in enumerate(names)}, self.model)
             for st in self.states:
                 st.set_reference(profile)
             # Events are drawn from a pool made once (their time set as they are sent): building a prediction
-            # per event would cost more than the exporter's own work.
-            pool = self.rng.standard_normal((50_000, FEATURES))
-            shifted = pool.copy()
-            shifted[:, :3] += 1.0  # one reference standard deviation in three of the twenty features
-            names = [f"f{i}" for i in range(FEATURES)]
+            # per event would cost more than the exporter's own work. The same rows, changed, after the change.
+            if s.family == "drift":
+                pool = self.rng.standard_normal((50_000, FEATURES))
+            else:
+                pool = correlated_rows(self.rng, 50_000)
             classes = self.rng.integers(0, 2, len(pool)).tolist()
-            self.pool, self.shifted = (
-                [
+
+            def predictions(rows: np.ndarray) -> list[Prediction]:
+                return [
                     Prediction("m", "v1", None, 0.0, c, None, None, None, dict(zip(names, row)))
                     for c, row in zip(classes, rows.tolist())
                 ]
-                for rows in (pool, shifted)
-            )
+
+            self.pool = predictions(pool)
+            self.changed = predictions(changed_rows(s, pool)) if s.change is not None else self.pool
 
         if s.family == "fairness":
             # Every event is one of a few kinds (group, label, predicted class): one prediction object per
@@ -612,8 +735,8 @@ class Replay:
 
     def _events(self, st: ModelState, replica: int, n: int, t: float) -> None:
         s, rng = self.s, self.rng
-        if s.family == "drift":
-            pool = self.shifted if s.kind == "shift" and t >= s.change * HOUR else self.pool
+        if s.family in ("drift", "multivariate"):
+            pool = self.changed if s.change is not None and t >= s.change * HOUR else self.pool
             start = int(rng.integers(0, len(pool) - n)) if n < len(pool) else 0
             events = pool[start : start + n]
             for e in events:
@@ -928,10 +1051,12 @@ def report(
     ``scope`` qualifies the run time (its workers, and whether the run replayed more than this table)."""
     by_name = {s.name: s for s in all_scenarios}
     named = BLOCKS[block_of(by_name[next(iter(results))])][1] if results else ()
-    defaults = ", ".join(f"`{k}` {THRESHOLDS[k][0]:g}" for k in named)
+    shown = [by_name[name] for name in results]
+    defaults = ", ".join(_setting(k, shown) for k in named)
+    kind = "thresholds" if all(k in THRESHOLDS for k in named) else "settings"
     lines = [
         f"Measured by {command} on {datetime.date.today().isoformat()}, "
-        f"{mode} mode, in {took / 60:.1f} min{scope}, with the bundled rules and the default thresholds "
+        f"{mode} mode, in {took / 60:.1f} min{scope}, with the bundled rules and the default {kind} "
         f"({defaults}) and windows (5m, 1h, 1d; 60 buckets each). "
         "Delays are from the change to the first firing, as the median over the runs (seeds) with the fastest and "
         "slowest in brackets; episodes are counted per run."
@@ -957,6 +1082,26 @@ def report(
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _setting(name: str, shown: list[Scenario]) -> str:
+    """One setting of a block's header: an exporter threshold's default, or (a name with a dot) a model
+    setting of the scenarios ``shown``, as their config gives it."""
+    if name in THRESHOLDS:
+        return f"`{name}` {THRESHOLDS[name][0]:g}"
+    model = parse_config(config_text(shown[0])).models[0]
+    if name == "drift.min_samples":
+        return f"`drift.min_samples` {model.drift_min_samples}"
+    if name == "drift.multivariate.variance":
+        return f"`drift.multivariate.variance` {model.multivariate_variance:g}"
+    if name == "drift.multivariate.chunk_size":  # the scenarios set none: a tenth of each reference
+        sizes = sorted({s.reference_rows for s in shown}, reverse=True)
+        chunks = " and ".join(f"{rows // multivariate.DEFAULT_CHUNKS:,} of {rows:,}" for rows in sizes)
+        return f"no `drift.multivariate.chunk_size`: chunks of a tenth of the reference's rows ({chunks})"
+    if name.startswith("drift.thresholds."):
+        method = name.rsplit(".", 1)[1]
+        return f"`drift.thresholds.{method}` {model.drift_threshold(None, method):g}"
+    raise ValueError(f"no setting {name}")
 
 
 def met(s: Scenario, runs: list[dict]) -> str:

@@ -53,6 +53,22 @@ TPR_DROP = Scenario(
 )
 
 
+# Ten correlated features against a reference of 5,000 rows; after 30 minutes f1 turns sign, so its correlation
+# with f0 goes from 0.8 to -0.8 while every feature keeps its own distribution (the 5m window holds 3000 rows).
+MULTIVARIATE = ("MlmonModelMultivariateDrift", "MlmonModelFeatureDrift")
+FLIP = Scenario(
+    "multivariate: correlation of f0 and f1 0.8 to -0.8, 10/s (short)",
+    "multivariate",
+    "correlation_flip",
+    10.0,
+    1.0,
+    change=0.5,
+    record_from=0.4,
+    target="measured",
+    watch=MULTIVARIATE,
+)
+
+
 def rules_copy(tmp_path, change) -> str:
     """A copy of the bundled rules with MlmonModelAccuracyLow changed by ``change(rule)``."""
     folder = tmp_path / "rules"
@@ -183,3 +199,37 @@ def test_a_table_is_written_between_its_own_markers(tmp_path, monkeypatch):
         "old bench-alerts\n" in text
         and "<!-- bench-alerts-fairness:begin -->\nnew\n<!-- bench-alerts-fairness:end -->" in text
     )
+
+
+def test_a_multivariate_replay_publishes_the_reconstruction_error():
+    """The reference goes through build_profile, so the profile fits its reconstruction: the replay publishes
+    the error per window and the reference's bounds, and the flip takes the error over the upper bound."""
+    wanted = bench_alerts.wanted_metrics(rule_groups(bench_alerts.RULES_DIR, "multivariate"))
+    assert {
+        "mlmon_multivariate_drift",
+        "mlmon_multivariate_drift_samples",
+        "mlmon_multivariate_drift_threshold",
+    } <= wanted
+    steps, series = replay(FLIP, 0, wanted)
+    instance = 'job="mlmon", instance="replica-a:8490", model="m"'
+    upper = series[f'mlmon_multivariate_drift_threshold{{{instance}, bound="upper"}}'][-1]
+    error = series[f'mlmon_multivariate_drift{{{instance}, version="v1", window="5m"}}']
+    change = int((FLIP.change - FLIP.record_from) * HOUR / FLIP.step)
+    assert max(error[:change]) < upper < error[-1], (upper, error)
+    assert series[f'mlmon_multivariate_drift_samples{{{instance}, version="v1", window="5m"}}'][-1] >= 2500
+
+
+@needs_promtool
+def test_a_correlation_flip_fires_the_multivariate_alert_alone():
+    result = run_one((FLIP, 0, bench_alerts.RULES_DIR))
+    assert "MlmonModelFeatureDrift" not in result["alerts"], result  # every marginal is kept
+    delay = result["alerts"]["MlmonModelMultivariateDrift"]["delay_minutes"]
+    assert 15 <= delay <= 20, result  # for: 15m, once the 5m window's mean error is over the bound
+    assert f"| MlmonModelMultivariateDrift (warning) | {delay:.1f} min | 0 | measured |" in table(FLIP, result)
+
+
+def test_the_multivariate_table_names_its_settings():
+    header = table(FLIP, {"scenario": FLIP.name, "seed": 0, "alerts": {}}).splitlines()[0]
+    assert "the default settings (`drift.min_samples` 100, `drift.multivariate.variance` 0.65, " in header
+    assert "chunks of a tenth of the reference's rows (500 of 5,000)" in header
+    assert "`drift.thresholds.psi` 0.25)" in header

@@ -293,3 +293,22 @@ def test_off_or_with_one_feature_it_publishes_nothing():
         _post_rows(client, features, ref[:500])
         text = client.get("/metrics").get_data(as_text=True)
         assert "mlmon_multivariate_drift{" not in text and "mlmon_multivariate_drift_threshold{" not in text
+
+
+def test_categorical_columns_encode_alike_whatever_their_values_types():
+    """Text-only columns are looked up in C, mixed ones value by value (numbers and booleans matched as their
+    text): both ways agree with a plain reading of the rule on generated columns."""
+    from exporter.stats.reference import category
+
+    rng = np.random.default_rng(9)
+    pool = ["a", "b", "c", "3", "true", "", None, "zz"]
+    ref = {"k": [str(rng.choice(pool[:5])) for _ in range(400)]}
+    rec = multivariate.fit(["x"], rng.normal(size=(400, 1)), categorical=ref)
+    shares, rare = rec.encodings[0], rec.rare[0]
+    for _ in range(200):
+        mixed = rng.random() < 0.5
+        values = [*pool, 3, 3.0, True, 7] if mixed else pool
+        column = [values[i] for i in rng.integers(0, len(values), 50)]
+        got = rec.matrix(np.zeros((50, 1)), [column])[:, 1]
+        expected = [np.nan if v is None or v == "" else shares.get(category(v), rare) for v in column]
+        assert np.array_equal(got, np.array(expected), equal_nan=True), column
