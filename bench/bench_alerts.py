@@ -42,6 +42,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import fill_markers  # noqa: E402
 from exporter.config import THRESHOLDS, parse_config  # noqa: E402
 from exporter.engine.state import ModelState, ServerReports  # noqa: E402
 from exporter.ingest.validation import IngestErrors, Label, Prediction  # noqa: E402
@@ -1127,15 +1128,7 @@ def met(s: Scenario, runs: list[dict]) -> str:
 
 def write_doc(lines: list[str], block: str = "bench-alerts") -> None:
     """Replace the table between the block's markers in docs/alerts.md, leaving every other block as it is."""
-    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
-    with open(DOC) as fh:
-        text = fh.read()
-    if begin not in text or end not in text:
-        raise SystemExit(f"{DOC} has no {begin} ... {end} section to fill")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    with open(DOC, "w") as fh:
-        fh.write(head + begin + "\n" + "\n".join(lines) + "\n" + end + tail)
+    fill_markers(DOC, f"<!-- {block}:begin -->", f"<!-- {block}:end -->", "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[dict]]:

@@ -62,7 +62,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from bench.common import ROOT  # noqa: E402
+from bench.common import ROOT, fill_markers  # noqa: E402
 from exporter import __version__ as MLMON_VERSION  # noqa: E402
 from exporter.config import parse_config  # noqa: E402
 from exporter.serve.app import create_app  # noqa: E402
@@ -586,10 +586,9 @@ def write_doc(body: str) -> None:
         if anchor not in doc:
             raise SystemExit(f"{DOC} has neither the {BEGIN} markers nor a '## Limits' section to put them before")
         section = f"## Side by side with NannyML\n\n{_wrap(SECTION_INTRO)}\n\n{BEGIN}\n{END}\n"
-        doc = doc.replace(anchor, f"\n{section}{anchor}", 1)
-    start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-    with open(DOC, "w") as fh:
-        fh.write(doc[:start] + "\n" + body.strip() + "\n" + doc[end:])
+        with open(DOC, "w") as fh:
+            fh.write(doc.replace(anchor, f"\n{section}{anchor}", 1))
+    fill_markers(DOC, BEGIN, END, body)
 
 
 def main() -> None:

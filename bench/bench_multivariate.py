@@ -74,7 +74,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from bench.common import ROOT  # noqa: E402
+from bench.common import ROOT, fill_markers  # noqa: E402
 from exporter import __version__ as MLMON_VERSION  # noqa: E402
 from exporter.config import parse_config  # noqa: E402
 from exporter.serve.app import create_app  # noqa: E402
@@ -559,13 +559,7 @@ def _wrap(text: str) -> str:
 
 
 def write_doc(body: str) -> None:
-    with open(DOC) as fh:
-        doc = fh.read()
-    if doc.count(BEGIN) != 1 or doc.count(END) != 1 or doc.index(BEGIN) > doc.index(END):
-        raise SystemExit(f"{DOC} must hold {BEGIN} and then {END}, once each")
-    start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-    with open(DOC, "w") as fh:
-        fh.write(doc[:start] + "\n" + body.strip() + "\n" + doc[end:])
+    fill_markers(DOC, BEGIN, END, body)
 
 
 def main() -> int:

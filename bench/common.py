@@ -194,3 +194,16 @@ def machine() -> str:
         pass
     libs = ", ".join(f"{name} {version(name)}" for name in ("numpy", "flask", "waitress", "prometheus-client"))
     return f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, {libs}"
+
+
+def fill_markers(path: str, begin: str, end: str, body: str) -> None:
+    """Replace what lies between the markers ``begin`` and ``end`` of the file at ``path`` (each there once, in
+    that order) with ``body``, leaving the rest of the file as it is: how a benchmark writes its table into
+    the docs."""
+    with open(path) as fh:
+        doc = fh.read()
+    if doc.count(begin) != 1 or doc.count(end) != 1 or doc.index(begin) > doc.index(end):
+        raise SystemExit(f"{path} must hold {begin} and then {end}, once each")
+    start, stop = doc.index(begin) + len(begin), doc.index(end)
+    with open(path, "w") as fh:
+        fh.write(doc[:start] + "\n" + body.strip() + "\n" + doc[stop:])

@@ -96,6 +96,11 @@ def class_weighted(metric: str, sel: str, extra: str, weight: str) -> str:
 REGISTRY_LABELS = "model, version, registry_name, registry_version, run_id, model_uri, run_url"
 
 
+def attributed(metric: str, by: str) -> str:
+    """An attribution window gauge pooled over replicas, weighted by their predictions with attributions."""
+    return mx(by, weighted(metric, WINDOW, weight=f"mlmon_attribution_samples{{{WINDOW}}}"))
+
+
 def registry_versions() -> str:
     """One row per chosen version and registry entry (replicas agree once their look-ups are done), valued with
     the version's first-served time in ms (the earliest over the replicas), or 0 where it is unknown."""
@@ -1082,14 +1087,7 @@ def drift():
                 "short",
                 [
                     query(
-                        mx(
-                            "model, feature",
-                            weighted(
-                                "mlmon_attribution_mean_abs",
-                                WINDOW,
-                                weight=f"mlmon_attribution_samples{{{WINDOW}}}",
-                            ),
-                        ),
+                        attributed("mlmon_attribution_mean_abs", "model, feature"),
                         instant=True,
                         fmt="table",
                     ),
@@ -1142,23 +1140,11 @@ def drift():
                 "short",
                 [
                     query(
-                        mx(
-                            "model, version",
-                            weighted(
-                                "mlmon_attribution_drift", WINDOW, weight=f"mlmon_attribution_samples{{{WINDOW}}}"
-                            ),
-                        ),
+                        attributed("mlmon_attribution_drift", "model, version"),
                         "distance {{model}} {{version}}",
                     ),
                     query(
-                        mx(
-                            "model, version",
-                            weighted(
-                                "mlmon_attribution_rank_correlation",
-                                WINDOW,
-                                weight=f"mlmon_attribution_samples{{{WINDOW}}}",
-                            ),
-                        ),
+                        attributed("mlmon_attribution_rank_correlation", "model, version"),
                         "rank correlation {{model}} {{version}}",
                     ),
                 ],

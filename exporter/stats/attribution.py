@@ -63,6 +63,8 @@ def reference_profile(columns: dict[str, list], names: list[str]) -> tuple[np.nd
     for j, name in enumerate(names):
         if found[j]:
             table[:, j] = [np.nan if v in (None, "") else float(v) for v in columns[REFERENCE_PREFIX + name]]
+    if np.isinf(table).any():
+        raise ValueError("an attribution is not a finite number")
     have = ~np.isnan(table)
     counts = have.sum(axis=0)
     sums = np.where(have, np.abs(table), 0.0).sum(axis=0)

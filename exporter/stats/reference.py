@@ -466,8 +466,9 @@ def from_json(data, model: ModelConfig) -> Profile:
             attributions = np.array([float(given.get(n, np.nan)) for n in names])
         except (TypeError, ValueError) as exc:
             raise ReferenceError(f"attributions: {exc}") from None
-        if (attributions[~np.isnan(attributions)] < 0).any():
-            raise ReferenceError("attributions: mean absolute attributions cannot be negative")
+        given_values = attributions[~np.isnan(attributions)]
+        if not np.isfinite(given_values).all() or (given_values < 0).any():
+            raise ReferenceError("attributions: mean absolute attributions are finite numbers, 0 or more")
     return Profile(
         model.name,
         rows,

@@ -233,3 +233,19 @@ def test_attributions_survive_a_restart_and_turning_them_on_keeps_the_windows(wo
             app.extensions["mlmon"].checkpoint()
         again, _ = make_app(on, clock)
         assert scrape(again.test_client()).series("mlmon_attribution") == before
+
+
+@pytest.mark.parametrize("bad", ["inf", "big"])
+def test_a_reference_attribution_that_is_not_a_finite_number_is_refused(world, bad):
+    names = world["names"]
+    app, _ = make_app(config(names))
+    csv = (
+        ",".join([*names, f"attributions.{names[0]}"])
+        + "\n"
+        + "\n".join(
+            ",".join([*(repr(float(v)) for v in row), bad if i == 3 else "0.1"]) for i, row in enumerate(world["x_ref"])
+        )
+    )
+    r = app.test_client().put("/api/v1/models/m/reference", data=csv, content_type="text/csv")
+    assert r.status_code == 400 and "attributions" in r.get_data(as_text=True)
+    assert scrape(app.test_client()).get("mlmon_reference_attribution_mean_abs", model="m", feature=names[0]) is None
