@@ -792,13 +792,13 @@ def fingerprint(model: ModelConfig, config: Config) -> str:
 
     Thresholds, drift methods and limits are not in it: changing them keeps the windows.
     """
-    # Without the estimate's, the multivariate drift's and the attributions' arrays: a snapshot written before
-    # them (or before attributions were turned on) gets them empty on restore (Ring.conform) instead of losing
-    # its windows.
+    # Without the estimate's and the attributions' arrays (ring_schema leaves them out without ``estimates``)
+    # and the multivariate drift's: a snapshot written before them (or before attributions were turned on) gets
+    # them empty on restore (Ring.conform) instead of losing its windows.
     schema = {
         name: (shape, np.dtype(dtype).str)
         for name, (shape, dtype) in ring_schema(model, False).items()
-        if name not in MULTIVARIATE and name not in attribution.ARRAYS
+        if name not in MULTIVARIATE
     }
     return repr(
         (

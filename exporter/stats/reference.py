@@ -230,11 +230,12 @@ def build_profile(columns: dict[str, list], model: ModelConfig) -> Profile:
     if not names:
         raise ReferenceError(f"model {model.name!r} has no features in the config: nothing to profile")
     scores = score_columns(model)
-    if model.attributions:
-        scores = [*scores, *(attribution.REFERENCE_PREFIX + n for n in names)]
-    unknown = [c for c in columns if c not in names and c not in EXTRA_COLUMNS and c not in scores]
+    attributed = {attribution.REFERENCE_PREFIX + n for n in names} if model.attributions else set()
+    unknown = [
+        c for c in columns if c not in names and c not in EXTRA_COLUMNS and c not in scores and c not in attributed
+    ]
     if unknown:
-        allowed = ", ".join([*EXTRA_COLUMNS, *scores[:12]])
+        allowed = ", ".join([*EXTRA_COLUMNS, *scores, *(["attributions.<feature>"] if attributed else [])])
         if any(c.startswith(attribution.REFERENCE_PREFIX) for c in unknown) and not model.attributions:
             allowed += " (attributions.<feature> columns need attributions: true in the model's config)"
         raise ReferenceError(
