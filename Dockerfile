@@ -17,8 +17,8 @@
 # the tests run on. Bump both lines together (tests/bundle/test_compose.py checks that they agree).
 
 # --- build: install the package and its extras into a virtualenv: `demo` (scikit-learn), `redis` (the shared
-# join store, joins.backend: redis), `report` (matplotlib, for `mlmon report`) and `mlflow` (mlflow-skinny, for
-# registry.tracking_uri look-ups) --------------------------------------------------------------------------------
+# join store, joins.backend: redis), `report` (matplotlib, for `mlmon report`), `mlflow` (mlflow-skinny, for
+# registry.tracking_uri look-ups) and `arrow` (pyarrow, for Arrow ingest) ---------------------------------------
 FROM python:3.11.15-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -32,9 +32,9 @@ COPY exporter ./exporter
 COPY clients/python/mlmon_client ./clients/python/mlmon_client
 # No lock file: the version ranges of pyproject.toml apply, as for `pip install mlmon`.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir '.[demo,redis,report,mlflow]' \
+RUN pip install --no-cache-dir '.[demo,redis,report,mlflow,arrow]' \
     && mlmon --version \
-    && python -c 'import redis, matplotlib, mlflow'
+    && python -c 'import redis, matplotlib, mlflow, pyarrow'
 
 # --- runtime: the virtualenv and the examples, run as an unprivileged user ---------------------------------
 FROM python:3.11.15-slim-bookworm AS runtime

@@ -62,7 +62,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 $(BENCH_STAMP): pyproject.toml bench/requirements.txt
 	@test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_PY) -m pip install --quiet --upgrade pip
-	$(BENCH_PY) -m pip install --quiet -e '.[redis]' -r bench/requirements.txt
+	$(BENCH_PY) -m pip install --quiet -e '.[redis,arrow]' -r bench/requirements.txt
 	@touch $(BENCH_STAMP)
 
 # `make bench`: every benchmark in 7 to 10 minutes on 2 cores (Evidently's and the exact computation's slow

@@ -3,10 +3,12 @@ clients on loopback) and in process (validation + window update, and the window 
 
 Run: python bench/bench_ingest.py            (the figures of docs/benchmarks.md)
      python bench/bench_ingest.py stages     (where the time of one batch goes, docs/performance.md)
+     python bench/bench_ingest.py formats 1  (rows, columnar JSON and Arrow alone, 1 s per HTTP phase)
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -21,20 +23,36 @@ import requests  # noqa: E402
 
 from bench.common import Served, config_text, events, median_of  # noqa: E402
 
+# Ids of the format benchmark's bodies start with this placeholder; each request gets its own number in its
+# place (the same length, so a JSON body and an Arrow stream stay valid): every prediction is new, as in
+# production, instead of a repeat the join store answers at once.
+ID_PLACEHOLDER = b"#######"
 
-def http_rate(url: str, bodies: list[bytes], per_body: int, clients: int, seconds: float) -> float:
-    """Predictions acknowledged per second with `clients` threads posting pre-encoded bodies."""
+
+def http_rate(
+    url: str,
+    bodies: list[bytes],
+    per_body: int,
+    clients: int,
+    seconds: float,
+    content_type: str = "application/json",
+    fresh_ids: bool = False,
+) -> float:
+    """Predictions acknowledged per second with `clients` threads posting pre-encoded bodies; ``fresh_ids``:
+    each request's ids made new (ID_PLACEHOLDER replaced by a request number)."""
     done = [0] * clients
     stop = time.monotonic() + seconds
     errors = []
+    numbers = itertools.count()
 
     def worker(k: int) -> None:
         s = requests.Session()
         i = k
         while time.monotonic() < stop:
-            r = s.post(
-                url + "/api/v1/predictions", data=bodies[i % len(bodies)], headers={"Content-Type": "application/json"}
-            )
+            body = bodies[i % len(bodies)]
+            if fresh_ids:
+                body = body.replace(ID_PLACEHOLDER, b"%07d" % next(numbers))
+            r = s.post(url + "/api/v1/predictions", data=body, headers={"Content-Type": content_type})
             if r.status_code != 202:
                 errors.append(r.status_code)
                 return
@@ -60,6 +78,14 @@ def server_cpu_seconds(pid: int) -> float:
 
 
 def in_process(batch_size: int = 1000, rounds: int = 20, text: str | None = None) -> dict:
+    """With one BLAS thread, as `mlmon serve` runs (exporter/cli.py single_threaded_blas)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return _in_process(batch_size, rounds, text)
+
+
+def _in_process(batch_size: int, rounds: int, text: str | None) -> dict:
     from exporter.config import parse_config
     from exporter.engine.state import ModelState
     from exporter.ingest.fastpath import FastDecoder
@@ -166,6 +192,130 @@ def served_batches(text: str, clients: tuple, seconds: float, singles: bool = Fa
     return out
 
 
+# -- the body formats: rows, columnar JSON, Arrow (docs/api.md#columnar-batches) ----------------------------------
+
+FORMATS = {
+    "rows": "application/json",
+    "columns": "application/vnd.mlmon.columns+json",
+    "arrow": "application/vnd.apache.arrow.stream",
+}
+
+
+def format_bodies(n: int = 1000, count: int = 8) -> dict[str, list[bytes]]:
+    """``count`` batches of ``n`` predictions with ids (ID_PLACEHOLDER-<i>) and no label (the labels come
+    later, as usual), each in the three formats."""
+    import pyarrow as pa
+
+    out: dict[str, list[bytes]] = {name: [] for name in FORMATS}
+    for seed in range(count):
+        items = events(n, seed=seed, labelled=False)
+        for i, item in enumerate(items):
+            item["id"] = f"{ID_PLACEHOLDER.decode()}-{seed}-{i}"
+        out["rows"].append(json.dumps({"predictions": items}).encode())
+        columns = {
+            "model": items[0]["model"],
+            "ids": [e["id"] for e in items],
+            "predictions": [e["prediction"] for e in items],
+            "score": [e["score"] for e in items],
+            "latency_seconds": [e["latency_seconds"] for e in items],
+            "features": {f: [e["features"][f] for e in items] for f in items[0]["features"]},
+        }
+        out["columns"].append(orjson.dumps(columns))
+        arrays = {k: v for k, v in columns.items() if k not in ("model", "features")}
+        arrays |= {f"features.{f}": v for f, v in columns["features"].items()}
+        table = pa.table(arrays).replace_schema_metadata({"model": columns["model"]})
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        out["arrow"].append(sink.getvalue().to_pybytes())
+    return out
+
+
+def formats_in_process(text: str, bodies: dict[str, list[bytes]], rounds: int = 30) -> dict:
+    """Per format, in process on the default storage (SQLite): the decode and check alone, the window update
+    alone (``ModelState.add_columns`` or ``add_predictions``), and a request's whole work after its body is
+    read (decode, journal, apply: ``Mlmon.ingest``); every batch with ids never seen before. With one BLAS
+    thread, as `mlmon serve` runs (exporter/cli.py single_threaded_blas)."""
+    from threadpoolctl import threadpool_limits
+
+    numbers = itertools.count()
+    with threadpool_limits(1):
+        return {name: _format_in_process(text, name, bodies[name], rounds, numbers) for name in FORMATS}
+
+
+def _format_in_process(text: str, name: str, bodies: list[bytes], rounds: int, numbers) -> dict:
+    from exporter.config import parse_config
+    from exporter.engine.core import Mlmon
+
+    clock = [1_800_000_000.0]
+    m = Mlmon(parse_config(text), lambda: clock[0])
+    state = next(iter(m.models.values()))
+    fmt = None if name == "rows" else name
+    kind = "predictions" if fmt is None else f"predictions/{fmt}"
+
+    def fresh(raw: bytes) -> bytes:
+        return raw.replace(ID_PLACEHOLDER, b"%07d" % next(numbers))
+
+    def decode(raw: bytes):
+        return m.fast.predictions(raw, clock[0]) if fmt is None else m.columnar.predictions(fmt, raw, clock[0])
+
+    def update(items) -> None:
+        if isinstance(items, list):
+            state.add_predictions(items, clock[0])
+        else:
+            state.add_columns(items, clock[0])
+
+    def request(raw: bytes) -> None:
+        m.ingest(kind, raw, decode(raw), clock[0], None, b"")
+
+    def rate(step, prepare) -> float:
+        inputs = [prepare(bodies[i % len(bodies)]) for i in range(rounds)]
+        t = time.perf_counter()
+        for x in inputs:
+            clock[0] += 1
+            step(x)
+        return rounds * 1000 / (time.perf_counter() - t)
+
+    try:
+        return {
+            "decode": median_of(lambda: rate(decode, fresh)),
+            "window_update": median_of(lambda: rate(update, lambda raw: decode(fresh(raw)))),
+            "request": median_of(lambda: rate(request, fresh)),
+        }
+    finally:
+        m.store.close()
+
+
+def formats_served(text: str, bodies: dict[str, list[bytes]], clients: tuple, seconds: float) -> dict:
+    """HTTP rates of each format with each number of clients, every request's ids new; the exporter's CPU
+    per batch of 1000."""
+    out: dict = {"http_batch_1000": {}, "server_cpu_ms_per_batch": {}, "body_bytes": {}}
+    with Served(text) as server:
+        for name, content_type in FORMATS.items():
+            out["body_bytes"][name] = len(bodies[name][0])
+            rates, cpu_ms = {}, {}
+            for c in clients:
+                cpu = server_cpu_seconds(server.proc.pid)
+                rates[c] = http_rate(server.url, bodies[name], 1000, c, seconds, content_type, fresh_ids=True)
+                cpu_ms[c] = (server_cpu_seconds(server.proc.pid) - cpu) / (rates[c] * seconds) * 1e6
+            out["http_batch_1000"][name] = rates
+            out["server_cpu_ms_per_batch"][name] = cpu_ms
+        out["server_rss_bytes"] = server.rss_bytes()
+    return out
+
+
+def formats(seconds: float = 5.0) -> dict:
+    """Rows, columnar JSON and Arrow side by side, as mlmon is normally run: a reference (drift on), the
+    default SQLite storage, 30 features, batches of 1000 predictions with ids."""
+    bodies = format_bodies()
+    with tempfile.TemporaryDirectory() as ref:
+        text = config_text(models=1, features=30, reference_dir=ref)
+        return {
+            "in_process": formats_in_process(text, bodies),
+            **formats_served(text, bodies, (1, 2, 4), seconds),
+        }
+
+
 def run(seconds: float = 5.0) -> dict:
     """Without a reference (drift off: the window update only counts and looks for missing values), then with
     one (drift on: every feature binned against the reference's quantiles and each row's multivariate
@@ -187,8 +337,14 @@ def run(seconds: float = 5.0) -> dict:
     with tempfile.TemporaryDirectory() as ref:
         text = config_text(models=1, features=30, reference_dir=ref, scored_reference=True)
         out["with_estimate"] = {"in_process": in_process(text=text), **served_batches(text, (1, 2, 4), seconds)}
+    out["formats"] = formats(seconds)
     return out
 
 
 if __name__ == "__main__":
-    print(json.dumps(stages() if sys.argv[1:] == ["stages"] else run(), indent=2))
+    if sys.argv[1:] == ["stages"]:
+        print(json.dumps(stages(), indent=2))
+    elif sys.argv[1:2] == ["formats"]:  # the formats alone: `formats [seconds per phase]`
+        print(json.dumps(formats(float(sys.argv[2]) if sys.argv[2:] else 5.0), indent=2))
+    else:
+        print(json.dumps(run(), indent=2))

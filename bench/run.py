@@ -621,7 +621,79 @@ def ingest_section(ingest: dict) -> list[str]:
         "Python client batches events (500 per request by default).",
         "",
     ]
+    if "formats" in ingest:
+        lines += formats_section(ingest["formats"], [r["formats"] for r in runs if "formats" in r], secs)
     return lines
+
+
+FORMAT_NAMES = {"rows": "rows (JSON)", "columns": "columnar JSON", "arrow": "Arrow IPC stream"}
+FORMAT_TARGETS = {"arrow": 250_000, "columns": 120_000}  # predictions/s over HTTP, the best of 1, 2, 4 clients
+FORMAT_STAGES = {
+    "decode": "decode and check alone",
+    "window_update": "window update alone",
+    "request": "decode, journal and apply (a request without HTTP)",
+}
+
+
+def formats_section(f: dict, runs: list[dict], secs: float) -> list[str]:
+    """Rows, columnar JSON and Arrow side by side (docs/api.md#columnar-batches), and their targets."""
+
+    def cell(path: tuple) -> str:
+        values = []
+        for r in [f, *runs]:
+            for k in path:
+                r = r[k]
+            values.append(r)
+        return f"{values[0]:,.0f} (" + ", ".join(f"{v:,.0f}" for v in values[1:]) + ")"
+
+    lines = [
+        "### Ingest formats",
+        "",
+        "`bench/bench_ingest.py formats`: the same predictions as rows, as [columnar JSON and as an Arrow",
+        "stream](api.md#columnar-batches), as mlmon is normally run: one model of 30 features with a reference",
+        "(drift and multivariate drift on), the default SQLite storage, batches of 1000 predictions with ids and",
+        "without labels (the labels come later), every request's ids new (the join store holds each prediction",
+        "until its label). Bodies: "
+        + ", ".join(f"{FORMAT_NAMES[k]} {v / 1024:.0f} KiB" for k, v in f["body_bytes"].items())
+        + f". HTTP as above ({secs:g} s per phase); in process, the exporter's engine (`Mlmon`) without HTTP, median",
+        "of 5 of 30 batches each. Median of the runs, every run in brackets.",
+        "",
+        "| format | path | clients | predictions/s |",
+        "|---|---|---:|---:|",
+    ]
+    for name in FORMAT_NAMES:
+        for c in f["http_batch_1000"][name]:
+            lines.append(
+                f"| {FORMAT_NAMES[name]} | HTTP, batches of 1000 | {c} | {cell(('http_batch_1000', name, c))} |"
+            )
+        for stage, label in FORMAT_STAGES.items():
+            lines.append(f"| {FORMAT_NAMES[name]} | in process: {label} | 1 | {cell(('in_process', name, stage))} |")
+    lines += [
+        "",
+        "Exporter CPU per batch of 1000 (every thread of the process), by clients: "
+        + "; ".join(
+            f"{FORMAT_NAMES[name]} " + ", ".join(f"{c}: {v:.1f} ms" for c, v in cpu.items())
+            for name, cpu in f["server_cpu_ms_per_batch"].items()
+        )
+        + ".",
+        "",
+        "Targets:",
+        "",
+    ]
+    best = {name: max(rates.values()) for name, rates in f["http_batch_1000"].items()}
+    for name, target in FORMAT_TARGETS.items():
+        lines.append(
+            f"- {FORMAT_NAMES[name]}: at least {target:,} predictions/s over HTTP: {best[name]:,.0f}/s "
+            f"({best[name] / best['rows']:.1f}x rows), " + ("met." if best[name] >= target else "**missed**.")
+        )
+    for name in ("columns", "arrow"):
+        update = f["in_process"][name]["window_update"]
+        lines.append(
+            f"- {FORMAT_NAMES[name]}: the HTTP path within 2x of the in-process window update: the window update "
+            f"alone ran at {update:,.0f}/s, {update / best[name]:.1f}x the best HTTP rate ({best[name]:,.0f}/s), "
+            + ("met." if update / best[name] <= 2 else "**missed**.")
+        )
+    return lines + [""]
 
 
 def scrape_section(scrape: dict, images: list[str] | None = None) -> list[str]:

@@ -230,6 +230,20 @@ def _check_web_config(path: str) -> int:
     return 0
 
 
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def single_threaded_blas() -> None:
+    """One BLAS thread, unless the environment says otherwise; effective only before numpy is imported.
+
+    The exporter's matrix products are small (a batch's rows times a few principal components: tens of
+    microseconds), and it serves from threads of its own. A BLAS thread pool saves nothing on them, and on a busy
+    host its threads spin waiting for a core: a batch's multivariate drift took 6.7 ms instead of 0.03 ms while
+    another process kept one of two cores busy (docs/performance.md)."""
+    for name in BLAS_THREADS:
+        os.environ.setdefault(name, "1")
+
+
 def _serve(parser: argparse.ArgumentParser, args) -> int:
     if not args.config:
         parser.error("serve needs --config FILE (or MLMON_CONFIG)")
@@ -245,6 +259,7 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
             parser.error(f"--web.listen-address {args.listen!r} is not HOST:PORT")
         host, port = host.strip("[]") or "0.0.0.0", int(port_text)
 
+    single_threaded_blas()  # before numpy is imported
     from exporter.engine.joins import JoinStoreUnavailable
     from exporter.engine.storage import StorageError
     from exporter.security import webconfig

@@ -52,6 +52,7 @@ class FakeExporter:
         self.script: deque[Reply] = deque()
         self.always: Reply | None = None
         self.hang = False
+        self.legacy = False  # answer as a release that reads no columnar batches
         self.release = threading.Event()
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -67,11 +68,14 @@ class FakeExporter:
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 body = json.loads(raw)
+                columnar = self.headers.get("Content-Type") == COLUMNS
                 with fake._lock:
                     fake.received.append(Received(self.path, dict(self.headers), body, time.monotonic()))
                     reply = Reply()
                     if self.path != RESOURCES:
-                        if fake.script:
+                        if columnar and fake.legacy:  # an older exporter reads a columnar body as one bad item
+                            reply = error_reply(400, "1 of 1 items is invalid; nothing was accepted")
+                        elif fake.script:
                             reply = fake.script.popleft()
                         elif fake.always is not None:
                             reply = fake.always
@@ -80,9 +84,13 @@ class FakeExporter:
                 payload = reply.body
                 if payload is None:
                     n = sum(len(v) for v in body.values() if isinstance(v, list))
+                    if columnar:
+                        n = len(body.get("predictions") or body.get("labels") or [])
                     payload = {"accepted": n, "duplicates": 0}
                 data = json.dumps(payload).encode()
                 self.send_response(reply.status)
+                if not fake.legacy and self.path != RESOURCES:
+                    self.send_header("Accept-Post", f"application/json, {COLUMNS}")
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
@@ -100,13 +108,45 @@ class FakeExporter:
             return [r for r in self.received if r.path == path]
 
     def items(self, path: str = PREDICTIONS) -> list[dict[str, Any]]:
+        """The items of the batches received, rows or columns alike (a columnar batch read as its rows)."""
         key = "predictions" if path == PREDICTIONS else "labels"
-        return [item for r in self.posts(path) for item in r.body[key]]
+        out = []
+        for r in self.posts(path):
+            if r.headers.get("Content-Type") == COLUMNS:
+                out.extend(rows_of(r.body, key))
+            else:
+                out.extend(r.body[key])
+        return out
 
     def stop(self) -> None:
         self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+COLUMNS = "application/vnd.mlmon.columns+json"
+COLUMN_OF = {"ids": "id", "timestamps": "timestamp", "predictions": "prediction", "labels": "label"}
+
+
+def rows_of(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The rows a columnar batch stands for (docs/api.md): batch-wide fields in every row, the i-th value of
+    each column, object fields without their nulls."""
+    n = len(body[key])
+    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+    for name, value in body.items():
+        if name in ("model", "version", "registry"):
+            for row in rows:
+                row[name] = value
+        elif isinstance(value, dict):
+            for sub, column in value.items():
+                for row, v in zip(rows, column):
+                    if v is not None:
+                        row.setdefault(name, {})[sub] = v
+        else:
+            for row, v in zip(rows, value):
+                if v is not None:
+                    row[COLUMN_OF.get(name, name)] = v
+    return rows
 
 
 def error_reply(status: int, message: str) -> Reply:
@@ -187,7 +227,7 @@ def test_events_are_batched_into_ceil_n_over_batch_size_requests(exporter, make_
 
 
 def test_fields_are_sent_intact_with_none_keys_omitted(exporter, make_client):
-    c = make_client(exporter.url)
+    c = make_client(exporter.url, format="rows")  # rows keep a feature's null; columns leave it out (the same)
     when = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
     c.log_prediction(
         "churn",
@@ -227,7 +267,7 @@ def test_fields_are_sent_intact_with_none_keys_omitted(exporter, make_client):
 
 def test_numpy_values_are_converted_to_plain_json(exporter, make_client):
     np = pytest.importorskip("numpy")
-    c = make_client(exporter.url)
+    c = make_client(exporter.url, format="rows")
     c.log_prediction(
         "churn",
         np.int64(1),
@@ -406,11 +446,11 @@ def test_labels_are_not_sent_before_predictions_queued_earlier(exporter, make_cl
     delivered_at: dict[str, int] = {}
     for index, r in enumerate(order):
         if r.path == PREDICTIONS:
-            for item in r.body["predictions"]:
+            for item in rows_of(r.body, "predictions"):
                 delivered_at.setdefault(item["id"], index)
     for index, r in enumerate(order):
         if r.path == LABELS:
-            for item in r.body["labels"]:
+            for item in rows_of(r.body, "labels"):
                 assert delivered_at[item["id"]] < index
     assert len(exporter.items(LABELS)) == 5
 
@@ -498,3 +538,95 @@ def test_retry_after_http_date_is_parsed():
     seconds = mlmon._parse_retry_after(formatdate(time.time() + 30, usegmt=True))
     assert seconds is not None
     assert 28 <= seconds <= 31
+
+
+# --------------------------------------------------------------------------- columnar batches
+
+
+def test_batches_go_as_columns_one_per_model_and_version(exporter, make_client):
+    c = make_client(exporter.url, batch_size=100)
+    sent = []
+    for i in range(12):
+        model, version = ("churn", "v1") if i % 3 else ("price", "v2")
+        features = {"age": 30 + i, "plan": None if i == 4 else "gold"}
+        c.log_prediction(model, i, id=f"r{i}", version=version, features=features, score=0.5 if i % 2 else None)
+        sent.append({"model": model, "version": version, "id": f"r{i}", "prediction": i})
+    assert c.flush(timeout=5)
+    posts = exporter.posts(PREDICTIONS)
+    assert {r.headers["Content-Type"] for r in posts} == {COLUMNS}
+    assert sorted((r.body["model"], r.body["version"]) for r in posts) == [("churn", "v1"), ("price", "v2")]
+    churn = next(r.body for r in posts if r.body["model"] == "churn")
+    assert churn["ids"] == [f"r{i}" for i in range(12) if i % 3]  # in the order they were logged
+    churn_rows = [i for i in range(12) if i % 3]
+    assert churn["features"]["plan"] == [None if i == 4 else "gold" for i in churn_rows]
+    assert churn["score"] == [0.5 if i % 2 else None for i in churn_rows]
+    got = {item["id"]: item for item in exporter.items()}
+    for want in sent:
+        row = got[want["id"]]
+        assert {k: row[k] for k in want} == want
+        assert "timestamp" in row
+
+
+def test_an_exporter_that_reads_no_columns_gets_rows_from_then_on(exporter, make_client, caplog):
+    exporter.legacy = True
+    c = make_client(exporter.url, batch_size=5)
+    with caplog.at_level(logging.WARNING, logger="mlmon.client"):
+        for i in range(12):
+            c.log_prediction("churn", 1, id=str(i))
+        assert c.flush(timeout=5)
+    posts = exporter.posts(PREDICTIONS)
+    assert [r.headers["Content-Type"] for r in posts] == [COLUMNS] + ["application/json"] * 3  # one try only
+    assert [item["id"] for item in exporter.items()][-12:] == [str(i) for i in range(12)]
+    assert c.stats()["sent"] == 12 and c.stats()["dropped_rejected"] == 0
+    assert "reads no columnar batches" in caplog.text
+
+
+def test_a_row_refused_in_a_columnar_batch_is_dropped_and_the_rest_resent(exporter, make_client):
+    details = [{"index": 1, "field": "features.age", "reason": "invalid_value", "message": "bad"}]
+    exporter.script.append(
+        Reply(400, body={"error": {"code": 400, "name": "Bad Request", "message": "1 of 3", "details": details}})
+    )
+    c = make_client(exporter.url, batch_size=3)
+    for i in range(3):
+        c.log_prediction("churn", 1, id=str(i))
+    assert c.flush(timeout=5)
+    first, second = exporter.posts(PREDICTIONS)
+    assert first.body["ids"] == ["0", "1", "2"] and second.body["ids"] == ["0", "2"]
+    assert c.stats()["sent"] == 2 and c.stats()["dropped_rejected"] == 1
+
+
+def test_arrow_format_sends_an_arrow_stream(make_client):
+    pa = pytest.importorskip("pyarrow")
+    received = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            received.append((self.headers.get("Content-Type"), raw))
+            data = b'{"accepted": 2, "duplicates": 0}'
+            self.send_response(202)
+            self.send_header("Accept-Post", f"application/json, {COLUMNS}, application/vnd.apache.arrow.stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        c = make_client(f"http://127.0.0.1:{httpd.server_address[1]}", format="arrow")
+        c.log_prediction("churn", "yes", id="a", features={"age": 31.5, "plan": "gold"}, score=0.9, version="v3")
+        c.log_prediction("churn", "no", id="b", features={"age": None, "plan": "free"}, score=0.2, version="v3")
+        assert c.flush(timeout=5)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    [(content_type, raw)] = received
+    assert content_type == "application/vnd.apache.arrow.stream"
+    table = pa.ipc.open_stream(raw).read_all()
+    assert table.schema.metadata[b"model"] == b"churn" and table.schema.metadata[b"version"] == b"v3"
+    assert table.column("ids").to_pylist() == ["a", "b"]
+    assert table.column("features.age").to_pylist() == [31.5, None]
+    assert table.column("score").to_pylist() == [0.9, 0.2]

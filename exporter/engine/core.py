@@ -34,7 +34,7 @@ from exporter.engine import storage
 from exporter.engine.joins import JoinStoreUnavailable
 from exporter.engine.model_registry import RegistryLinks
 from exporter.engine.state import ModelState, ServerReports
-from exporter.ingest import fastpath
+from exporter.ingest import columnar, fastpath
 from exporter.ingest.validation import IngestErrors, Invalid, Validator
 from exporter.security.audit import AuditLog
 from exporter.security.auth import Authenticator
@@ -79,6 +79,7 @@ class Mlmon:
         self.clock = clock
         self.validator = Validator(config, clock)
         self.fast = fastpath.FastDecoder(self.validator)  # valid prediction and label batches, decoded in C
+        self.columnar = columnar.ColumnarDecoder(self.validator)  # columnar batches (JSON and Arrow)
         self.models = {m.name: ModelState(m, config) for m in config.models}
         self.errors = IngestErrors(list(self.models))
         self.servers = ServerReports(config.limits.max_servers, config.limits.server_stale_seconds)
@@ -254,7 +255,7 @@ class Mlmon:
             try:
                 if shared is not None:
                     shared.confirm(key, self.replica)  # type: ignore[arg-type]
-                result = self._apply(kind, items, now, self.token(key, seq))
+                result = self._apply(kind.partition("/")[0], items, now, self.token(key, seq))
             except JoinStoreUnavailable as exc:
                 self.store.abort(seq, key)
                 raise Busy(503, "join_store_unavailable", str(exc), 2.0) from None
@@ -297,6 +298,13 @@ class Mlmon:
         if kind == "reset":
             self.models[items].reset()
             return {"model": items, "reset": True}
+        if isinstance(items, columnar.Columns):  # one model's columnar batch, taken whole
+            state = self.models[items.model]
+            if kind != "predictions":
+                raise KeyError(f"a columnar batch of {kind}")
+            plan = state.decide_columns(items, now, token)
+            accepted, duplicates = state.add_columns(items, now, token, plan)
+            return {"accepted": accepted, "duplicates": duplicates}
         groups = _by_model(items)
         accepted = duplicates = 0
         if kind == "predictions":
@@ -354,14 +362,21 @@ class Mlmon:
             try:
                 self._replay(record)
                 done["replayed"] += 1
-            except (Invalid, reference.ReferenceError, orjson.JSONDecodeError, KeyError, TakenOver) as exc:
+            except (
+                Invalid,
+                columnar.Refused,
+                reference.ReferenceError,
+                orjson.JSONDecodeError,
+                KeyError,
+                TakenOver,
+            ) as exc:
                 done["skipped"] += 1
                 log.warning("journal record %d (%s) skipped: %s", record.seq, record.kind, exc)
         done["seconds"] = round(time.perf_counter() - started, 3)
         return done
 
     def _replay(self, record: storage.Record) -> None:
-        body = orjson.loads(record.body) if record.kind not in ("predictions", "labels") else None
+        body = orjson.loads(record.body) if record.kind in ("reference", "reset") else None
         key = record.key
         token = self.token(key, record.seq)
         if key is not None and self.shared_requests is not None:
@@ -370,7 +385,14 @@ class Mlmon:
                 # This replica died before confirming the key; another one took it and counted the request.
                 raise TakenOver(f"Idempotency-Key {key!r} was applied by replica {owner}")
             self.shared_requests.confirm(key, self.replica)
-        if record.kind == "predictions":
+        kind, _, fmt = record.kind.partition("/")  # a columnar body's record: "predictions/arrow", ...
+        if fmt and fmt not in columnar.FORMATS.values():
+            raise KeyError(f"unknown record kind {record.kind!r}")
+        if fmt and kind == "predictions":
+            items = self.columnar.predictions(fmt, record.body, record.at)
+        elif fmt and kind == "labels":
+            items = self.columnar.labels(fmt, record.body)
+        elif record.kind == "predictions":
             items = self.fast.predictions(record.body, record.at)
             if items is None:
                 items = self.validator.predictions(orjson.loads(record.body), record.at)
@@ -386,7 +408,7 @@ class Mlmon:
             self.models[items]  # noqa: B018 - a KeyError skips a reset of a model that left the config
         else:
             raise KeyError(f"unknown record kind {record.kind!r}")
-        result = self._apply(record.kind, items, record.at, token)
+        result = self._apply(kind, items, record.at, token)
         if key is not None:
             self.store.set_response(key, orjson.dumps(result))
             if self.shared_requests is not None:

@@ -75,6 +75,11 @@ class JoinStore:
 
     def join_predictions(self, items: list[tuple[str, Pending, Any]], now: float, token: str = "") -> list[tuple]:
         """``items``: (id, what the prediction leaves behind, inline label or None) per prediction with an id."""
+        if len(items) >= 64 and all(label is None for _, _, label in items):
+            # (the checks cost more than the loop below for small batches)
+            decided = self.wait_all([pid for pid, _, _ in items], [pending for _, pending, _ in items])
+            if decided is not None:
+                return decided
         out: list[tuple] = []
         for pid, pending, label in items:
             if pid in self._joined:
@@ -100,6 +105,29 @@ class JoinStore:
                 self.put_waiting(pid, pending)
                 out.append((WAITING, None))
         return out
+
+    def wait_all(self, ids: list[str], pendings: list[Pending]) -> list[tuple] | None:
+        """The common batch: predictions without labels whose ids are all new (in the store and in the batch),
+        decided at once as ``join_predictions`` would decide each: every one waits, the oldest waiting ones
+        evicted over the cap. None (and nothing done) when an id is not new."""
+        new = set(ids)
+        # keys().isdisjoint(set) walks the (small) set and looks each id up in the store: set.isdisjoint(dict)
+        # would walk the whole store.
+        if not (
+            len(new) == len(ids)
+            and self._joined.keys().isdisjoint(new)
+            and self._waiting.keys().isdisjoint(new)
+            and self._early.keys().isdisjoint(new)
+        ):
+            return None
+        waiting = self._waiting
+        waiting.update(zip(ids, pendings))
+        over = len(waiting) - self.cap
+        for _ in range(max(over, 0)):
+            waiting.popitem(last=False)
+        if over > 0:
+            self.dropped["prediction", "evicted"] += over
+        return [(WAITING, None)] * len(ids)
 
     def join_labels(self, items: list[tuple[str, Any]], now: float, token: str = "") -> list[tuple]:
         """``items``: (id, label) per label. The first label of an id stays; a correction does not replace it."""

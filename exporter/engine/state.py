@@ -19,7 +19,8 @@ import numpy as np
 from exporter.config import Config, ModelConfig, RegistryInfo
 from exporter.engine import joins, storage
 from exporter.engine.joins import JoinStore, Pending
-from exporter.ingest.columns import bin_rows, numeric_columns
+from exporter.ingest.columnar import Columns
+from exporter.ingest.columns import Batch, score_matrix
 from exporter.ingest.validation import Label, Prediction
 from exporter.stats import attribution, estimate, quality, reference
 from exporter.stats.binning import MULTIVARIATE, REFERENCE_ARRAYS, Binner, drift_schema, scatter
@@ -134,22 +135,6 @@ def _scatter_at(rings: list[Ring], ts: np.ndarray, entries: dict, now: float, co
                 scatter(ring.arrays[name], slots, ev, idx, weights)
 
 
-def _score_matrix(scores: list) -> tuple[np.ndarray, np.ndarray]:
-    """The indices of the rows that carry scores, and their scores as a (rows x score columns) matrix."""
-    have = [i for i, sc in enumerate(scores) if sc is not None]
-    if not have:
-        return np.empty(0, dtype=np.int64), np.empty((0, 0))
-    rows = scores if len(have) == len(scores) else [scores[i] for i in have]
-    c = len(rows[0])  # validation gives every score tuple the model's score columns
-    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64, count=len(rows) * c)
-    return np.asarray(have, dtype=np.int64), flat.reshape(len(rows), c)
-
-
-def _errors(events: list[Prediction]) -> list | None:
-    """Per event, the features validation left out, or None when no event has any (the common case)."""
-    return [e.feature_errors for e in events] if any(e.feature_errors for e in events) else None
-
-
 def _add_now(rings: list[Ring], stats: dict, now: float) -> None:
     """Add labelled-outcome statistics to the bucket holding ``now`` (the join time)."""
     for ring in rings:
@@ -210,6 +195,18 @@ class Segments:
             tuple(self._value(f, ((e.attributes if attr else e.features) or {}).get(f)) for f, attr in self._sources)
             for e in events
         ]
+
+    def column_keys(self, cols: Columns) -> list[tuple[str, ...]] | None:
+        """``keys`` of a columnar batch's rows."""
+        if not self.features:
+            return None
+        values = [
+            map(self._value, itertools.repeat(f), (cols.attributes.get(f) or itertools.repeat(None, cols.n)))
+            if attr
+            else map(self._value, itertools.repeat(f), cols.categorical[f])
+            for f, attr in self._sources
+        ]
+        return list(zip(*values))
 
     def _value(self, feature: str, raw) -> str:
         if raw is None or raw == "":
@@ -310,38 +307,40 @@ class VersionState:
     def add_predictions(
         self, events: list[Prediction], now: float, binner: Binner, segments: list[tuple[str, ...]] | None = None
     ) -> None:
-        n = len(events)
-        ts = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=n)
+        """Count a batch of validated predictions (rows) into the windows and counters."""
+        self.add_batch(Batch.of_events(events, self.model, binner), now, binner, segments)
+
+    def add_batch(self, b: Batch, now: float, binner: Binner, segments: list[tuple[str, ...]] | None = None) -> None:
+        """Count a batch given as columns (exporter/ingest/columns.py ``Batch``) into the windows and counters:
+        what rows and columnar batches both come to."""
+        n, ts = b.n, b.timestamps
         self.predictions += n
         if self.first_seen == 0.0:
             self.first_seen = now
         self.last_prediction = now  # arrival time: a lagging client clock or a backfill is not "traffic"
         self.last_seen = now
-        latencies = [e.latency for e in events if e.latency is not None]
-        self.latency.observe(np.asarray(latencies, dtype=np.float64))
-        binned = bin_rows(binner, [e.features for e in events], [e.prediction for e in events], _errors(events))
+        if b.latency is not None:
+            self.latency.observe(b.latency)
+        binned = binner.bin(b.numeric, b.categorical, b.predictions, b.errors)
         estimated = None  # the estimate's scatter of the batch's scored predictions, with a calibration
         if binned.missing is not None:
             self.missing += binned.missing
         if self.model.is_classification:
-            preds = np.fromiter((e.prediction for e in events), dtype=np.int64, count=n)
-            have, scores = _score_matrix([e.scores for e in events])
+            preds = b.predictions
+            have, scores = b.scored, b.scores
             calibration = binner.profile.calibration if binner.profile is not None else None
             if calibration is not None and have.size:
                 estimated = estimate.scatter(calibration, have, preds[have], scores, self.positive)
                 binned.scatter.update(estimated)
-        if self.model.attributions:
-            carried = [i for i, e in enumerate(events) if e.attributions is not None]
-            if carried:  # predictions without attributions cost nothing
-                rows = [events[i].attributions for i in carried]
-                values = numeric_columns(rows, [f.name for f in self.model.features])
-                binned.scatter.update(attribution.scatter(values, np.asarray(carried, dtype=np.int64)))
+        if self.model.attributions and b.attributed is not None and b.attributed.size:
+            # predictions without attributions cost nothing
+            binned.scatter.update(attribution.scatter(b.attributions, b.attributed))
         _predictions_into(self.rings, ts, binned, now)
         fairness, listed = self.model.fairness_features, self.model.listed_segments
         for (feature, value), idx in _segment_groups(self.model.segment_features, segments):
             if feature in listed:
-                sub = [events[i] for i in idx]
-                entries = bin_rows(binner, [e.features for e in sub], [e.prediction for e in sub], _errors(sub)).scatter
+                sub = b.take(idx)
+                entries = binner.bin(sub.numeric, sub.categorical, sub.predictions, sub.errors).scatter
             else:  # a fairness feature only: its groups' predicted classes (binary models: preds is set)
                 entries = {"pred_bins": (np.arange(len(idx)), preds[idx], None)}
             if estimated is not None and feature in fairness:
@@ -352,7 +351,7 @@ class VersionState:
             if have.size:
                 self.confidence.observe(self._probabilities(scores).max(axis=1))
         else:
-            self.value.observe(np.fromiter((e.prediction for e in events), dtype=np.float64, count=n))
+            self.value.observe(b.predictions)
 
     def _probabilities(self, scores: np.ndarray) -> np.ndarray:
         """Full class-probability rows from the score columns (binary: [1 - p, p] in class order)."""
@@ -389,7 +388,7 @@ class VersionState:
         self.label_delay.observe(np.maximum(delay, 0.0))
         if self.model.is_classification:
             pred, act = np.asarray(predicted, dtype=np.int64), np.asarray(actual, dtype=np.int64)
-            have, matrix = _score_matrix(scores)
+            have, matrix = score_matrix(scores)
             stats = self._classification_stats(pred, act, have, matrix)
             self.outcomes += stats["confusion"]
         else:
@@ -409,7 +408,7 @@ class VersionState:
             if feature not in listed:  # a fairness feature only: its groups' outcomes
                 part = {"labeled": len(idx), "confusion": self._confusion(pred[idx], act[idx])}
             elif self.model.is_classification:
-                part = self._classification_stats(pred[idx], act[idx], *_score_matrix([scores[i] for i in idx]))
+                part = self._classification_stats(pred[idx], act[idx], *score_matrix([scores[i] for i in idx]))
             else:
                 part = self._regression_stats(pred[idx], act[idx])
             _add_now(self._segment_rings(feature, value), part, now)
@@ -632,6 +631,92 @@ class ModelState:
             self.duplicates["label"] += dup_labels
             return len(events) - dups, dups
 
+    def decide_columns(self, cols: Columns, now: float, token: str = "") -> tuple:
+        """``decide_predictions`` for a columnar batch."""
+        with self.lock:
+            keys = self.segments.column_keys(cols)
+            if cols.ids is None:
+                return keys, []
+            pendings = list(
+                map(
+                    Pending,
+                    itertools.repeat(now),
+                    itertools.repeat(cols.version),
+                    cols.timestamps.tolist(),
+                    cols.predictions.tolist(),
+                    map(tuple, cols.scores.tolist()) if cols.scores is not None else itertools.repeat(None),
+                    keys or itertools.repeat(None),
+                )
+            )
+            decisions = None
+            if cols.labels is None and not self.joins.shared and None not in cols.ids:
+                decisions = self.joins.wait_all(cols.ids, pendings)  # new ids, labels to come: decided at once
+            if decisions is None:
+                labels = cols.labels or itertools.repeat(None)
+                with_id = [(pid, p, label) for pid, p, label in zip(cols.ids, pendings, labels) if pid is not None]
+                decisions = self.joins.join_predictions(with_id, now, token) if with_id else []
+            self._collect_dropped()
+            return keys, decisions
+
+    def add_columns(self, cols: Columns, now: float, token: str = "", plan=None) -> tuple[int, int]:
+        """``add_predictions`` for a columnar batch (one version): the same decisions, taken on whole columns
+        where no row needs one of its own (no id repeated, no label joined)."""
+        if plan is None:
+            plan = self.decide_columns(cols, now, token)
+        with self.lock:
+            keys, decided = plan
+            outcomes = _Outcomes()
+            dups = dup_labels = 0
+            fresh: np.ndarray | None = None  # None: every row
+            version = cols.version
+            if decided and decided.count(_WAITING) == len(decided) and cols.labels is None:
+                pass  # the common case: new ids, labels to come
+            elif not decided and cols.labels is not None and cols.ids is None:
+                labelled = [i for i, label in enumerate(cols.labels) if label is not None]
+                outcomes.extend_rows(cols, labelled, [cols.labels[i] for i in labelled], keys, now)
+            elif decided or cols.labels is not None:
+                fresh_rows, dups, dup_labels = self._decide_rows(cols, decided, keys, outcomes, now)
+                fresh = np.asarray(fresh_rows, dtype=np.int64)
+            if fresh is None or fresh.size:
+                batch = Batch.of_columns(cols, self.binner, fresh)
+                segments = keys if fresh is None or keys is None else [keys[i] for i in fresh]
+                state = self._version(version, now)
+                state.add_batch(batch, now, self.binner, segments)
+                if cols.registry is not None:
+                    state.registry = cols.registry
+            self._add_outcomes(outcomes, now)
+            self.duplicates["prediction"] += dups
+            self.duplicates["label"] += dup_labels
+            return cols.n - dups, dups
+
+    def _decide_rows(self, cols: Columns, decided: list, keys, outcomes: _Outcomes, now: float) -> tuple:
+        """The rows of a columnar batch that count as new, as ``add_predictions`` decides them row by row."""
+        decisions = iter(decided)
+        labels = cols.labels or itertools.repeat(None)
+        ids = cols.ids or itertools.repeat(None)
+        fresh: list[int] = []
+        dups = dup_labels = 0
+        for i, (pid, label) in enumerate(zip(ids, labels)):
+            seg = keys[i] if keys else None
+            if pid is not None:
+                kind, detail = next(decisions)
+                if kind == joins.DUP:
+                    dups += 1
+                    continue
+                if kind == joins.DUP_JOIN:
+                    dups += 1
+                    outcomes.add(detail, label, now)
+                    continue
+                if kind == joins.INLINE:
+                    dup_labels += detail
+                elif kind == joins.EARLY:
+                    outcomes.add(_column_pending(cols, i, now, seg), detail.label, detail.arrival)
+                    label = None
+            if label is not None:
+                outcomes.add(_column_pending(cols, i, now, seg), label, now)
+            fresh.append(i)
+        return fresh, dups, dup_labels
+
     def decide_labels(self, labels: list[Label], now: float, token: str = "") -> list:
         with self.lock:
             decisions = self.joins.join_labels([(item.id, item.label) for item in labels], now, token)
@@ -822,6 +907,14 @@ def _pending(e: Prediction, now: float, segments: tuple[str, ...] | None) -> Pen
     return Pending(now, e.version, e.timestamp, e.prediction, e.scores, segments)
 
 
+_WAITING = (joins.WAITING, None)
+
+
+def _column_pending(cols: Columns, i: int, now: float, segments: tuple[str, ...] | None) -> Pending:
+    scores = tuple(cols.scores[i].tolist()) if cols.scores is not None else None
+    return Pending(now, cols.version, float(cols.timestamps[i]), cols.predictions[i].item(), scores, segments)
+
+
 class _Outcomes:
     """Joined (prediction, label) pairs of one ingest call, gathered per version as columns."""
 
@@ -840,6 +933,21 @@ class _Outcomes:
         cols[3].append(p.timestamp)
         cols[4].append(labelled_at)
         cols[5].append(p.segments)
+
+    def extend_rows(self, cols: Columns, rows: list[int], actual: list, keys, now: float) -> None:
+        """Rows of a columnar batch that came with their labels (as ``add_labelled`` for each, in order)."""
+        if not rows:
+            return
+        columns = self.by_version.get(cols.version)
+        if columns is None:
+            columns = self.by_version[cols.version] = ([], [], [], [], [], [])
+        idx = np.asarray(rows, dtype=np.int64)
+        columns[0].extend(cols.predictions[idx].tolist())
+        columns[1].extend(actual)
+        columns[2].extend(map(tuple, cols.scores[idx].tolist()) if cols.scores is not None else [None] * len(rows))
+        columns[3].extend(cols.timestamps[idx].tolist())
+        columns[4].extend([now] * len(rows))
+        columns[5].extend([keys[i] for i in rows] if keys else [None] * len(rows))
 
     def add_labelled(self, e: Prediction, segments: tuple[str, ...] | None, actual, now: float) -> None:
         """A prediction that came with its label: as ``add(_pending(e, now, segments), actual, now)``."""

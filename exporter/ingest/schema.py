@@ -239,6 +239,52 @@ _JSON_KINDS: dict[str, dict] = {
 }
 
 
+# -- columnar batches (exporter/ingest/columnar.py) ---------------------------------------------------------------
+
+# A columnar batch holds one model's items: these fields once for the whole batch...
+BATCH_FIELDS = {"Prediction": ("model", "version", "registry"), "Label": ("model",)}
+# ...the object fields as objects of columns (one per key), and every other field as a column named so.
+OBJECT_FIELDS = ("features", "attributes", "attributions", "scores")
+COLUMN_NAMES = {
+    "id": "ids",
+    "timestamp": "timestamps",
+    "prediction": "predictions",
+    "label": "labels",
+    "score": "score",
+    "latency_seconds": "latency_seconds",
+}
+
+
+def columnar_json_schema(item: Item) -> dict:
+    """The JSON Schema of a columnar batch of ``item`` s: the batch-wide fields, then one list per field (null
+    where a row has no value), object fields as objects of such lists."""
+    properties: dict[str, Any] = {}
+    for f in item.fields:
+        if f.name in BATCH_FIELDS[item.name]:
+            properties[f.name] = _property(f)
+        elif f.name in OBJECT_FIELDS:
+            values = _JSON_KINDS[f.kind]["additionalProperties"]
+            properties[f.name] = {
+                "type": "object",
+                "additionalProperties": {"type": "array", "items": {**values, "nullable": True}},
+                "description": f.description + " One list per key, a value per row (null: the row has none).",
+            }
+        else:
+            properties[COLUMN_NAMES[f.name]] = {
+                "type": "array",
+                "items": {**_JSON_KINDS[f.kind], "nullable": True},
+                "description": f.description + " A value per row (null: the row has none).",
+            }
+    main = "predictions" if item.name == "Prediction" else "labels"
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["model", main],
+        "properties": properties,
+        "description": "One model's batch as columns, all of one length; row i is made of each list's i-th value.",
+    }
+
+
 def json_schema(item: Item) -> dict:
     """The item's JSON Schema as OpenAPI 3.0 writes it: every field, its rule, its meaning."""
     return {

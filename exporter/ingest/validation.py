@@ -30,6 +30,7 @@ from exporter.ingest.schema import (
 # Reason codes: a fixed set, so the metric's cardinality is bounded. Documented in docs/api.md.
 REASONS = (
     "malformed_json",
+    "malformed_arrow",
     "invalid_body",
     "body_too_large",
     "batch_too_large",

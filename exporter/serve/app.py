@@ -26,6 +26,7 @@ from exporter.config import Config
 from exporter.engine import storage
 from exporter.engine.core import AnsweredBefore, Busy, Mlmon
 from exporter.engine.state import ModelState
+from exporter.ingest import columnar
 from exporter.ingest.validation import Invalid, Problem
 from exporter.serve.collector import MlmonCollector
 from exporter.serve.exposition import metrics_app, status_name
@@ -45,6 +46,9 @@ ENDPOINT_ACTIONS = {
     "api_v1.put_reference": "admin",
     "api_v1.reset_model": "admin",
 }
+
+
+INGEST_ENDPOINTS = ("api_v1.post_predictions", "api_v1.post_labels")
 
 
 class APIError(Exception):
@@ -121,11 +125,13 @@ def _ingest(kind: str):
         if seen is not None:
             return _replayed(m, key, seen, body_digest)
     now = m.clock()
+    fmt = columnar.FORMATS.get(request.mimetype)  # a columnar batch (JSON or Arrow), or rows
     try:
         with m.turn():
-            items = _decode(m, kind, raw, now)
-            _require("write", {item.model for item in items})
-            result = m.ingest(kind, raw, items, now, key, body_digest)
+            items = _decode(m, kind, raw, now) if fmt is None else _decode_columns(m, kind, fmt, raw, now)
+            models = {items.model} if isinstance(items, columnar.Columns) else {item.model for item in items}
+            _require("write", models)
+            result = m.ingest(kind if fmt is None else f"{kind}/{fmt}", raw, items, now, key, body_digest)
     except Busy as busy:
         m.throttled.labels(busy.reason).inc()
         response, status = error_body(busy.status, status_name(busy.status), busy.message)
@@ -147,6 +153,19 @@ def _decode(m: Mlmon, kind: str, raw: bytes, now: float) -> list:
     body = _parse_json(raw)
     try:
         return m.validator.predictions(body, now) if kind == "predictions" else m.validator.labels(body)
+    except Invalid as err:
+        _count_rejection(err)
+        raise APIError(err.status, err.message, err.problems) from None
+
+
+def _decode_columns(m: Mlmon, kind: str, fmt: str, raw: bytes, now: float):
+    """The validated batch of a columnar body (exporter/ingest/columnar.py): columns when the fast path takes it,
+    else the rows the general validation accepts; every problem a 4xx naming the field (and row), counted."""
+    try:
+        return m.columnar.predictions(fmt, raw, now) if kind == "predictions" else m.columnar.labels(fmt, raw)
+    except columnar.Refused as err:
+        m.errors.inc("", err.reason)
+        raise APIError(err.status, err.invalid().message, err.invalid().problems) from None
     except Invalid as err:
         _count_rejection(err)
         raise APIError(err.status, err.message, err.problems) from None
@@ -395,9 +414,15 @@ def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> Fla
         g.started = time.perf_counter()
         _authenticate()
 
+    accept_post = ", ".join(["application/json", *columnar.accepted()])
+
     @app.after_request
     def _count_request(response):
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        if request.endpoint in INGEST_ENDPOINTS:
+            # The body formats ingest takes (the Accept-Post header of RFC 9110's registry): a client tells
+            # from it, on any answer, whether the exporter reads columnar batches (older ones do not).
+            response.headers["Accept-Post"] = accept_post
         m.http_requests.labels(rule, str(response.status_code)).inc()
         if "started" in g:
             m.http_duration.labels(rule).observe(time.perf_counter() - g.started)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from exporter import __version__
-from exporter.ingest import schema
+from exporter.ingest import columnar, schema
 from exporter.ingest.schema import json_schema
 from exporter.ingest.validation import REASONS
 
@@ -203,7 +203,17 @@ def _ingest(item: str, key: str, summary: str) -> dict:
                                 },
                             ]
                         }
-                    }
+                    },
+                    # The same batch as columns (docs/api.md#columnar-batches).
+                    columnar.JSON_COLUMNS: {"schema": {"$ref": f"#/components/schemas/{item}Columns"}},
+                    columnar.ARROW_STREAM: {
+                        "schema": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "An Apache Arrow IPC stream of the same columns (features.<name>, "
+                            "scores.<class>...), the batch-wide fields in the schema's metadata; uncompressed.",
+                        }
+                    },
                 },
             },
             "responses": {
@@ -366,6 +376,8 @@ def _document() -> dict:
             "schemas": {
                 "Prediction": PREDICTION,
                 "Label": LABEL,
+                "PredictionColumns": schema.columnar_json_schema(schema.PREDICTION),
+                "LabelColumns": schema.columnar_json_schema(schema.LABEL),
                 "ResourceReport": RESOURCE_REPORT,
                 "Error": ERROR,
                 "Accepted": ACCEPTED,

@@ -510,6 +510,8 @@ content_types = st.sampled_from(
         "multipart/form-data; boundary=x",
         "application/octet-stream",
         "garbage/;;;=",
+        "application/vnd.mlmon.columns+json",
+        "application/vnd.apache.arrow.stream",
     ]
 )
 
@@ -830,6 +832,257 @@ def test_batch_and_body_limits(path, item):
     body = encode(dict(one, id="pad2"))
     r = h.send("POST", path, body + b" " * (MAX_BODY + 1 - len(body)), {}, 1)
     assert r.status_code == 413 and r.get_json()["error"]["details"][0]["reason"] == "body_too_large"
+
+
+# -- 7b. columnar batches: columnar JSON and Arrow streams ---------------------------------------------------
+
+COLUMNS = "application/vnd.mlmon.columns+json"
+ARROW = "application/vnd.apache.arrow.stream"
+# The Arrow tests' exporter: room for a stream's schema and metadata (a few KiB even for a handful of rows).
+ARROW_CONFIG = FUZZ_CONFIG.replace("max_body_bytes: 4096", "max_body_bytes: 262144")
+
+
+def column_values(model: str) -> dict:
+    """Each plain column and what its values may be (right or wrong)."""
+    return {
+        "ids": any_id,
+        "timestamps": any_timestamp,
+        "predictions": any_outcome(model),
+        "labels": any_outcome(model),
+        "score": any_number | probabilities,
+        "latency_seconds": any_number | st.floats(0, 10),
+    }
+
+
+@st.composite
+def columnar_body(draw) -> tuple[Obj, int]:
+    """(columnar body, its rows): each column right or wrong in its values, ragged now and then, not a list now
+    and then; object fields of columns (features, scores) likewise; batch-wide fields right or wrong."""
+    model = draw(st.sampled_from(MODELS))
+    n = draw(st.integers(1, MAX_BATCH + 1))
+
+    def column(values):
+        shape = draw(st.integers(0, 14))
+        if shape == 0:
+            return draw(anything)  # no list (or, by chance, a list of another length)
+        length = draw(st.integers(0, n + 2)) if shape == 1 else n  # ragged
+        return [draw(values) for _ in range(length)]
+
+    pairs: list = []
+    if draw(st.integers(0, 9)):
+        pairs.append(("model", draw(st.one_of(st.just(model), st.just(model), st.just(model), anything))))
+    if draw(st.booleans()):
+        pairs.append(("version", draw(any_version)))
+    if draw(st.integers(0, 5)) == 0:
+        pairs.append(("registry", draw(anything)))
+    for name, values in column_values(model).items():
+        if (name == "predictions" and draw(st.integers(0, 9))) or draw(st.integers(0, 2)) == 0:
+            pairs.append((name, column(values)))
+    if draw(st.booleans()):
+        names = st.sampled_from([*FEATURES[model], "age", "", "x" * 101])
+        numeric = bounded | st.integers(-(2**63), 2**63 - 1) | st.none()
+        values = numeric | st.text(max_size=10) | st.booleans() | anything
+        features = draw(st.lists(names, max_size=4, unique=True))
+        pairs.append(("features", {f: column(values) for f in features} if draw(st.integers(0, 9)) else draw(anything)))
+    if model != "price" and draw(st.booleans()):
+        classes = draw(st.lists(st.sampled_from([*CLASSES[model], "other"]), max_size=4, unique=True))
+        pairs.append(("scores", {c: column(probabilities | any_number) for c in classes}))
+    if draw(st.integers(0, 9)) == 0:
+        pairs.append((draw(st.text(max_size=10) | st.sampled_from(["prediction", "id", "attributes"])), draw(anything)))
+    return Obj(pairs), n
+
+
+def test_columnar_json_batches_never_break_the_contract():
+    h = Harness()
+
+    @given(body=columnar_body(), key=idempotency_keys, ascii_only=st.booleans())
+    @settings(max_examples=500, **FUZZ)
+    def run(body, key, ascii_only):
+        value, n = body
+        h.send("POST", "/api/v1/predictions", encode(value, ascii_only), headers_of(key, COLUMNS), n)
+
+    run()
+    # (valid batches: test_valid_columnar_batches_are_accepted_and_counted)
+    assert h.statuses[400] > 200 and h.statuses[413] > 20 and h.statuses[404] > 10, h.statuses
+
+
+def transposed(items: list[dict]) -> dict:
+    """Valid row items of one model as a columnar JSON body (docs/api.md, "Columnar batches")."""
+    plain = {"id": "ids", "timestamp": "timestamps", "prediction": "predictions", "label": "labels"}
+    plain |= {"score": "score", "latency_seconds": "latency_seconds"}
+    body: dict = {"model": items[0]["model"]}
+    for field, column in plain.items():
+        if any(field in item for item in items):
+            body[column] = [item.get(field) for item in items]
+    for field in ("features", "scores"):
+        names = list(dict.fromkeys(k for item in items for k in item.get(field, {})))
+        if names:
+            body[field] = {k: [item.get(field, {}).get(k) for item in items] for k in names}
+    return body
+
+
+def test_valid_columnar_batches_are_accepted_and_counted():
+    """Valid rows of one model and version, sent as columns, are accepted (202) and counted."""
+    h = Harness(ARROW_CONFIG)
+
+    @given(model=st.sampled_from(MODELS), data=st.data(), arrow=st.booleans())
+    @settings(max_examples=150, **FUZZ)
+    def run(model, data, arrow):
+        items = data.draw(st.lists(valid_prediction(model), min_size=1, max_size=MAX_BATCH))
+        for item in items:
+            item.pop("version", None)
+        body = transposed(items)
+        if arrow:
+            stream = arrow_stream(body)
+            if stream is None:  # numbers and text in one column: Arrow types a column alike
+                return
+            r = h.send("POST", "/api/v1/predictions", stream, {"Content-Type": ARROW}, len(items))
+        else:
+            r = h.send("POST", "/api/v1/predictions", encode(body), {"Content-Type": COLUMNS}, len(items))
+        assert r.status_code == 202, (body, r.get_json())
+
+    run()
+    assert h.statuses[202] > 100, h.statuses
+
+
+def arrow_stream(body: dict, **options) -> bytes | None:
+    """A columnar body as an Arrow IPC stream, the batch-wide fields in the schema's metadata (None when a
+    column's values have no common Arrow type)."""
+    pa = pytest.importorskip("pyarrow")
+    arrays, meta = {}, {}
+    for name, value in body.items():
+        if name in ("model", "version", "registry"):
+            meta[name] = value if isinstance(value, str) else json.dumps(value)
+        elif isinstance(value, dict):
+            arrays.update({f"{name}.{k}": v for k, v in value.items()})
+        else:
+            arrays[name] = value
+    try:
+        table = pa.table({k: pa.array(v) for k, v in arrays.items()}).replace_schema_metadata(meta)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return None
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(**options)) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+@st.composite
+def arrow_bodies(draw) -> tuple[bytes, int]:
+    """(Arrow stream, rows): typed columns of right and wrong types (floats with NaN and infinities, huge
+    integers, long text, dictionaries, timestamps, lists, structs, bytes, nulls), metadata right or wrong; then
+    now and then compressed, cut short, a byte flipped, or junk appended."""
+    pa = pytest.importorskip("pyarrow")
+    model = draw(st.sampled_from(MODELS))
+    n = draw(st.integers(1, MAX_BATCH + 1))
+    floats = st.floats() | st.sampled_from([math.nan, math.inf, 1e101, -0.0])
+
+    def typed_column():
+        kind = draw(st.integers(0, 10))
+        values = {
+            0: (floats | st.none(), pa.float64()),
+            1: (st.floats(width=32) | st.none(), pa.float32()),
+            2: (st.integers(-(2**63), 2**63 - 1) | st.none(), pa.int64()),
+            3: (st.text(max_size=5) | st.sampled_from(["y" * 1025, "", "é"]) | st.none(), pa.string()),
+            4: (st.booleans() | st.none(), pa.bool_()),
+            5: (st.none(), pa.null()),
+            6: (st.sampled_from(list(CLASSES.get(model, ["a"])) + ["x" * 300, ""]) | st.none(), None),
+            7: (st.integers(0, 2**62) | st.none(), pa.timestamp("ms")),
+            8: (st.lists(st.integers(0, 5), max_size=3) | st.none(), pa.list_(pa.int64())),
+            9: (st.binary(max_size=4) | st.none(), pa.binary()),
+            10: (st.integers(0, 2**64 - 1) | st.none(), pa.uint64()),
+        }[kind]
+        data = [draw(values[0]) for _ in range(n)]
+        if kind == 6:
+            return pa.array(data, pa.string()).dictionary_encode()
+        return pa.array(data, values[1])
+
+    names = ["ids", "timestamps", "predictions", "labels", "score", "latency_seconds"]
+    names += [f"features.{f}" for f in FEATURES[model]] + [f"scores.{c}" for c in CLASSES.get(model, ())]
+    names += ["features.age", "extra", "model"]
+    chosen = draw(st.lists(st.sampled_from(names), max_size=6, unique=True))
+    if draw(st.integers(0, 4)) and "predictions" not in chosen:
+        chosen.append("predictions")
+    arrays = {name: typed_column() for name in chosen}
+    if "predictions" in arrays and draw(st.booleans()):  # mostly right predictions, for the fast path's sake
+        good = [draw(valid_outcome(model)) for _ in range(n)]
+        arrays["predictions"] = pa.array([str(v) if model != "price" else float(v) for v in good])
+    meta = {}
+    if draw(st.integers(0, 9)):
+        meta["model"] = draw(st.one_of(st.just(model), st.just(model), st.text(max_size=6)))
+    if draw(st.integers(0, 4)) == 0:
+        meta["version"] = draw(any_version.filter(lambda v: isinstance(v, str)))
+    if draw(st.integers(0, 5)) == 0:
+        meta["registry"] = draw(st.sampled_from(['{"version": 3}', "{", "[]", '{"x": 1}', '{"version": "01"}']))
+    table = pa.table(arrays or {"predictions": pa.array(["stay"] * n)}).replace_schema_metadata(meta)
+    compression = draw(st.sampled_from([None] * 8 + ["zstd", "lz4"]))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
+        for batch in table.to_batches(max_chunksize=draw(st.integers(1, n))):
+            writer.write_batch(batch)
+    raw = sink.getvalue().to_pybytes()
+    damage = draw(st.integers(0, 9))
+    if damage == 0:
+        raw = raw[: draw(st.integers(0, len(raw) - 1))]
+    elif damage == 1:
+        at = draw(st.integers(0, len(raw) - 1))
+        raw = raw[:at] + bytes([raw[at] ^ draw(st.integers(1, 255))]) + raw[at + 1 :]
+    elif damage == 2:
+        raw += draw(st.binary(min_size=1, max_size=16))
+    return raw, n
+
+
+def test_arrow_streams_never_break_the_contract():
+    pytest.importorskip("pyarrow")
+    h = Harness(ARROW_CONFIG)
+
+    @given(body=arrow_bodies(), key=idempotency_keys)
+    @settings(max_examples=500, **FUZZ)
+    def run(body, key):
+        raw, n = body
+        h.send("POST", "/api/v1/predictions", raw, headers_of(key, ARROW), n)
+
+    run()
+    # (valid streams: test_valid_columnar_batches_are_accepted_and_counted)
+    assert h.statuses[400] > 200 and h.statuses[404] > 10 and h.statuses[413] > 10, h.statuses
+
+
+def test_arrow_dictionaries_and_compression_cost_what_the_body_holds():
+    """A dictionary far larger than the rows, an entry far longer than any value, a compressed stream: refused
+    or read without costing more than the body holds, nothing kept from a refused one."""
+    pa = pytest.importorskip("pyarrow")
+    h = Harness(ARROW_CONFIG.replace("max_body_bytes: 262144", "max_body_bytes: 33554432"))
+
+    def stream(table, **options) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(**options)) as writer:
+            writer.write_table(table)
+        return sink.getvalue().to_pybytes()
+
+    meta = {"model": "churn"}
+    # 1.5 million dictionary entries for 3 rows: over the guard's limit on entries, refused before reading.
+    huge = pa.DictionaryArray.from_arrays(
+        pa.array([0, 1, 2], pa.int32()), pa.array([f"v{i}" for i in range(1_500_000)])
+    )
+    table = pa.table({"predictions": pa.array(["stay"] * 3), "features.plan": huge}).replace_schema_metadata(meta)
+    r = h.send("POST", "/api/v1/predictions", stream(table), {"Content-Type": ARROW}, 3)
+    assert r.status_code == 400 and r.get_json()["error"]["details"][0]["reason"] == "malformed_arrow", r.get_json()
+    # One entry of 4 MiB taken by every row: decoding would copy it per row; refused, naming the column.
+    long = pa.DictionaryArray.from_arrays(pa.array([0] * 5, pa.int32()), pa.array(["x" * (4 << 20)]))
+    table = pa.table({"predictions": pa.array(["stay"] * 5), "features.plan": long}).replace_schema_metadata(meta)
+    r = h.send("POST", "/api/v1/predictions", stream(table), {"Content-Type": ARROW}, 5)
+    assert r.status_code == 400 and r.get_json()["error"]["details"][0]["field"] == "features.plan", r.get_json()
+    # 200,000 entries for 5 rows (a category column with every value of a large vocabulary): read, accepted.
+    wide = pa.DictionaryArray.from_arrays(
+        pa.array([0, 7, 9, 7, 199_999], pa.int32()), pa.array([f"v{i}" for i in range(200_000)])
+    )
+    table = pa.table({"predictions": pa.array(["stay"] * 5), "features.plan": wide}).replace_schema_metadata(meta)
+    assert h.send("POST", "/api/v1/predictions", stream(table), {"Content-Type": ARROW}, 5).status_code == 202
+    # Compressed: refused whatever it holds (a small body could unpack to gigabytes).
+    table = pa.table({"predictions": pa.array(["stay"] * 5)}).replace_schema_metadata(meta)
+    for codec in ("zstd", "lz4"):
+        r = h.send("POST", "/api/v1/predictions", stream(table, compression=codec), {"Content-Type": ARROW}, 5)
+        assert r.status_code == 400 and "compressed" in r.get_json()["error"]["message"], r.get_json()
 
 
 # -- 8. the validator's pieces against independent oracles ------------------------------------------------

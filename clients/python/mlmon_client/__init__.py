@@ -276,6 +276,10 @@ class Client:
         backoff_base: first retry delay (seconds); doubles on each consecutive failure.
         backoff_max: cap of the retry delay (seconds). Delays get a random jitter of -50%..0.
         max_attempts: optional cap on HTTP attempts per batch (None: only the time budget).
+        format: how batches are sent: ``"columns"`` (default: one columnar JSON body per model and
+            version, several times cheaper for the exporter to read than rows), ``"arrow"`` (an Apache
+            Arrow IPC stream; needs pyarrow here, else columnar JSON is sent) or ``"rows"``. An exporter
+            too old to read columnar batches is detected on its first answer, and sent rows from then on.
     """
 
     def __init__(
@@ -294,7 +298,10 @@ class Client:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         max_attempts: int | None = None,
+        format: str = "columns",
     ) -> None:
+        if format not in _FORMATS:
+            raise ValueError(f"format must be one of {', '.join(_FORMATS)}")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if max_queue < 1:
@@ -317,6 +324,9 @@ class Client:
         self._backoff_base = max(float(backoff_base), 0.0)
         self._backoff_max = max(float(backoff_max), self._backoff_base)
         self._max_attempts = max_attempts
+        self._format = format if format != "arrow" or _arrow_available() else "columns"
+        if self._format != format:
+            logger.warning("mlmon client: pyarrow is not installed; sending columnar JSON instead of Arrow")
         self._report_every = report_resources_every
         self._server_arg = server or os.environ.get("MLMON_SERVER") or None
         self._own_session = session is None
@@ -347,6 +357,8 @@ class Client:
         self._models: set[str] = set()
         self._thread: threading.Thread | None = None
         self._failures = 0  # consecutive transient failures: drives the backoff
+        self._accept_post: str | None = None  # the body formats the exporter's last ingest answer listed
+        self._rows_only = False  # the exporter reads no columnar batches: rows from now on
         self._resume_at = 0.0  # monotonic time before which nothing is sent
         self._next_report = None if self._report_every is None else time.monotonic() + self._report_every
         self._warned: dict[str, float] = {}
@@ -669,18 +681,30 @@ class Client:
         return delay * random.uniform(0.5, 1.0)
 
     def _deliver(self, path: str, key: str, items: list[dict[str, Any]], resend: bool = True) -> None:
-        """Send one batch with retries; count it as sent or dropped.
+        """Send one chunk's predictions or labels: as columnar batches (one per model and version, in the
+        order of their first item) or, for an exporter that reads none, as one batch of rows."""
+        if self._format == "rows" or self._rows_only:
+            self._send(path, key, items, None, resend)
+            return
+        for group in _groups(key, items):
+            self._send(path, key, group, self._format, resend)
+
+    def _send(self, path: str, key: str, items: list[dict[str, Any]], fmt: str | None, resend: bool = True) -> None:
+        """Send one batch with retries (``fmt``: "columns", "arrow", or None for rows); count it as sent or
+        dropped.
 
         The exporter rejects a batch as a whole but names every bad item; those are dropped and the
         rest of the batch is sent once more, so one bad event does not cost its neighbours.
         """
         n = len(items)
         try:
-            body = json.dumps({key: items}, separators=(",", ":"), default=str).encode()
+            body, content_type = _encode(key, items, fmt)
         except Exception as exc:  # pragma: no cover - _plain prevents this
             self._count("dropped_invalid", n)
             self._warn("encode", "mlmon client could not encode a batch, dropped: %r", exc)
             return
+        if content_type is None:  # items a columnar batch cannot hold (a field that is no object): rows
+            fmt = None
         # Honour an earlier Retry-After / backoff before spending this batch's budget.
         while not self._stop.is_set():
             wait = self._resume_at - time.monotonic()
@@ -696,10 +720,23 @@ class Client:
             attempt += 1
             if attempt > 1:
                 self._count("retries", 1)
-            status, retry_after, detail = self._post(path, body, idempotency_key)
+            status, retry_after, detail = self._post(path, body, idempotency_key, content_type)
             if status is not None and 200 <= status < 300:
                 self._failures = 0
                 self._count("sent", n)
+                return
+            if status is not None and not _retryable(status) and fmt is not None and not self._reads(content_type):
+                # An exporter that does not list the format among those it reads (an older release): rows
+                # from now on, this batch first (a refused body was not applied, so nothing counts twice).
+                self._failures = 0
+                if fmt == "arrow" and self._reads(_COLUMNS_TYPE):
+                    self._format = "columns"
+                    logger.warning("mlmon exporter at %s reads no Arrow streams; sending columnar JSON", self.url)
+                    self._send(path, key, items, "columns", resend)
+                    return
+                self._rows_only = True
+                logger.warning("mlmon exporter at %s reads no columnar batches; sending rows", self.url)
+                self._send(path, key, items, None, resend)
                 return
             if status is not None and not _retryable(status):
                 self._failures = 0
@@ -714,7 +751,8 @@ class Client:
                         key,
                         detail,
                     )
-                    self._deliver(path, key, [item for i, item in enumerate(items) if i not in bad], resend=False)
+                    rest = [item for i, item in enumerate(items) if i not in bad]
+                    self._send(path, key, rest, fmt, resend=False)
                     return
                 self._count("dropped_rejected", n)
                 self._warn(
@@ -752,7 +790,9 @@ class Client:
                 self._count("dropped_retries_exhausted", n)
                 return
 
-    def _post(self, path: str, body: bytes, idempotency_key: str | None = None) -> tuple[int | None, float | None, str]:
+    def _post(
+        self, path: str, body: bytes, idempotency_key: str | None = None, content_type: str | None = None
+    ) -> tuple[int | None, float | None, str]:
         """One HTTP POST: (status or None on connection error, Retry-After seconds, detail).
 
         After a rejection, ``self._bad_items`` holds the indexes of the items the exporter named as
@@ -760,12 +800,16 @@ class Client:
         """
         self._bad_items = None
         headers = self._headers if idempotency_key is None else {**self._headers, "Idempotency-Key": idempotency_key}
+        if content_type is not None:
+            headers = {**headers, "Content-Type": content_type}
         try:
             resp = self._session.post(self.url + path, data=body, headers=headers, timeout=self._timeout)
         except Exception as exc:  # requests errors and anything else
             return None, None, f"{type(exc).__name__}: {exc}"
         try:
             status = resp.status_code
+            if path != RESOURCES_PATH:
+                self._accept_post = resp.headers.get("Accept-Post")
             retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
             if 200 <= status < 300:
                 if logger.isEnabledFor(logging.DEBUG):
@@ -780,6 +824,11 @@ class Client:
             )
         finally:
             resp.close()
+
+    def _reads(self, content_type: str) -> bool:
+        """Whether the exporter's last ingest answer listed ``content_type`` among the formats it reads."""
+        listed = self._accept_post or ""
+        return content_type in (t.strip().split(";")[0] for t in listed.split(","))
 
     def _report_resources(self) -> None:
         with self._lock:
@@ -825,7 +874,100 @@ class Client:
         logger.warning(msg, *args, exc_info=exc_info)
 
 
-_BODY_REASONS = frozenset({"malformed_json", "invalid_body", "body_too_large", "batch_too_large"})
+_BODY_REASONS = frozenset({"malformed_json", "malformed_arrow", "invalid_body", "body_too_large", "batch_too_large"})
+
+# -------------------------------------------------------------------------- columnar batches
+
+_FORMATS = ("columns", "arrow", "rows")
+_COLUMNS_TYPE = "application/vnd.mlmon.columns+json"
+_ARROW_TYPE = "application/vnd.apache.arrow.stream"
+# A prediction's fields as columns (docs/api.md, "Columnar batches"); the batch-wide ones are not columns.
+_PREDICTION_COLUMNS = {
+    "id": "ids",
+    "timestamp": "timestamps",
+    "prediction": "predictions",
+    "label": "labels",
+    "score": "score",
+    "latency_seconds": "latency_seconds",
+}
+_OBJECT_FIELDS = ("features", "attributes", "attributions", "scores")
+_BATCH_FIELDS = ("model", "version", "registry")
+
+
+def _arrow_available() -> bool:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _groups(key: str, items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The items split into columnar batches: one per model (and version and registry entry, for
+    predictions), in the order of each one's first item."""
+    fields = _BATCH_FIELDS if key == "predictions" else ("model",)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        batch = json.dumps([item.get(f) for f in fields], sort_keys=True, default=str)
+        groups.setdefault(batch, []).append(item)
+    return list(groups.values())
+
+
+def _columns(key: str, items: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One batch of items (one model, version, registry entry) as columns; None if an object field of an
+    item is no object (only rows can carry that to the exporter, which then names the item)."""
+    first = items[0]
+    plain = _PREDICTION_COLUMNS if key == "predictions" else {"id": "ids", "label": "labels"}
+    objects = _OBJECT_FIELDS if key == "predictions" else ()
+    body: dict[str, Any] = {f: first[f] for f in (_BATCH_FIELDS if key == "predictions" else ("model",)) if f in first}
+    for field, column in plain.items():
+        if any(field in item for item in items):
+            body[column] = [item.get(field) for item in items]
+    for field in objects:
+        values = [item.get(field) for item in items]
+        if any(v is not None and not isinstance(v, dict) for v in values):
+            return None
+        names = dict.fromkeys(name for v in values if v for name in v)
+        if names:
+            body[field] = {name: [(v or {}).get(name) for v in values] for name in names}
+    return body
+
+
+def _encode(key: str, items: list[dict[str, Any]], fmt: str | None) -> tuple[bytes, str | None]:
+    """The body of a batch and its Content-Type (None: rows, as JSON)."""
+    columns = _columns(key, items) if fmt is not None else None
+    if columns is None:
+        return json.dumps({key: items}, separators=(",", ":"), default=str).encode(), None
+    if fmt == "arrow":
+        arrow = _arrow_body(columns)
+        if arrow is not None:
+            return arrow, _ARROW_TYPE
+    return json.dumps(columns, separators=(",", ":"), default=str).encode(), _COLUMNS_TYPE
+
+
+def _arrow_body(columns: dict[str, Any]) -> bytes | None:
+    """Columns as an Arrow IPC stream (the batch-wide fields in the schema's metadata); None when a column
+    holds values Arrow cannot type alike (numbers and text in one feature): columnar JSON carries those."""
+    import pyarrow as pa
+
+    arrays: dict[str, Any] = {}
+    meta: dict[str, str] = {}
+    for name, value in columns.items():
+        if name in _BATCH_FIELDS:
+            meta[name] = value if isinstance(value, str) else json.dumps(value, default=str)
+        elif name in _OBJECT_FIELDS:
+            for sub, column in value.items():
+                arrays[f"{name}.{sub}"] = column
+        else:
+            arrays[name] = value
+    try:
+        table = pa.table({n: pa.array(c) for n, c in arrays.items()}).replace_schema_metadata(meta)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return None
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def _bad_items(resp: requests.Response) -> set[int] | None:

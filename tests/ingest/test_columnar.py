@@ -1,0 +1,434 @@
+"""Columnar batches (JSON and Arrow) give the answers and the state of the rows they stand for.
+
+A columnar body is the transposition of a row batch (docs/api.md, "Columnar batches"). Its fast path decodes
+whole columns and updates the windows column-wise (exporter/ingest/columnar.py, ``ModelState.add_columns``);
+anything the fast path declines goes through the general validation as rows. So for every body here, four
+exporters of one config get the same predictions: the columnar JSON body, the rows it stands for (written by
+this test, not by the exporter's own transposition), the same columns as an Arrow stream, and the rows that
+stream stands for (Arrow types its columns: a column of 1 and 2.5 holds 1.0 and 2.5). Answers must be equal
+pairwise, errors included (the row named by its index), and so must every series afterwards.
+
+Bodies come from the generators of test_differential.py (rows of one model, each field valid, absent, null, of
+another type or out of range), transposed; half of the batches are wholly valid, so the fast path is taken
+often (counted). A second test sends large numpy-made batches (30 features, ids, inline labels, repeated ids,
+labels sent later in both forms) through rows, columns and Arrow, and compares the three states.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporter.ingest import columnar, schema
+from tests.conftest import T0, Clock, make_app, scrape
+from tests.ingest.test_differential import (
+    ABSENT,
+    CONFIGS,
+    MODELS,
+    SETTINGS,
+    VALID_REGISTRY,
+    VERSION,
+    encode,
+    item,
+    valid,
+)
+
+pa = pytest.importorskip("pyarrow")
+
+COLUMNS = columnar.JSON_COLUMNS
+ARROW = columnar.ARROW_STREAM
+PLAIN = {"id": "ids", "timestamp": "timestamps", "prediction": "predictions", "label": "labels"}
+PLAIN |= {"score": "score", "latency_seconds": "latency_seconds"}
+OBJECTS = ("features", "attributes", "attributions", "scores")
+BATCHES = 600  # per config: 600 x 4 requests
+
+
+def transpose(rows: list[dict], model: str, batch: dict) -> dict:
+    """A row batch of one model as columns: each field a column (null where a row lacks it), object fields as
+    objects of columns. Fields that are no object where one is due, and unknown fields, are left out (a
+    columnar body cannot carry them)."""
+    body: dict = {"model": model, **batch}
+    for field, column in PLAIN.items():
+        if any(field in r for r in rows):
+            body[column] = [r.get(field) for r in rows]
+    for field in OBJECTS:
+        values = [r.get(field) if isinstance(r.get(field), dict) else None for r in rows]
+        names = list(dict.fromkeys(k for v in values if v for k in v))
+        if names:
+            body[field] = {k: [(v or {}).get(k) for v in values] for k in names}
+    return body
+
+
+def rows_of(body: dict, n: int) -> list[dict]:
+    """The rows a columnar body stands for (docs/api.md): the batch-wide fields in each, the i-th value of
+    every column, object fields without their nulls (and none when all are null)."""
+    out = [{k: body[k] for k in ("model", "version", "registry") if k in body} for _ in range(n)]
+    for field, column in PLAIN.items():
+        for row, v in zip(out, body.get(column) or []):
+            if v is not None:
+                row[field] = v
+    for field in OBJECTS:
+        for name, column in (body.get(field) or {}).items():
+            for row, v in zip(out, column):
+                if v is not None:
+                    row.setdefault(field, {})[name] = v
+    return out
+
+
+def rows_in(body: dict) -> int:
+    """How many rows a (well-shaped) columnar body holds."""
+    for name, value in body.items():
+        if name in OBJECTS and value:
+            return len(next(iter(value.values())))
+        if name not in ("model", "version", "registry"):
+            return len(value)
+    return 0
+
+
+def arrow_of(body: dict) -> tuple[bytes, dict] | None:
+    """The body as an Arrow stream, and the columnar body Arrow's typing makes of it (to_pylist of each
+    column); None when a column's values have no common Arrow type (numbers and text mixed, huge integers)."""
+    arrays, meta = {}, {}
+    for name, value in body.items():
+        if name in ("model", "version", "registry"):
+            if not isinstance(value, str) and name != "registry":
+                return None
+            meta[name] = value if isinstance(value, str) else orjson.dumps(value).decode()
+        elif name in OBJECTS:
+            arrays.update({f"{name}.{k}": v for k, v in value.items()})
+        else:
+            arrays[name] = value
+    try:
+        table = pa.table({k: pa.array(v) for k, v in arrays.items()}).replace_schema_metadata(meta)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return None
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    typed: dict = {k: v for k, v in body.items() if k in ("model", "version", "registry")}
+    for name in table.column_names:
+        values = table.column(name).to_pylist()
+        if any(isinstance(v, float) and math.isnan(v) for v in values):
+            return None  # NaN has no JSON row to stand for
+        head, _, key = name.partition(".")
+        if head in OBJECTS:
+            typed.setdefault(head, {})[key] = values
+        else:
+            typed[name] = values
+    return sink.getvalue().to_pybytes(), typed
+
+
+@st.composite
+def batch(draw, models: tuple[str, ...]):
+    """A columnar batch of one model: rows from test_differential's generators (all valid, or mutated), the
+    batch-wide version and registry, transposed."""
+    model = draw(st.sampled_from(models))
+    if draw(st.booleans()):
+        rows = draw(st.lists(valid_row(model), min_size=1, max_size=8))
+    else:
+        rows = draw(st.lists(item(schema.PREDICTION, (model,)), min_size=1, max_size=6))
+    fields: dict = {}
+    if draw(st.booleans()):
+        fields["version"] = draw(st.one_of(st.sampled_from(["v1", "v2"]), VERSION))
+    if draw(st.integers(0, 4)) == 0:
+        fields["registry"] = draw(VALID_REGISTRY)
+    for r in rows:  # a batch-wide field is not a row's
+        for key in ("model", "version", "registry"):
+            r.pop(key, None)
+    return transpose(rows, model, fields)
+
+
+@st.composite
+def valid_row(draw, model: str) -> dict:
+    """A valid row of ``model`` without the batch-wide fields."""
+    out = {}
+    for field in schema.PREDICTION.fields:
+        if field.kind in ("model", "version", "registry") or not (field.required or draw(st.booleans())):
+            continue
+        v = draw(valid(field, model))
+        if v is not ABSENT and not (field.name == "score" and "scores" in out):
+            out[field.name] = v
+    return out
+
+
+def series(app) -> dict:
+    skip = ("mlmon_http_", "mlmon_collect_duration", "process_", "python_")
+    out = scrape(app.test_client()).series()
+    return {k: v for k, v in out.items() if not k[0].startswith(skip) and not (isinstance(v, float) and math.isnan(v))}
+
+
+def answer(r) -> tuple:
+    return r.status_code, r.get_json()
+
+
+class Four:
+    """Four exporters of one config: columnar JSON, its rows, Arrow, its rows."""
+
+    def __init__(self, config: str):
+        self.clock = Clock(T0)
+        self.apps = [make_app(config, self.clock)[0] for _ in range(4)]
+        self.sent = self.accepted = self.fast = self.arrow_sent = self.arrow_fast = 0
+
+    def post(self, i: int, path: str, raw: bytes, content_type: str):
+        return self.apps[i].test_client().post(path, data=raw, content_type=content_type)
+
+    def send(self, body: dict) -> None:
+        n = rows_in(body)
+        raw = encode(body)  # (json where orjson cannot: integers beyond 64 bits)
+        m = self.apps[0].extensions["mlmon"]
+        fast = _fast(m, "columns", raw, self.clock())
+        a = self.post(0, "/api/v1/predictions", raw, COLUMNS)
+        b = self.post(1, "/api/v1/predictions", encode({"predictions": rows_of(body, n)}), "application/json")
+        assert answer(a) == answer(b), raw[:2000]
+        self.sent += 1
+        self.accepted += a.status_code == 202
+        self.fast += fast
+        if fast:
+            assert a.status_code == 202, raw[:2000]
+        made = arrow_of(body)
+        if made is not None:
+            stream, typed = made
+            fast = _fast(self.apps[2].extensions["mlmon"], "arrow", stream, self.clock())
+            c = self.post(2, "/api/v1/predictions", stream, ARROW)
+            d_body = encode({"predictions": rows_of(typed, n)})
+            d = self.post(3, "/api/v1/predictions", d_body, "application/json")
+            assert answer(c) == answer(d), typed
+            self.arrow_sent += 1
+            self.arrow_fast += fast
+            if fast:
+                assert c.status_code == 202, typed
+        if self.sent % 100 == 0:
+            self.same_state()
+
+    def same_state(self) -> None:
+        a, b, c, d = (series(app) for app in self.apps)
+        assert a == b
+        assert c == d
+
+
+def _fast(m, fmt: str, raw: bytes, now: float) -> bool:
+    """Whether the fast path takes the body (decoded here, not applied)."""
+    try:
+        return isinstance(m.columnar.predictions(fmt, raw, now), columnar.Columns)
+    except Exception:
+        return False
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_columnar_batches_get_the_answers_and_state_of_their_rows(config):
+    four = Four(CONFIGS[config])
+
+    @settings(max_examples=BATCHES, **SETTINGS)
+    @given(batch(MODELS[config]))
+    def run(body):
+        four.send(body)
+
+    run()
+    four.same_state()
+    # Both outcomes and both paths, in both formats, often enough to mean something.
+    assert four.accepted >= four.sent // 5, (four.accepted, four.sent)
+    assert four.fast >= four.sent // 5, (four.fast, four.sent)
+    assert four.arrow_sent >= four.sent // 4 and four.arrow_fast >= four.arrow_sent // 10, (
+        four.arrow_sent,
+        four.arrow_fast,
+    )
+
+
+# -- large batches: rows, columns and Arrow ----------------------------------------------------------------------
+
+LARGE = """
+windows: ["5m", "1h"]
+storage: {backend: memory}
+limits: {max_batch_size: 2000}
+models:
+  - name: m
+    task: binary
+    classes: ["no", "yes"]
+    positive_class: "yes"
+    reference: REFERENCE
+    attributions: true
+    segments: {features: [f9]}
+    features:
+FEATURES
+"""
+NF = 30
+
+
+def _large_config(tmp_path) -> str:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3000, NF))
+    lines = [",".join(f"f{j}" for j in range(NF))]
+    for row in x:
+        lines.append(",".join(f"c{int(abs(v) * 3)}" if j % 10 == 9 else f"{v:.4f}" for j, v in enumerate(row)))
+    path = tmp_path / "ref.csv"
+    path.write_text("\n".join(lines) + "\n")
+    features = "\n".join(
+        f"      - {{name: f{j}, type: {'categorical' if j % 10 == 9 else 'numeric'}}}" for j in range(NF)
+    )
+    return LARGE.replace("REFERENCE", str(path)).replace("FEATURES", features)
+
+
+def _large_batch(rng, n: int, start: int, clock_now: float) -> dict:
+    """A columnar batch: ids (some repeated, from earlier batches too), some missing values, scores, inline
+    labels for a tenth, latencies, attributions for some rows, timestamps over the last ten minutes."""
+    x = rng.normal(size=(n, NF)) * rng.choice([1.0, 1.5])
+    features: dict = {}
+    for j in range(NF):
+        if j % 10 == 9:
+            column = [f"c{int(abs(v) * 3)}" for v in x[:, j]]
+        else:
+            column = [round(float(v), 4) for v in x[:, j]]
+        if j % 7 == 3:
+            for i in rng.choice(n, size=n // 20, replace=False):
+                column[i] = None
+        features[f"f{j}"] = column
+    ids = [f"p{start + i}" for i in range(n)]
+    for i in rng.choice(n, size=n // 50, replace=False):
+        ids[i] = f"p{max(start - 5 - i, 0)}"  # a repeat of an earlier prediction
+    p = rng.uniform(size=n).round(4)
+    labels = [("yes" if rng.uniform() < p[i] else "no") if rng.uniform() < 0.1 else None for i in range(n)]
+    attributions = {f"f{j}": [float(v) if i % 3 else None for i, v in enumerate(rng.normal(size=n))] for j in range(5)}
+    return {
+        "model": "m",
+        "version": "v1",
+        "ids": ids,
+        "timestamps": [clock_now - float(s) for s in rng.uniform(0, 600, size=n)],
+        "predictions": ["yes" if v >= 0.5 else "no" for v in p],
+        "score": p.tolist(),
+        "labels": labels,
+        "latency_seconds": rng.uniform(0, 0.05, size=n).round(5).tolist(),
+        "features": features,
+        "attributions": attributions,
+    }
+
+
+def test_large_batches_give_one_state_in_rows_columns_and_arrow(tmp_path):
+    config = _large_config(tmp_path)
+    clock = Clock(T0)
+    rows_app, cols_app, arrow_app = (make_app(config, clock)[0] for _ in range(3))
+    rng = np.random.default_rng(11)
+    taken = 0
+    for k in range(6):
+        body = _large_batch(rng, 1500, 1000 * k, clock())
+        n = len(body["predictions"])
+        stream, typed = arrow_of(body)
+        assert typed == body  # every column typed as sent: the three formats carry the same predictions
+        m = cols_app.extensions["mlmon"]
+        taken += _fast(m, "columns", orjson.dumps(body), clock()) and _fast(m, "arrow", stream, clock())
+        a = rows_app.test_client().post("/api/v1/predictions", json={"predictions": rows_of(body, n)})
+        b = cols_app.test_client().post("/api/v1/predictions", data=orjson.dumps(body), content_type=COLUMNS)
+        c = arrow_app.test_client().post("/api/v1/predictions", data=stream, content_type=ARROW)
+        assert answer(a) == answer(b) == answer(c)
+        assert a.get_json()["duplicates"] > 0
+        # Labels of some earlier predictions (and of unknown ids: they wait), as rows, columns and Arrow.
+        ids = [f"p{i}" for i in rng.choice(1000 * (k + 1) + 500, size=400, replace=False)]
+        values = ["yes" if v else "no" for v in rng.uniform(size=400) < 0.5]
+        label_table = pa.table({"ids": ids, "labels": values}).replace_schema_metadata({"model": "m"})
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, label_table.schema) as writer:
+            writer.write_table(label_table)
+        rows = [{"model": "m", "id": i, "label": v} for i, v in zip(ids, values)]
+        a = rows_app.test_client().post("/api/v1/labels", json={"labels": rows})
+        b = cols_app.test_client().post(
+            "/api/v1/labels", data=orjson.dumps({"model": "m", "ids": ids, "labels": values}), content_type=COLUMNS
+        )
+        c = arrow_app.test_client().post("/api/v1/labels", data=sink.getvalue().to_pybytes(), content_type=ARROW)
+        assert answer(a) == answer(b) == answer(c)
+        clock.advance(45)
+    assert taken == 6  # the fast path took every batch, in both formats
+    a, b, c = series(rows_app), series(cols_app), series(arrow_app)
+    assert a == b == c
+    joined = [v for (name, labels), v in a.items() if name == "mlmon_labels_total" and dict(labels)["model"] == "m"]
+    assert joined and sum(joined) > 0
+
+
+# -- the journal, Idempotency-Key and tokens: as for rows ---------------------------------------------------------
+
+DURABLE = """
+windows: ["5m", "1h"]
+storage: {path: "DATA", checkpoint_interval: 1h}
+auth: {tokens: [{name: writer, sha256: SHA, models: [churn], actions: [write, read]}]}
+models:
+  - name: churn
+    task: binary
+    classes: ["stay", "churn"]
+    positive_class: "churn"
+    features:
+      - {name: tenure, type: numeric}
+      - {name: plan, type: categorical}
+  - name: price
+    task: regression
+"""
+
+
+def _columnar_traffic(rng, start: int) -> tuple[dict, bytes, dict]:
+    n = 40
+    cols = {
+        "model": "churn",
+        "version": "v1",
+        "ids": [f"c{start + i}" for i in range(n)],
+        "predictions": ["churn" if i % 3 else "stay" for i in range(n)],
+        "score": rng.uniform(size=n).round(3).tolist(),
+        "features": {"tenure": rng.normal(10, 3, size=n).round(2).tolist(), "plan": ["a", "b", None, "c"] * 10},
+    }
+    stream, _ = arrow_of({**cols, "ids": [f"a{start + i}" for i in range(n)]})
+    labels = {"model": "churn", "ids": [f"c{start + i}" for i in range(0, n, 2)], "labels": ["churn"] * (n // 2)}
+    return cols, stream, labels
+
+
+def test_columnar_bodies_are_journalled_replayed_and_applied_once(tmp_path):
+    import hashlib
+
+    from exporter.config import parse_config
+    from exporter.serve.app import create_app
+
+    sha = hashlib.sha256(b"w-secret").hexdigest()
+    text = DURABLE.replace("DATA", str(tmp_path / "data")).replace("SHA", sha)
+    clock = Clock(T0)
+    app = create_app(parse_config(text), clock=clock)
+    client = app.test_client()
+    auth = {"Authorization": "Bearer w-secret"}
+    rng = np.random.default_rng(3)
+    for k in range(3):
+        cols, stream, labels = _columnar_traffic(rng, 100 * k)
+        key = {"Idempotency-Key": f"k{k}"}
+        r = client.post("/api/v1/predictions", data=orjson.dumps(cols), content_type=COLUMNS, headers=auth | key)
+        assert r.status_code == 202 and "Idempotent-Replayed" not in r.headers
+        again = client.post("/api/v1/predictions", data=orjson.dumps(cols), content_type=COLUMNS, headers=auth | key)
+        assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+        assert again.get_json() == r.get_json()
+        assert client.post("/api/v1/predictions", data=stream, content_type=ARROW, headers=auth).status_code == 202
+        assert (
+            client.post("/api/v1/labels", data=orjson.dumps(labels), content_type=COLUMNS, headers=auth).status_code
+            == 202
+        )
+        clock.advance(30)
+    # Another body under a used key is refused, and a model the token may not write is forbidden.
+    cols, stream, _ = _columnar_traffic(rng, 900)
+    r = client.post(
+        "/api/v1/predictions", data=orjson.dumps(cols), content_type=COLUMNS, headers=auth | {"Idempotency-Key": "k0"}
+    )
+    assert r.status_code == 422
+    other = orjson.dumps({"model": "price", "predictions": [1.5, 2.5]})
+    assert client.post("/api/v1/predictions", data=other, content_type=COLUMNS, headers=auth).status_code == 403
+    assert client.post("/api/v1/predictions", data=other, content_type=COLUMNS).status_code == 401
+    before = state(app)
+    assert before[("mlmon_predictions_total", (("model", "churn"), ("version", "v1")))] == 240
+    # A restart (without a checkpoint: everything comes back from the journal, in order) sees the same.
+    restarted = create_app(parse_config(text), clock=clock)
+    assert (
+        restarted.extensions["mlmon"].restored["replayed"] == 9
+        and restarted.extensions["mlmon"].restored["skipped"] == 0
+    )
+    assert state(restarted) == before
+
+
+def state(app) -> dict:
+    """The windows and counters (what a restart restores), without the process's own request bookkeeping."""
+    own = ("mlmon_storage_", "mlmon_idempotent", "mlmon_ingest_errors", "mlmon_auth_failures")
+    return {k: v for k, v in series(app).items() if not k[0].startswith(own)}
