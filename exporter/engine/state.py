@@ -588,36 +588,27 @@ class ModelState:
             plan = self.decide_predictions(events, now, token)
         with self.lock:
             keys, decided = plan
-            decisions = iter(decided)
             for e in events:
                 for error in e.feature_errors:
                     self.feature_errors[error] += 1
+            outcomes = _Outcomes()
+            kept, dups, dup_labels = _sort_rows(
+                decided,
+                [e.id for e in events],
+                [e.label for e in events],
+                keys,
+                outcomes,
+                now,
+                lambda i, seg: _pending(events[i], now, seg),
+                lambda i, seg, label: outcomes.add_labelled(events[i], seg, label, now),
+            )
             fresh: dict[str, tuple[list[Prediction], list]] = {}
             registry: dict[str, RegistryInfo] = {}  # version -> the last registry entry the batch sent for it
-            outcomes = _Outcomes()
-            dups = dup_labels = 0
-            for i, e in enumerate(events):
-                label = e.label
-                seg = keys[i] if keys else None
-                if e.id is not None:
-                    kind, detail = next(decisions)
-                    if kind == joins.DUP:
-                        dups += 1
-                        continue
-                    if kind == joins.DUP_JOIN:
-                        dups += 1
-                        outcomes.add(detail, label, now)
-                        continue
-                    if kind == joins.INLINE:
-                        dup_labels += detail  # the label sent with the prediction wins over an early one
-                    elif kind == joins.EARLY:
-                        outcomes.add(_pending(e, now, seg), detail.label, detail.arrival)
-                        label = None  # added already, with the early label's arrival time
-                if label is not None:
-                    outcomes.add_labelled(e, seg, label, now)
+            for i in kept:
+                e = events[i]
                 batch, batch_keys = fresh.setdefault(e.version, ([], []))
                 batch.append(e)
-                batch_keys.append(seg)
+                batch_keys.append(keys[i] if keys else None)
                 if e.registry is not None:
                     registry[e.version] = e.registry
             for version, (batch, batch_keys) in fresh.items():
@@ -675,7 +666,16 @@ class ModelState:
                 labelled = [i for i, label in enumerate(cols.labels) if label is not None]
                 outcomes.extend_rows(cols, labelled, [cols.labels[i] for i in labelled], keys, now)
             elif decided or cols.labels is not None:
-                fresh_rows, dups, dup_labels = self._decide_rows(cols, decided, keys, outcomes, now)
+                fresh_rows, dups, dup_labels = _sort_rows(
+                    decided,
+                    cols.ids or [None] * cols.n,
+                    cols.labels or [None] * cols.n,
+                    keys,
+                    outcomes,
+                    now,
+                    lambda i, seg: _column_pending(cols, i, now, seg),
+                    lambda i, seg, label: outcomes.add(_column_pending(cols, i, now, seg), label, now),
+                )
                 fresh = np.asarray(fresh_rows, dtype=np.int64)
             if fresh is None or fresh.size:
                 batch = Batch.of_columns(cols, self.binner, fresh)
@@ -688,34 +688,6 @@ class ModelState:
             self.duplicates["prediction"] += dups
             self.duplicates["label"] += dup_labels
             return cols.n - dups, dups
-
-    def _decide_rows(self, cols: Columns, decided: list, keys, outcomes: _Outcomes, now: float) -> tuple:
-        """The rows of a columnar batch that count as new, as ``add_predictions`` decides them row by row."""
-        decisions = iter(decided)
-        labels = cols.labels or itertools.repeat(None)
-        ids = cols.ids or itertools.repeat(None)
-        fresh: list[int] = []
-        dups = dup_labels = 0
-        for i, (pid, label) in enumerate(zip(ids, labels)):
-            seg = keys[i] if keys else None
-            if pid is not None:
-                kind, detail = next(decisions)
-                if kind == joins.DUP:
-                    dups += 1
-                    continue
-                if kind == joins.DUP_JOIN:
-                    dups += 1
-                    outcomes.add(detail, label, now)
-                    continue
-                if kind == joins.INLINE:
-                    dup_labels += detail
-                elif kind == joins.EARLY:
-                    outcomes.add(_column_pending(cols, i, now, seg), detail.label, detail.arrival)
-                    label = None
-            if label is not None:
-                outcomes.add(_column_pending(cols, i, now, seg), label, now)
-            fresh.append(i)
-        return fresh, dups, dup_labels
 
     def decide_labels(self, labels: list[Label], now: float, token: str = "") -> list:
         with self.lock:
@@ -908,6 +880,39 @@ def _pending(e: Prediction, now: float, segments: tuple[str, ...] | None) -> Pen
 
 
 _WAITING = (joins.WAITING, None)
+
+
+def _sort_rows(decided: list, ids: list, labels: list, keys, outcomes: _Outcomes, now: float, pending, labelled):
+    """What each prediction of a batch comes to, given the join store's decisions (one per prediction with an
+    id, in order): (the rows that count as new predictions, duplicates, labels dropped as duplicates).
+
+    A repeated id is a duplicate; if it carries a label and its first copy still waits, the label joins that
+    first copy. A new prediction that meets its early label is joined at the label's arrival; one sent with its
+    label is joined now (``labelled(row, segments, label)``). ``pending(row, segments)``: what a row leaves
+    behind in the join store."""
+    decisions = iter(decided)
+    fresh: list[int] = []
+    dups = dup_labels = 0
+    for i, (pid, label) in enumerate(zip(ids, labels)):
+        seg = keys[i] if keys else None
+        if pid is not None:
+            kind, detail = next(decisions)
+            if kind == joins.DUP:
+                dups += 1
+                continue
+            if kind == joins.DUP_JOIN:
+                dups += 1
+                outcomes.add(detail, label, now)
+                continue
+            if kind == joins.INLINE:
+                dup_labels += detail  # the label sent with the prediction wins over an early one
+            elif kind == joins.EARLY:
+                outcomes.add(pending(i, seg), detail.label, detail.arrival)
+                label = None  # added already, with the early label's arrival time
+        if label is not None:
+            labelled(i, seg, label)
+        fresh.append(i)
+    return fresh, dups, dup_labels
 
 
 def _column_pending(cols: Columns, i: int, now: float, segments: tuple[str, ...] | None) -> Pending:

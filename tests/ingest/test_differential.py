@@ -345,6 +345,19 @@ def series(app) -> dict:
 def pair(request):
     p = Pair(CONFIGS[request.param])
     p.models = MODELS[request.param]
+    # A few fixed bodies first, so that every kind of series the checks below look for exists whatever the
+    # generator draws (how often a value comes up shifts with Hypothesis's choices, which other tests' timing
+    # can sway): each fairness and segment group of churn, attributions of the models that take them.
+    seed = [
+        {"model": "churn", "prediction": "churn", "score": 0.7, "attributes": {"sex": sex, "age band": band},
+         "features": {"plan": plan, "tenure": 1.5}, "attributions": {"tenure": 0.25}}
+        for sex, band, plan in (("f", "a", "b"), ("m", "b", "c"), ("x", "c", "a"))
+    ]  # fmt: skip
+    if "price" in p.models:
+        seed += [{"model": "price", "prediction": 1.5, "attributes": {"site": s}, "attributions": {"bmi": 0.5}}
+                 for s in ("s1", "s2")]  # fmt: skip
+    p.send("/api/v1/predictions", encode({"predictions": seed}))
+    assert p.accepted == 1
     yield p
     p.same_state()
     # The generator reaches both outcomes and both paths often enough to mean something.
