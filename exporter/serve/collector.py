@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
@@ -18,7 +18,7 @@ from exporter.config import ModelConfig
 from exporter.engine.model_registry import EMPTY, RegistryLinks
 from exporter.engine.state import ModelSnapshot, ModelState, Segments, ServerReports
 from exporter.ingest.validation import IngestErrors
-from exporter.serve.exposition import CounterFamily, GaugeFamily
+from exporter.serve.exposition import CounterFamily, GaugeFamily, HistogramFamily, SeriesBlock
 from exporter.stats import attribution, estimate, fairness, quality
 from exporter.stats.binning import decision_method, distribution, window_drift
 from exporter.stats.drift import CATEGORICAL_METHODS, CLASS_METHODS, NUMERIC_METHODS
@@ -69,6 +69,8 @@ class MlmonCollector(Collector):
         self.servers = servers
         self.clock = clock
         self.links = links
+        # model name -> its series that only the config and the reference decide, kept between scrapes
+        self.static: dict[str, _StaticSeries] = {}
 
     def describe(self) -> list:
         # The families without their samples: cheap, and lets /metrics?name[]=... select them.
@@ -78,7 +80,7 @@ class MlmonCollector(Collector):
         started = time.perf_counter()
         now = self.clock()
         snaps = [m.snapshot(now) for m in self.models]
-        yield from _families(snaps, self.errors.snapshot(), self.servers.snapshot(now), self.links)
+        yield from _families(snaps, self.errors.snapshot(), self.servers.snapshot(now), self.links, self.static)
         duration = GaugeFamily(
             "mlmon_collect_duration_seconds", "Time taken to build the mlmon metric families of this scrape."
         )
@@ -87,8 +89,15 @@ class MlmonCollector(Collector):
 
 
 def _families(
-    snaps: list[ModelSnapshot], errors: dict, servers: dict, links: RegistryLinks | None = None
+    snaps: list[ModelSnapshot],
+    errors: dict,
+    servers: dict,
+    links: RegistryLinks | None = None,
+    static: dict[str, _StaticSeries] | None = None,
 ) -> Iterator[Metric]:
+    """The metric families of a scrape; ``static`` keeps each model's :class:`_StaticSeries` from one scrape
+    to the next (by model name; None: built afresh)."""
+    static = {} if static is None else static
     build = GaugeFamily("mlmon_build_info", "mlmon build information; always 1.", labels=["version"])
     build.add_metric([__version__], 1)
     yield build
@@ -186,75 +195,8 @@ def _families(
     fair = _FairnessFamilies()
     attributions = _AttributionFamilies()
 
-    for snap in snaps:
-        model = snap.config
-        m = model.name
-        drift_families.model(snap)
-        attributions.model(snap)
-        fair.model(model)
-        calibration = snap.profile.calibration if snap.profile is not None else None
-        if calibration is not None:
-            estimated.info.add_metric([m, calibration.method], 1)
-        pending.add_metric([m], snap.pending_predictions)
-        early.add_metric([m], snap.pending_labels)
-        for (kind, reason), n in snap.dropped.items():
-            dropped.add_metric([m, kind, reason], n)
-        for kind, n in snap.duplicates.items():
-            dups.add_metric([m, kind], n)
-        retired.add_metric([m], snap.retired_versions)
-        for threshold, limit in model.thresholds:
-            thresholds.add_metric([m, threshold], limit)
-            if threshold == "evidence_confidence":  # the rules need the normal quantile, which PromQL lacks
-                thresholds.add_metric([m, "evidence_z"], quality.z_of_confidence(limit))
-        for v in snap.versions:
-            mv = [m, v.version]
-            registry = links.labels(model, v.version, v.registry) if links is not None else EMPTY
-            info.add_metric([m, v.version, model.task, *registry], 1)
-            if v.first_seen:
-                first_seen.add_metric(mv, v.first_seen)
-            predictions.add_metric(mv, v.predictions)
-            labels.add_metric(mv, v.labels)
-            if v.last_prediction:
-                last_pred.add_metric(mv, v.last_prediction)
-            if v.last_label:
-                last_label.add_metric(mv, v.last_label)
-            _observe(latency, mv, v.latency)
-            _observe(delay, mv, v.label_delay)
-            for i, feature in enumerate(model.features):
-                drift_families.missing_total.add_metric(mv + [feature.name], int(v.missing[i]))
-            if model.is_classification:
-                for a, actual in enumerate(model.classes):
-                    predicted.add_metric(mv + [actual], int(v.predicted_class[a]))
-                    for p, pred in enumerate(model.classes):
-                        outcomes.add_metric(mv + [actual, pred], int(v.outcomes[a, p]))
-                _observe(confidence, mv, v.confidence)
-            else:
-                _observe(value, mv, v.value)
-                abs_err.add_metric(mv, v.abs_error)
-                sq_err.add_metric(mv, v.sq_error)
-            for window, totals in v.windows.items():
-                mvw = mv + [window]
-                samples.add_metric(mvw + ["predictions"], float(totals["predictions"]))
-                samples.add_metric(mvw + ["labeled"], float(totals["labeled"]))
-                if model.is_classification:
-                    _classification_window(model.classes, mvw, totals, gauges, per_class, confusion, reliability)
-                    if calibration is not None and "est_n" in totals:
-                        estimated.window(model, mvw, totals)
-                else:
-                    _regression_window(mvw, totals, gauges)
-                drift_families.window(mvw, window_drift(model, snap.profile, totals))
-                if model.attributions:
-                    attributions.window(snap, mvw, totals)
-            spans.version(mv, v.spans, model.is_classification, calibration is not None)
-            for (seg_feature, seg_value), windows in v.segments.items():
-                if seg_feature not in model.listed_segments:
-                    continue  # a fairness feature only: its groups are published by the fairness families
-                for window, totals in windows.items():
-                    segments.window(model, snap.profile, mv + [window, seg_feature, seg_value], totals)
-            if model.fairness_features:
-                fair.version(model, mv, v.segments)
-
-    yield from (
+    # Every family of the loop below, in the order they are published; by name, for the kept series' blocks.
+    published = (
         info,
         first_seen,
         predictions,
@@ -287,6 +229,82 @@ def _families(
         *fair.all(),
         *attributions.all(),
     )
+    by_name = {family.name: family for family in published}
+
+    for snap in snaps:
+        model = snap.config
+        m = model.name
+        feature_names = [f.name for f in model.features]
+        kept = static.get(m)
+        if kept is None or not kept.describes(snap):  # a new reference (or the first scrape): built again
+            kept = static[m] = _StaticSeries(
+                snap,
+                [
+                    *_alert_thresholds(thresholds, model),
+                    *estimated.static(snap),
+                    *drift_families.static(snap),
+                    *attributions.static(snap),
+                    *fair.static(model),
+                ],
+            )
+        for name, block in kept.blocks:
+            by_name[name].add_block(block)
+        drift_families.model(snap)
+        calibration = snap.profile.calibration if snap.profile is not None else None
+        pending.add_metric((m,), snap.pending_predictions)
+        early.add_metric((m,), snap.pending_labels)
+        for (kind, reason), n in snap.dropped.items():
+            dropped.add_metric((m, kind, reason), n)
+        for kind, n in snap.duplicates.items():
+            dups.add_metric((m, kind), n)
+        retired.add_metric((m,), snap.retired_versions)
+        for v in snap.versions:
+            mv = (m, v.version)
+            registry = links.labels(model, v.version, v.registry) if links is not None else EMPTY
+            info.add_metric((m, v.version, model.task, *registry), 1)
+            if v.first_seen:
+                first_seen.add_metric(mv, v.first_seen)
+            predictions.add_metric(mv, v.predictions)
+            labels.add_metric(mv, v.labels)
+            if v.last_prediction:
+                last_pred.add_metric(mv, v.last_prediction)
+            if v.last_label:
+                last_label.add_metric(mv, v.last_label)
+            _observe(latency, mv, v.latency)
+            _observe(delay, mv, v.label_delay)
+            drift_families.missing_total.add_group(mv, dict(zip(feature_names, v.missing.tolist())))
+            if model.is_classification:
+                for actual, n, row in zip(model.classes, v.predicted_class.tolist(), v.outcomes.tolist()):
+                    predicted.add_metric(mv + (actual,), n)
+                    outcomes.add_group(mv + (actual,), dict(zip(model.classes, row)))
+                _observe(confidence, mv, v.confidence)
+            else:
+                _observe(value, mv, v.value)
+                abs_err.add_metric(mv, v.abs_error)
+                sq_err.add_metric(mv, v.sq_error)
+            for window, totals in v.windows.items():
+                mvw = mv + (window,)
+                samples.add_metric(mvw + ("predictions",), float(totals["predictions"]))
+                samples.add_metric(mvw + ("labeled",), float(totals["labeled"]))
+                if model.is_classification:
+                    _classification_window(model.classes, mvw, totals, gauges, per_class, confusion, reliability)
+                    if calibration is not None and "est_n" in totals:
+                        estimated.window(model, mvw, totals)
+                else:
+                    _regression_window(mvw, totals, gauges)
+                drift_families.window(mvw, window_drift(model, snap.profile, totals))
+                if model.attributions:
+                    attributions.window(snap, mvw, totals)
+            spans.version(mv, v.spans, model.is_classification, calibration is not None)
+            for (seg_feature, seg_value), windows in v.segments.items():
+                if seg_feature not in model.listed_segments:
+                    continue  # a fairness feature only: its groups are published by the fairness families
+                for window, totals in windows.items():
+                    segments.window(model, snap.profile, mv + (window, seg_feature, seg_value), totals)
+            if model.fairness_features:
+                fair.version(model, mv, v.segments)
+
+    yield from published
 
     errs = CounterFamily(
         "mlmon_ingest_errors",
@@ -294,7 +312,7 @@ def _families(
         labels=["model", "reason"],
     )
     for (m, reason), n in sorted(errors.items()):
-        errs.add_metric([m, reason], n)
+        errs.add_metric((m, reason), n)
     yield errs
 
     cpu = CounterFamily(
@@ -309,8 +327,8 @@ def _families(
     )
     for server, (models, cpu_s, rss_b, _) in sorted(servers.items()):
         for m in models:
-            cpu.add_metric([m, server], cpu_s)
-            rss.add_metric([m, server], rss_b)
+            cpu.add_metric((m, server), cpu_s)
+            rss.add_metric((m, server), rss_b)
     yield cpu
     yield rss
 
@@ -325,6 +343,35 @@ def _families(
         lookup_errors.add_metric([], links.failures)
         yield lookups
         yield lookup_errors
+
+
+class _StaticSeries:
+    """The series of one model that only its config and its reference decide (the alert and drift thresholds,
+    the drift decisions, the reference's rows, bins, attributions and multivariate bounds, the calibration
+    method, the fairness reference groups; the families' ``static`` methods give them): the same at every
+    scrape, and many (a fifth of the series at 10 models x 30 features, mostly mlmon_drift_threshold). They
+    are gathered once per config and reference, one :class:`SeriesBlock` per family, whose text the
+    exposition writes once. Versions, windows and a reset do not touch them; a new reference is a new
+    profile object, for which they are gathered again."""
+
+    def __init__(self, snap: ModelSnapshot, series: list[tuple[Metric, tuple[str, ...], float]]):
+        self.config, self.profile = snap.config, snap.profile
+        rows: dict[str, list] = {}  # family name -> rows, in the order they are published
+        for family, labels, value in series:
+            rows.setdefault(family.name, []).append((labels, value))
+        self.blocks = [(name, SeriesBlock(family_rows)) for name, family_rows in rows.items()]
+
+    def describes(self, snap: ModelSnapshot) -> bool:
+        # Identity, not equality: a config or profile is never changed in place, only replaced.
+        return snap.config is self.config and snap.profile is self.profile
+
+
+def _alert_thresholds(family: GaugeFamily, model: ModelConfig) -> Iterator[tuple[GaugeFamily, tuple[str, str], float]]:
+    """The model's static series of mlmon_alert_threshold (see :class:`_StaticSeries`)."""
+    for threshold, limit in model.thresholds:
+        yield family, (model.name, threshold), limit
+        if threshold == "evidence_confidence":  # the rules need the normal quantile, which PromQL lacks
+            yield family, (model.name, "evidence_z"), quality.z_of_confidence(limit)
 
 
 def _key(name: str) -> Callable[[dict], float]:
@@ -419,10 +466,12 @@ class _SpanFamilies:
         labels = MV + ["span"]
         self.families = [(GaugeFamily(name, text, labels=labels), who, value) for name, text, who, value in SPAN_SERIES]
 
-    def version(self, mv: list[str], spans: dict[str, dict], classification: bool, estimated: bool = False) -> None:
+    def version(
+        self, mv: tuple[str, ...], spans: dict[str, dict], classification: bool, estimated: bool = False
+    ) -> None:
         base = {"all", "classification" if classification else "regression"}
         for name, sums in spans.items():
-            labels = mv + [name]
+            labels = mv + (name,)
             publish = base | {"estimated"} if classification and estimated and "est_n" in sums else base
             for family, who, value in self.families:
                 if who in publish:
@@ -503,9 +552,15 @@ class _EstimateFamilies:
             for name in ("precision", "recall", "f1")
         }
 
-    def window(self, model, mvw: list[str], totals: dict) -> None:
-        self.samples.add_metric(mvw + ["scored"], float(totals["est_n"]))
-        self.samples.add_metric(mvw + ["labeled"], float(totals["est_lab_n"]))
+    def static(self, snap: ModelSnapshot) -> Iterator[tuple[GaugeFamily, tuple[str, ...], float]]:
+        """The model's static series (see :class:`_StaticSeries`): how its scores are calibrated."""
+        calibration = snap.profile.calibration if snap.profile is not None else None
+        if calibration is not None:
+            yield self.info, (snap.config.name, calibration.method), 1
+
+    def window(self, model, mvw: tuple[str, ...], totals: dict) -> None:
+        self.samples.add_metric(mvw + ("scored",), float(totals["est_n"]))
+        self.samples.add_metric(mvw + ("labeled",), float(totals["est_lab_n"]))
         figures = estimate.figures(totals, model.task == "binary")
         if figures is None:
             return
@@ -514,7 +569,7 @@ class _EstimateFamilies:
                 family.add_metric(mvw, figures[name])
         for name, family in self.per_class.items():
             for index, value in figures[name].items():
-                family.add_metric(mvw + [model.classes[index]], value)
+                family.add_metric(mvw + (model.classes[index],), value)
 
     def all(self) -> list:
         return [self.info, self.samples, *self.gauges.values(), *self.per_class.values()]
@@ -566,16 +621,17 @@ class _AttributionFamilies:
     def _reference(self, snap: ModelSnapshot):
         return snap.profile.attributions if snap.profile is not None else None
 
-    def model(self, snap: ModelSnapshot) -> None:
+    def static(self, snap: ModelSnapshot) -> Iterator[tuple[GaugeFamily, tuple[str, ...], float]]:
+        """The model's static series (see :class:`_StaticSeries`): the reference's attributions."""
         model, ref = snap.config, self._reference(snap)
         if not model.attributions or ref is None:
             return
         ranks = attribution.ranks(ref)
         for j in sorted(attribution.top(ref, model.attribution_top)):
-            self.reference.add_metric([model.name, model.features[j].name], float(ref[j]))
-            self.reference_rank.add_metric([model.name, model.features[j].name], int(ranks[j]))
+            yield self.reference, (model.name, model.features[j].name), float(ref[j])
+            yield self.reference_rank, (model.name, model.features[j].name), int(ranks[j])
 
-    def window(self, snap: ModelSnapshot, mvw: list[str], totals: dict) -> None:
+    def window(self, snap: ModelSnapshot, mvw: tuple[str, ...], totals: dict) -> None:
         model = snap.config
         names = [f.name for f in model.features]
         a = attribution.window(names, totals, self._reference(snap), model.drift_min_samples, model.attribution_top)
@@ -583,8 +639,8 @@ class _AttributionFamilies:
             return
         self.samples.add_metric(mvw, a.rows)
         for name, value in a.mean_abs.items():
-            self.mean_abs.add_metric([*mvw, name], value)
-            self.rank.add_metric([*mvw, name], a.rank[name])
+            self.mean_abs.add_metric(mvw + (name,), value)
+            self.rank.add_metric(mvw + (name,), a.rank[name])
         if a.drift is not None:
             self.drift.add_metric(mvw, a.drift)
         if a.rank_correlation is not None:
@@ -697,40 +753,44 @@ class _DriftFamilies:
             labels=["model", "bound"],
         )
 
-    def model(self, snap: ModelSnapshot) -> None:
-        model = snap.config
-        for (feature, reason), n in snap.feature_errors.items():
-            self.errors_total.add_metric([model.name, feature, reason], n)
+    def static(self, snap: ModelSnapshot) -> Iterator[tuple[GaugeFamily, tuple[str, ...], float]]:
+        """The model's static series (see :class:`_StaticSeries`): the reference's and the drift settings'."""
+        model, m = snap.config, snap.config.name
         if snap.profile is None:
             return
-        self.rows.add_metric([model.name], snap.profile.rows)
+        yield self.rows, (m,), snap.profile.rows
         rec = snap.profile.reconstruction
         if rec is not None:
             if rec.lower is not None:
-                self.multivariate_bounds.add_metric([model.name, "lower"], rec.lower)
-            self.multivariate_bounds.add_metric([model.name, "upper"], rec.upper)
+                yield self.multivariate_bounds, (m, "lower"), rec.lower
+            yield self.multivariate_bounds, (m, "upper"), rec.upper
         for f in model.features:
             for method in NUMERIC_METHODS if f.type == "numeric" else CATEGORICAL_METHODS:
                 if method != "chi2":
-                    self.threshold.add_metric([model.name, f.name, method], model.drift_threshold(f.name, method))
+                    yield self.threshold, (m, f.name, method), model.drift_threshold(f.name, method)
         methods = NUMERIC_METHODS if model.task == "regression" else CLASS_METHODS
         for method in methods:
             if method != "chi2":
-                self.threshold.add_metric([model.name, "", method], model.drift_threshold(None, method))
+                yield self.threshold, (m, "", method), model.drift_threshold(None, method)
         for feature in [f.name for f in model.features] + [None]:
-            self.decision.add_metric([model.name, feature or "", decision_method(model, feature)], 1)
+            yield self.decision, (m, feature or "", decision_method(model, feature)), 1
         for name, ref in snap.profile.features.items() if model.drift_bins else ():
             for bin_name, share in distribution(ref, ref.counts.astype(float)).items():
-                self.reference_bins.add_metric([model.name, name, bin_name], share)
+                yield self.reference_bins, (m, name, bin_name), share
 
-    def window(self, mvw: list[str], d) -> None:
+    def model(self, snap: ModelSnapshot) -> None:
+        """The model's feature errors (its static series are :meth:`static`'s)."""
+        model = snap.config
+        for (feature, reason), n in snap.feature_errors.items():
+            self.errors_total.add_metric((model.name, feature, reason), n)
+
+    def window(self, mvw: tuple[str, ...], d) -> None:
         for feature, values in d.features.items():
-            for method, value in values.items():
-                self.feature.add_metric(mvw + [feature, method], value)
+            self.feature.add_group(mvw + (feature,), values)
         for method, value in d.prediction.items():
-            self.prediction.add_metric(mvw + [method], value)
+            self.prediction.add_metric(mvw + (method,), value)
         for method, value in d.label.items():
-            self.label.add_metric(mvw + [method], value)
+            self.label.add_metric(mvw + (method,), value)
         if d.drifted is not None:
             self.drifted.add_metric(mvw, d.drifted)
         if d.multivariate_rows:
@@ -738,16 +798,14 @@ class _DriftFamilies:
         if d.multivariate is not None:
             self.multivariate.add_metric(mvw, d.multivariate)
         for feature, shares in d.distribution.items():
-            for bin_name, share in shares.items():
-                self.bins.add_metric(mvw + [feature, bin_name], share)
+            self.bins.add_group(mvw + (feature,), shares)
         for family, key in (
             (self.missing, "missing"),
             (self.type_error, "type_error"),
             (self.out_of_range, "out_of_range"),
             (self.unseen, "unseen"),
         ):
-            for feature, value in d.quality[key].items():
-                family.add_metric(mvw + [feature], value)
+            family.add_group(mvw, d.quality[key])
 
     def all(self) -> list:
         return [
@@ -804,21 +862,19 @@ class _SegmentFamilies:
         # the series by classes squared; these families take them and are never published.
         self._unpublished = ({name: _Discard() for name in PER_CLASS_GAUGES}, _Discard())
 
-    def window(self, model: ModelConfig, profile, labels: list[str], totals: dict) -> None:
-        self.samples.add_metric(labels + ["predictions"], float(totals["predictions"]))
-        self.samples.add_metric(labels + ["labeled"], float(totals["labeled"]))
+    def window(self, model: ModelConfig, profile, labels: tuple[str, ...], totals: dict) -> None:
+        self.samples.add_metric(labels + ("predictions",), float(totals["predictions"]))
+        self.samples.add_metric(labels + ("labeled",), float(totals["labeled"]))
         if model.is_classification:
             _classification_window(model.classes, labels, totals, self.gauges, *self._unpublished)
         else:
             _regression_window(labels, totals, self.gauges)
         d = window_drift(model, profile, totals, exclude=model.segment_features)
         for feature, values in d.features.items():
-            for method, value in values.items():
-                self.drift.add_metric(labels + [feature, method], value)
+            self.drift.add_group(labels + (feature,), values)
         if d.drifted is not None:
             self.drifted.add_metric(labels, d.drifted)
-        for feature, value in d.quality["missing"].items():
-            self.missing.add_metric(labels + [feature], value)
+        self.missing.add_group(labels, d.quality["missing"])
 
     def all(self) -> list:
         return [self.samples, *self.gauges.values(), self.drift, self.drifted, self.missing]
@@ -939,11 +995,12 @@ class _FairnessFamilies:
             for name in fairness.ESTIMATED_DISPARITIES
         }
 
-    def model(self, model: ModelConfig) -> None:
+    def static(self, model: ModelConfig) -> Iterator[tuple[GaugeFamily, tuple[str, ...], float]]:
+        """The model's static series (see :class:`_StaticSeries`): the reference groups of the config."""
         for feature, group in model.fairness_reference_group.items():
-            self.reference.add_metric([model.name, feature, group], 1)
+            yield self.reference, (model.name, feature, group), 1
 
-    def version(self, model: ModelConfig, mv: list[str], segments: dict) -> None:
+    def version(self, model: ModelConfig, mv: tuple[str, ...], segments: dict) -> None:
         positive = model.classes.index(model.positive_class)
         reference = model.fairness_reference_group
         for feature in model.fairness_features:
@@ -953,13 +1010,13 @@ class _FairnessFamilies:
                 if seg_feature != feature:
                     continue
                 for window, totals in windows.items():
-                    labels = mv + [window, feature, group]
+                    labels = mv + (window, feature, group)
                     counts = fairness.group_counts(totals["pred_bins"], totals["confusion"], positive)
-                    self.samples.add_metric(labels + ["predictions"], counts.predictions)
-                    self.samples.add_metric(labels + ["labeled"], counts.labeled)
+                    self.samples.add_metric(labels + ("predictions",), counts.predictions)
+                    self.samples.add_metric(labels + ("labeled",), counts.labeled)
                     self.positive.add_metric(labels, counts.predicted_positive)
                     for outcome in fairness.OUTCOMES:
-                        self.outcomes.add_metric(labels + [outcome], getattr(counts, outcome))
+                        self.outcomes.add_metric(labels + (outcome,), getattr(counts, outcome))
                     rates = fairness.group_rates(counts)
                     for name, value in rates.items():
                         if value is not None:
@@ -968,7 +1025,7 @@ class _FairnessFamilies:
                     if totals.get("est_n", 0) > 0:
                         outcomes = fairness.estimated_outcomes(totals["est_confusion"], positive)
                         for outcome, value in outcomes.items():
-                            self.estimated_outcomes.add_metric(labels + [outcome], value)
+                            self.estimated_outcomes.add_metric(labels + (outcome,), value)
                         estimated = fairness.estimated_rates(outcomes)
                         for name, family in self.estimated.items():
                             if estimated[name] is not None:
@@ -981,12 +1038,12 @@ class _FairnessFamilies:
             for window, rates in by_window.items():
                 for name, value in fairness.disparities(rates, reference.get(feature)).items():
                     if value is not None:
-                        self.disparities[name].add_metric(mv + [window, feature], value)
+                        self.disparities[name].add_metric(mv + (window, feature), value)
             for window, rates in estimated_by_window.items():
                 found = fairness.disparities(rates, reference.get(feature))
                 for name, family in self.estimated_disparities.items():
                     if found[name] is not None:
-                        family.add_metric(mv + [window, feature], found[name])
+                        family.add_metric(mv + (window, feature), found[name])
 
     def all(self) -> list:
         return [
@@ -1008,20 +1065,26 @@ class _Discard:
     def add_metric(self, *args, **kwargs) -> None:
         pass
 
+    def add_group(self, prefix, values) -> None:
+        pass
 
-def _histogram(name: str, text: str) -> HistogramMetricFamily:
-    return HistogramMetricFamily(name, text, labels=MV)
+
+def _histogram(name: str, text: str) -> HistogramFamily:
+    return HistogramFamily(name, text, labels=MV)
 
 
-def _observe(family: HistogramMetricFamily, labels: list[str], hist: Histogram) -> None:
+def _observe(family: HistogramFamily, labels: tuple[str, ...], hist: Histogram) -> None:
     family.add_metric(labels, hist.buckets(), hist.sum)
+
+
+# The bin label of each reliability bin: its upper edge.
+_RELIABILITY_EDGES = tuple(f"{(b + 1) / quality.ECE_BINS:.1f}" for b in range(quality.ECE_BINS))
 
 
 def _classification_window(classes, mvw, totals, gauges, per_class, confusion, reliability=None) -> None:
     conf = totals["confusion"]
-    for a, actual in enumerate(classes):
-        for p, pred in enumerate(classes):
-            confusion.add_metric(mvw + [actual, pred], float(conf[a, p]))
+    for actual, row in zip(classes, conf.tolist()):
+        confusion.add_group(mvw + (actual,), dict(zip(classes, row)))
     if totals["labeled"] == 0:
         return
     figures = quality.classification(conf)
@@ -1030,7 +1093,7 @@ def _classification_window(classes, mvw, totals, gauges, per_class, confusion, r
             gauges[name].add_metric(mvw, figures[name])
     for name in ("precision", "recall", "f1"):
         for index, value in figures[name].items():
-            per_class[name].add_metric(mvw + [classes[index]], value)
+            per_class[name].add_metric(mvw + (classes[index],), value)
     scored = float(totals["scored"])
     if scored == 0:
         return
@@ -1051,11 +1114,11 @@ def _classification_window(classes, mvw, totals, gauges, per_class, confusion, r
     if ece is not None:
         gauges["expected_calibration_error"].add_metric(mvw, ece)
     if reliability is not None:
-        for b, n in enumerate(totals["ece_count"]):
+        bins = zip(_RELIABILITY_EDGES, *(totals[k].tolist() for k in ("ece_count", "ece_correct", "ece_confidence")))
+        for edge, n, correct, conf_sum in bins:
             if n > 0:
-                edge = f"{(b + 1) / quality.ECE_BINS:.1f}"
-                reliability[0].add_metric(mvw + [edge], float(totals["ece_correct"][b]) / float(n))
-                reliability[1].add_metric(mvw + [edge], float(totals["ece_confidence"][b]) / float(n))
+                reliability[0].add_metric(mvw + (edge,), float(correct) / float(n))
+                reliability[1].add_metric(mvw + (edge,), float(conf_sum) / float(n))
 
 
 def _regression_window(mvw, totals, gauges) -> None:

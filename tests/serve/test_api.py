@@ -502,7 +502,8 @@ def test_openapi_document_is_valid_openapi_3_0(client):
 
 def test_metrics_text_of_changing_series():
     """The sample heads text_exposition keeps between scrapes never publish a series that went away, and
-    stay bounded however many series come and go (a version retired each scrape, say)."""
+    stay bounded however many series come and go (a version retired each scrape, say), whether the samples
+    come one by one or in groups (GaugeFamily.add_group), with the groups' shared labels changing or not."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     from exporter.serve import exposition
@@ -515,6 +516,11 @@ def test_metrics_text_of_changing_series():
             for v in range(50):
                 g.add_metric([f"v{self.scrape}-{v}"], v)
             yield g
+            grouped = exposition.GaugeFamily("churned_groups", "groups that change", labels=["version", "feature"])
+            for v in range(10):
+                grouped.add_group((f"v{self.scrape}-{v}",), {f"f{f}": f / 2 for f in range(5)})
+            grouped.add_group(("stays",), {f"f{self.scrape}-{f}": f for f in range(5)})
+            yield grouped
 
     churn = Churn()
     registry = CollectorRegistry()
@@ -524,7 +530,10 @@ def test_metrics_text_of_changing_series():
         text = exposition.text_exposition(registry)
         assert text == generate_latest(registry)
         assert text.count(b"churned_series{") == 50 and f'"v{n}-49"'.encode() in text
-    assert len(exposition._HEADS[("churned_series", ("version",))]) <= 2 * 50 + 1024
+        assert text.count(b"churned_groups{") == 55 and f'feature="f{n}-4",version="stays"'.encode() in text
+    assert len(exposition._HEADS[("churned_series", ("version",))].rows) <= 2 * 50 + 1024
+    groups = exposition._HEADS[("churned_groups", ("version", "feature"))].groups
+    assert len(groups) <= 2 * 11 + 1024 and len(groups[("stays",)]) <= 2 * 5 + 64
 
 
 def test_metrics_text_is_client_pythons_byte_for_byte(client):
@@ -541,7 +550,7 @@ def test_metrics_text_is_client_pythons_byte_for_byte(client):
         Metric,
     )
 
-    from exporter.serve.exposition import CounterFamily, GaugeFamily, text_exposition
+    from exporter.serve.exposition import CounterFamily, GaugeFamily, SeriesBlock, text_exposition
 
     def odd_samples(g):
         """Label values to escape, and numbers the text format writes its own way."""
@@ -565,9 +574,13 @@ def test_metrics_text_is_client_pythons_byte_for_byte(client):
             m.add_sample("odd_untyped", {}, 4, timestamp=1234.5678)
             yield m
 
+    odd = odd_samples(GaugeMetricFamily("odd", "", labels=["b", "a"])).samples
+    block = SeriesBlock([((s.labels["b"], s.labels["a"]), s.value) for s in odd])
+
     class OddRows:
         """The same odd label values and numbers through mlmon's own families (exposition._Rows), which
-        text_exposition writes from their rows and generate_latest reads through their samples."""
+        text_exposition writes from their rows, groups and blocks and generate_latest reads through their
+        samples."""
 
         def collect(self):
             yield odd_samples(GaugeFamily("odd_rows", 'help with \\ and\nnewline "quoted"', labels=["b", "a"]))
@@ -575,11 +588,22 @@ def test_metrics_text_is_client_pythons_byte_for_byte(client):
             c.add_metric(["1"], 7)
             yield c
             yield GaugeFamily("odd_row_single", "no labels", value=2)
+            grouped = GaugeFamily("odd_groups", "groups", labels=["b", "a"])
+            for sample in odd:  # a for each b, then the rest with b="x"
+                grouped.add_group((sample.labels["b"],), {sample.labels["a"]: sample.value})
+            grouped.add_group(("x",), {s.labels["b"]: s.value for s in odd})
+            grouped.add_metric(["y", "z"], 1)
+            yield grouped
+            blocked = CounterFamily("odd_blocks", "blocks", labels=["b", "a"])
+            blocked.add_block(block)  # the same block at every scrape, as the collector's static series
+            blocked.add_group(("g",), {"h": 2.0})
+            yield blocked
 
     registry = CollectorRegistry()
     registry.register(Odd())
     registry.register(OddRows())
     assert text_exposition(registry) == generate_latest(registry)
+    assert text_exposition(registry) == generate_latest(registry)  # the block's text, kept, and the heads
     assert b'odd_rows{a="back\\\\slash\\nnl",b="x\\"y"} 1.5\n' in text_exposition(registry)
 
     client.post("/api/v1/predictions", json={"predictions": [churn(id=f"p{i}", label="stay") for i in range(30)]})
