@@ -277,7 +277,7 @@ class Client:
         backoff_max: cap of the retry delay (seconds). Delays get a random jitter of -50%..0.
         max_attempts: optional cap on HTTP attempts per batch (None: only the time budget).
         format: how batches are sent: ``"columns"`` (default: one columnar JSON body per model and
-            version, several times cheaper for the exporter to read than rows), ``"arrow"`` (an Apache
+            version, cheaper for the exporter to read than rows), ``"arrow"`` (an Apache
             Arrow IPC stream; needs pyarrow here, else columnar JSON is sent) or ``"rows"``. An exporter
             too old to read columnar batches is detected on its first answer, and sent rows from then on.
     """
