@@ -967,6 +967,19 @@ def arrow_stream(body: dict, **options) -> bytes | None:
     return sink.getvalue().to_pybytes()
 
 
+def arrow_text(size: int):
+    """Text Arrow can hold: UTF-8, so no lone surrogates (JSON can carry those; they are malformed_json)."""
+    return st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=size)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @st.composite
 def arrow_bodies(draw) -> tuple[bytes, int]:
     """(Arrow stream, rows): typed columns of right and wrong types (floats with NaN and infinities, huge
@@ -983,7 +996,7 @@ def arrow_bodies(draw) -> tuple[bytes, int]:
             0: (floats | st.none(), pa.float64()),
             1: (st.floats(width=32) | st.none(), pa.float32()),
             2: (st.integers(-(2**63), 2**63 - 1) | st.none(), pa.int64()),
-            3: (st.text(max_size=5) | st.sampled_from(["y" * 1025, "", "é"]) | st.none(), pa.string()),
+            3: (arrow_text(5) | st.sampled_from(["y" * 1025, "", "é"]) | st.none(), pa.string()),
             4: (st.booleans() | st.none(), pa.bool_()),
             5: (st.none(), pa.null()),
             6: (st.sampled_from(list(CLASSES.get(model, ["a"])) + ["x" * 300, ""]) | st.none(), None),
@@ -1009,9 +1022,9 @@ def arrow_bodies(draw) -> tuple[bytes, int]:
         arrays["predictions"] = pa.array([str(v) if model != "price" else float(v) for v in good])
     meta = {}
     if draw(st.integers(0, 9)):
-        meta["model"] = draw(st.one_of(st.just(model), st.just(model), st.text(max_size=6)))
+        meta["model"] = draw(st.one_of(st.just(model), st.just(model), arrow_text(6)))
     if draw(st.integers(0, 4)) == 0:
-        meta["version"] = draw(any_version.filter(lambda v: isinstance(v, str)))
+        meta["version"] = draw(any_version.filter(lambda v: isinstance(v, str) and _utf8(v)))
     if draw(st.integers(0, 5)) == 0:
         meta["registry"] = draw(st.sampled_from(['{"version": 3}', "{", "[]", '{"x": 1}', '{"version": "01"}']))
     table = pa.table(arrays or {"predictions": pa.array(["stay"] * n)}).replace_schema_metadata(meta)
