@@ -79,7 +79,7 @@ class Mlmon:
         self.clock = clock
         self.validator = Validator(config, clock)
         self.fast = fastpath.FastDecoder(self.validator)  # valid prediction and label batches, decoded in C
-        self.columnar = columnar.ColumnarDecoder(self.validator)  # columnar batches (JSON and Arrow)
+        self.columnar = columnar.ColumnarDecoder(self.validator, self.fast)  # columnar batches (JSON and Arrow)
         self.models = {m.name: ModelState(m, config) for m in config.models}
         self.errors = IngestErrors(list(self.models))
         self.servers = ServerReports(config.limits.max_servers, config.limits.server_stale_seconds)

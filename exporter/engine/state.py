@@ -658,14 +658,12 @@ class ModelState:
             keys, decided = plan
             outcomes = _Outcomes()
             dups = dup_labels = 0
-            fresh: np.ndarray | None = None  # None: every row
-            version = cols.version
-            if decided and decided.count(_WAITING) == len(decided) and cols.labels is None:
-                pass  # the common case: new ids, labels to come
-            elif not decided and cols.labels is not None and cols.ids is None:
-                labelled = [i for i, label in enumerate(cols.labels) if label is not None]
-                outcomes.extend_rows(cols, labelled, [cols.labels[i] for i in labelled], keys, now)
-            elif decided or cols.labels is not None:
+            fresh: np.ndarray | None = None  # None: every row (no id repeated, no label joined by the store)
+            if cols.ids is None:  # every row new; those sent with their label joined now
+                if cols.labels is not None:
+                    labelled = [i for i, label in enumerate(cols.labels) if label is not None]
+                    outcomes.extend_rows(cols, labelled, [cols.labels[i] for i in labelled], keys, now)
+            elif cols.labels is not None or decided.count(_WAITING) != len(decided):
                 fresh_rows, dups, dup_labels = _sort_rows(
                     decided,
                     cols.ids or [None] * cols.n,
@@ -680,7 +678,7 @@ class ModelState:
             if fresh is None or fresh.size:
                 batch = Batch.of_columns(cols, self.binner, fresh)
                 segments = keys if fresh is None or keys is None else [keys[i] for i in fresh]
-                state = self._version(version, now)
+                state = self._version(cols.version, now)
                 state.add_batch(batch, now, self.binner, segments)
                 if cols.registry is not None:
                     state.registry = cols.registry

@@ -176,29 +176,19 @@ def _list(kind: Any, limit: int) -> Any:
     return Annotated[list[kind], Meta(max_length=limit)]
 
 
-def _columns_struct(name: str, kinds: dict[str, Any], limit: int) -> type:
-    """A struct of optional columns, renamed as fastpath's value structs are (names may hold '.' or '-')."""
-    attributes = {key: f"v{i}" for i, key in enumerate(kinds)}
-    return msgspec.defstruct(
-        name,
-        [(attributes[key], _list(kind, limit) | None, None) for key, kind in kinds.items()],
-        rename={a: key for key, a in attributes.items()},
-        forbid_unknown_fields=True,
-        namespace={"ATTRIBUTES": attributes},
-    )
-
-
 def _json_type(model: ModelConfig, limit: int) -> type:
     """The msgspec struct of one model's columnar JSON body; "model" is the tag that picks it."""
     tag = fastpath._struct_name(model, "")
     outcome = _Bounded if model.task == "regression" else fastpath._ClassKey
-    features = _columns_struct(
-        tag + "FeatureColumns",
-        {f.name: _Bounded | None if f.type == "numeric" else _Category for f in model.features},
-        limit,
+
+    def columns(name: str, kinds: list[tuple[str, Any]]) -> type:  # one optional list per key, as fastpath's
+        return fastpath._values_type(tag + name, [(key, _list(kind, limit) | None) for key, kind in kinds])
+
+    features = columns(
+        "FeatureColumns", [(f.name, _Bounded | None if f.type == "numeric" else _Category) for f in model.features]
     )
-    attributes = _columns_struct(tag + "AttributeColumns", dict.fromkeys(model.attributes, _Category), limit)
-    attributions = _columns_struct(tag + "AttributionColumns", {f.name: _Bounded | None for f in model.features}, limit)
+    attributes = columns("AttributeColumns", [(a, _Category) for a in model.attributes])
+    attributions = columns("AttributionColumns", [(f.name, _Bounded | None) for f in model.features])
     fields = [
         ("predictions", _list(outcome, limit)),
         ("version", str, "default"),
@@ -240,14 +230,18 @@ def _present(struct: Any) -> dict[str, list]:
 class ColumnarDecoder:
     """Decodes valid columnar bodies into :class:`Columns`; anything else into rows for the general validation."""
 
-    def __init__(self, validator: Validator):
+    def __init__(self, validator: Validator, fast: fastpath.FastDecoder):
         self.validator = validator
+        self.fast = fast  # the row fast path: its registry entries' check and cache
         self.config = validator.config
         self.limit = self.config.limits.max_batch_size
         self.models = {m.name: m for m in self.config.models}
         self.class_index = validator.class_index
-        self.numeric = {m.name: [f.name for f in m.features if f.type == "numeric"] for m in self.config.models}
-        self._registries: dict[bytes, RegistryInfo | None] = {}
+        # model -> its numeric features and their rows in a batch's numeric array (Binner.numeric's order)
+        self.numeric = {
+            m.name: {name: j for j, name in enumerate(f.name for f in m.features if f.type == "numeric")}
+            for m in self.config.models
+        }
         self._numeric_columns = {m.name: numeric_columns(m) for m in self.config.models}
         models = [m for m in self.config.models if all(fastpath._renamable(f.name) for f in m.features)]
         models = [m for m in models if all(fastpath._renamable(a) for a in m.attributes)]
@@ -307,29 +301,10 @@ class ColumnarDecoder:
             columns[f"scores.{key}"] = column
         registry = None
         if body.registry is not None:
-            registry = self._registry(
-                msgspec.json.encode(body.registry),
-                lambda: {
-                    k: getattr(body.registry, k)
-                    for k in body.registry.__struct_fields__
-                    if getattr(body.registry, k) is not msgspec.UNSET
-                },
-            )
-            if registry is False:
+            registry = self.fast.registry(body.registry)  # the row fast path's check and cache
+            if registry is None:
                 return None
         return self._columns(model, body.version, registry, columns, now)
-
-    def _registry(self, key: bytes, value) -> RegistryInfo | None | bool:
-        """A batch's registry entry checked once per distinct entry (False: refused)."""
-        if key in self._registries:
-            return self._registries[key]
-        problems: list = []
-        result = self.validator._registry(fastpath._NoItem(problems), value())
-        result = False if problems else result
-        if len(self._registries) >= 1024:
-            self._registries.clear()
-        self._registries[key] = result
-        return result
 
     def _columns(self, model: ModelConfig, version: Any, registry, columns: dict, now: float) -> Columns | None:
         """The checks the types did not make, and the columns as the window update takes them; None: declined."""
@@ -396,19 +371,13 @@ class ColumnarDecoder:
                     values = _floats(column)
                     if values is None:
                         return None
-                    by_feature[numeric_names.index(key)] = values
+                    by_feature[numeric_names[key]] = values
                 else:
-                    values = _categories(column)
-                    if values is None:
-                        return None
-                    categorical[key] = values
+                    categorical[key] = column  # (lists: only numeric columns become arrays)
             elif head == "attributes":
                 if key not in model.attributes:
                     return None
-                values = _categories(column)
-                if values is None:
-                    return None
-                attributes[key] = values
+                attributes[key] = column
             elif head == "attributions":
                 if not model.attributions or key not in features:
                     return None
@@ -482,12 +451,13 @@ class ColumnarDecoder:
         if model is None:
             return None
         registry = None
-        raw_registry = table.batch.get("registry")
-        if raw_registry is not None:
-            if not isinstance(raw_registry, dict):
+        if table.batch.get("registry") is not None:
+            try:
+                entry = msgspec.convert(table.batch["registry"], fastpath._Registry)
+            except msgspec.ValidationError:
                 return None
-            registry = self._registry(orjson.dumps(raw_registry, option=orjson.OPT_SORT_KEYS), lambda: raw_registry)
-            if registry is False:
+            registry = self.fast.registry(entry)
+            if registry is None:
                 return None
         columns = {}
         numeric = self._numeric_columns[model.name]
@@ -528,12 +498,6 @@ def _optional_floats(column: Any) -> list | None | bool:
     if np.isnan(values).all():
         return None
     return [None if v != v else v for v in values.tolist()]
-
-
-def _categories(column: Any) -> list | None:
-    if isinstance(column, np.ndarray):
-        return None
-    return column
 
 
 def _classes(index: dict, column: list) -> list | None:

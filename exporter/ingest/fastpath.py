@@ -297,7 +297,7 @@ class FastDecoder:
                     return None
             registry = item.registry
             if registry is not None:
-                registry = self._registries.get(registry) or self._registry(registry)
+                registry = self.registry(registry)
                 if registry is None:
                     return None
             append(
@@ -317,6 +317,10 @@ class FastDecoder:
                 )
             )
         return out
+
+    def registry(self, entry) -> RegistryInfo | None:
+        """A registry entry (a ``_Registry``) as kept, or None when its rules refuse it; each checked once."""
+        return self._registries.get(entry) or self._registry(entry)
 
     def _registry(self, entry) -> RegistryInfo | None:
         """Check an entry the first time it is seen (a model server sends the same one with many predictions)."""
