@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    single_threaded_blas()  # before the parser: the subcommands' modules import numpy
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "check-config":
@@ -234,7 +235,8 @@ BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def single_threaded_blas() -> None:
-    """One BLAS thread, unless the environment says otherwise; effective only before numpy is imported.
+    """One BLAS thread, unless the environment says otherwise; effective only before numpy is imported (so
+    ``main`` calls it first, for every command: the others' products are small too).
 
     The exporter's matrix products are small (a batch's rows times a few principal components: tens of
     microseconds), and it serves from threads of its own. A BLAS thread pool saves nothing on them, and on a busy
@@ -259,7 +261,6 @@ def _serve(parser: argparse.ArgumentParser, args) -> int:
             parser.error(f"--web.listen-address {args.listen!r} is not HOST:PORT")
         host, port = host.strip("[]") or "0.0.0.0", int(port_text)
 
-    single_threaded_blas()  # before numpy is imported
     from exporter.engine.joins import JoinStoreUnavailable
     from exporter.engine.storage import StorageError
     from exporter.security import webconfig

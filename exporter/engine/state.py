@@ -628,9 +628,9 @@ class ModelState:
             keys = self.segments.column_keys(cols)
             if cols.ids is None:
                 return keys, []
+            # What each row leaves in the join store: a Pending's fields as a plain tuple, made in C.
             pendings = list(
-                map(
-                    Pending,
+                zip(
                     itertools.repeat(now),
                     itertools.repeat(cols.version),
                     cols.timestamps.tolist(),
@@ -640,7 +640,9 @@ class ModelState:
                 )
             )
             decisions = None
-            if cols.labels is None and not self.joins.shared and None not in cols.ids:
+            if self.joins.shared:
+                pendings = list(map(joins.pending_of, pendings))
+            elif cols.labels is None and None not in cols.ids:
                 decisions = self.joins.wait_all(cols.ids, pendings)  # new ids, labels to come: decided at once
             if decisions is None:
                 labels = cols.labels or itertools.repeat(None)

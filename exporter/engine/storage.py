@@ -76,7 +76,13 @@ MOVED_MODULES = {
     **{f"exporter.{m}": f"exporter.serve.{m}" for m in ("collector", "openapi")},
     "exporter.app": "exporter.engine.core",
 }
-MOVED_CLASSES = {("exporter.state", "Histogram"): ("exporter.stats.histogram", "Histogram")}
+MOVED_CLASSES = {
+    ("exporter.state", "Histogram"): ("exporter.stats.histogram", "Histogram"),
+    # Release 0.1.0 pickled each waiting prediction and early label as an object; they are tuples now, and a
+    # snapshot holds them as plain tuples (exporter/engine/joins.py JoinStore.__getstate__).
+    **{(m, "Pending"): ("exporter.engine.joins", "_PendingV1") for m in ("exporter.joins", "exporter.engine.joins")},
+    **{(m, "EarlyLabel"): ("exporter.engine.joins", "_EarlyLabelV1") for m in ("exporter.joins", "exporter.engine.joins")},
+}
 
 
 class _Unpickler(pickle.Unpickler):

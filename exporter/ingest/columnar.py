@@ -597,6 +597,9 @@ def arrow_table(raw: bytes, kind: str, limit: int) -> Table:
         raise Refused(400, "", "malformed_arrow", str(exc)) from None
     try:
         table = pa.ipc.open_stream(pa.py_buffer(raw)).read_all()
+        # The reader checks the framing and the buffers' sizes only: offsets past a column's data or text that
+        # is not UTF-8 would be read out of bounds (a crash) by the first function that walks the values.
+        table.validate(full=True)
     except (pa.ArrowException, ValueError, OSError) as exc:
         raise Refused(
             400, "", "malformed_arrow", f"the body is not a readable Arrow IPC stream: {str(exc)[:200]}"

@@ -20,6 +20,7 @@ import json
 import math
 import re
 import string
+import struct
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
@@ -1279,3 +1280,29 @@ def test_numbers_that_are_summed_are_bounded(item, ok):
     assert r.status_code == (202 if ok else 400), r.get_json()
     if not ok:
         assert r.get_json()["error"]["details"][0]["reason"] in ("invalid_value", "type_error")
+
+
+def test_arrow_values_that_point_outside_the_stream_are_refused():
+    """String offsets past the column's data, and text that is not UTF-8, in a stream whose framing and buffer
+    sizes are right: pyarrow's reader takes them, and walking the values would read out of bounds (a crash).
+    Refused as malformed, nothing kept."""
+    pa = pytest.importorskip("pyarrow")
+    h = Harness(ARROW_CONFIG)
+    table = pa.table(
+        {"ids": pa.array(["a", "bb", "ccc"]), "predictions": pa.array(["stay"] * 3)}
+    ).replace_schema_metadata({"model": "churn"})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    raw = sink.getvalue().to_pybytes()
+    offsets = struct.pack("<4i", 0, 1, 3, 6)
+    assert raw.count(offsets) == 1 and raw.count(b"abbccc") == 1
+    for damaged in (
+        raw.replace(offsets, struct.pack("<4i", 0, 1, 3, 1 << 30)),  # the last id ends 1 GiB further
+        raw.replace(offsets, struct.pack("<4i", 0, 1, -8, 6)),  # an id of negative length
+        raw.replace(b"abbccc", b"a\xff\xfeccc"),  # not UTF-8
+    ):
+        r = h.send("POST", "/api/v1/predictions", damaged, {"Content-Type": ARROW}, 3)
+        assert r.status_code == 400, r.get_json()
+        assert r.get_json()["error"]["details"][0]["reason"] == "malformed_arrow", r.get_json()
+    assert h.send("POST", "/api/v1/predictions", raw, {"Content-Type": ARROW}, 3).status_code == 202

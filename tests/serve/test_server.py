@@ -189,3 +189,38 @@ def test_client_drops_only_the_bad_events_of_a_rejected_batch(exporter):
     m = Metrics(requests.get(f"{url}/metrics", timeout=5).text)
     assert m.get("mlmon_predictions_total", model="churn", version="default") == 9
     assert m.get("mlmon_ingest_errors_total", model="churn", reason="unknown_class") == 1
+
+
+BLAS_PROBE = """
+import sys
+import threadpoolctl
+from exporter import cli
+
+def blas_threads(*_):
+    print(max(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"))
+    return 0
+
+if sys.argv[1] == "serve":
+    cli._serve = blas_threads  # what the server would run with, without binding a port
+    sys.exit(cli.main(["serve", "--config", "unused.yml"]))
+import numpy  # noqa: F401  (numpy's own default, for comparison)
+blas_threads()
+"""
+
+
+def test_serve_runs_numpy_with_one_blas_thread():
+    """A BLAS thread pool spins on a busy host; `mlmon serve` asks for one thread before numpy is loaded, which
+    the subcommands' modules do while the command line is parsed."""
+    from exporter import cli
+
+    env = {k: v for k, v in os.environ.items() if k not in cli.BLAS_THREADS}
+
+    def probe(mode: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", BLAS_PROBE, mode], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        return int(out.stdout.strip())
+
+    if probe("plain") < 2:
+        pytest.skip("numpy's BLAS runs one thread here anyway (one core)")
+    assert probe("serve") == 1
