@@ -630,3 +630,17 @@ def test_arrow_format_sends_an_arrow_stream(make_client):
     assert table.column("ids").to_pylist() == ["a", "b"]
     assert table.column("features.age").to_pylist() == [31.5, None]
     assert table.column("score").to_pylist() == [0.9, 0.2]
+
+
+def test_the_client_names_columns_as_the_exporter_reads_them():
+    """The light client cannot import the exporter, so its names of a columnar batch's fields are a copy of the
+    exporter's (docs/api.md#columnar-batches): they must stay the same."""
+    import mlmon_client
+
+    from exporter.ingest import columnar, schema
+
+    assert mlmon_client._PREDICTION_COLUMNS == schema.COLUMN_NAMES == columnar.PREDICTION_COLUMNS
+    assert mlmon_client._OBJECT_FIELDS == schema.OBJECT_FIELDS
+    assert mlmon_client._BATCH_FIELDS == schema.BATCH_FIELDS["Prediction"]
+    assert columnar.FORMATS == {mlmon_client._COLUMNS_TYPE: "columns", mlmon_client._ARROW_TYPE: "arrow"}
+    assert set(mlmon_client._FORMATS) == {"rows", *columnar.FORMATS.values()}

@@ -81,7 +81,10 @@ MOVED_CLASSES = {
     # Release 0.1.0 pickled each waiting prediction and early label as an object; they are tuples now, and a
     # snapshot holds them as plain tuples (exporter/engine/joins.py JoinStore.__getstate__).
     **{(m, "Pending"): ("exporter.engine.joins", "_PendingV1") for m in ("exporter.joins", "exporter.engine.joins")},
-    **{(m, "EarlyLabel"): ("exporter.engine.joins", "_EarlyLabelV1") for m in ("exporter.joins", "exporter.engine.joins")},
+    **{
+        (m, "EarlyLabel"): ("exporter.engine.joins", "_EarlyLabelV1")
+        for m in ("exporter.joins", "exporter.engine.joins")
+    },
 }
 
 

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from exporter.ingest import columnar, schema
 from tests.conftest import T0, Clock, make_app, scrape
+from tests.ingest.columnar_forms import OBJECTS, PLAIN, arrow_table, stream_of, transpose
 from tests.ingest.test_differential import (
     ABSENT,
     CONFIGS,
@@ -42,26 +43,7 @@ pa = pytest.importorskip("pyarrow")
 
 COLUMNS = columnar.JSON_COLUMNS
 ARROW = columnar.ARROW_STREAM
-PLAIN = {"id": "ids", "timestamp": "timestamps", "prediction": "predictions", "label": "labels"}
-PLAIN |= {"score": "score", "latency_seconds": "latency_seconds"}
-OBJECTS = ("features", "attributes", "attributions", "scores")
 BATCHES = 600  # per config: 600 x 4 requests
-
-
-def transpose(rows: list[dict], model: str, batch: dict) -> dict:
-    """A row batch of one model as columns: each field a column (null where a row lacks it), object fields as
-    objects of columns. Fields that are no object where one is due, and unknown fields, are left out (a
-    columnar body cannot carry them)."""
-    body: dict = {"model": model, **batch}
-    for field, column in PLAIN.items():
-        if any(field in r for r in rows):
-            body[column] = [r.get(field) for r in rows]
-    for field in OBJECTS:
-        values = [r.get(field) if isinstance(r.get(field), dict) else None for r in rows]
-        names = list(dict.fromkeys(k for v in values if v for k in v))
-        if names:
-            body[field] = {k: [(v or {}).get(k) for v in values] for k in names}
-    return body
 
 
 def rows_of(body: dict, n: int) -> list[dict]:
@@ -93,23 +75,11 @@ def rows_in(body: dict) -> int:
 def arrow_of(body: dict) -> tuple[bytes, dict] | None:
     """The body as an Arrow stream, and the columnar body Arrow's typing makes of it (to_pylist of each
     column); None when a column's values have no common Arrow type (numbers and text mixed, huge integers)."""
-    arrays, meta = {}, {}
-    for name, value in body.items():
-        if name in ("model", "version", "registry"):
-            if not isinstance(value, str) and name != "registry":
-                return None
-            meta[name] = value if isinstance(value, str) else orjson.dumps(value).decode()
-        elif name in OBJECTS:
-            arrays.update({f"{name}.{k}": v for k, v in value.items()})
-        else:
-            arrays[name] = value
-    try:
-        table = pa.table({k: pa.array(v) for k, v in arrays.items()}).replace_schema_metadata(meta)
-    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+    if any(not isinstance(body.get(name, ""), str) for name in ("model", "version")):
         return None
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
+    table = arrow_table(body)
+    if table is None:
+        return None
     typed: dict = {k: v for k, v in body.items() if k in ("model", "version", "registry")}
     for name in table.column_names:
         values = table.column(name).to_pylist()
@@ -120,7 +90,7 @@ def arrow_of(body: dict) -> tuple[bytes, dict] | None:
             typed.setdefault(head, {})[key] = values
         else:
             typed[name] = values
-    return sink.getvalue().to_pybytes(), typed
+    return stream_of(table), typed
 
 
 @st.composite

@@ -16,6 +16,7 @@ batch) keep the boundaries cheap to reach. Runs are derandomized, so CI sees the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -31,6 +32,7 @@ from hypothesis import strategies as st
 
 from exporter.ingest.validation import REASONS, parse_rfc3339
 from tests.conftest import T0, Metrics, make_app
+from tests.ingest.columnar_forms import arrow_stream, transpose
 
 # Huge values (1e308) once overflowed the squared-error sums into +Inf; numbers mlmon sums are now bounded to
 # ±1e100 (exporter/ingest/validation.py MAX_MAGNITUDE). An overflow anywhere is a failure, not a warning.
@@ -907,32 +909,19 @@ def test_columnar_json_batches_never_break_the_contract():
     assert h.statuses[400] > 200 and h.statuses[413] > 20 and h.statuses[404] > 10, h.statuses
 
 
-def transposed(items: list[dict]) -> dict:
-    """Valid row items of one model as a columnar JSON body (docs/api.md, "Columnar batches")."""
-    plain = {"id": "ids", "timestamp": "timestamps", "prediction": "predictions", "label": "labels"}
-    plain |= {"score": "score", "latency_seconds": "latency_seconds"}
-    body: dict = {"model": items[0]["model"]}
-    for field, column in plain.items():
-        if any(field in item for item in items):
-            body[column] = [item.get(field) for item in items]
-    for field in ("features", "scores"):
-        names = list(dict.fromkeys(k for item in items for k in item.get(field, {})))
-        if names:
-            body[field] = {k: [item.get(field, {}).get(k) for item in items] for k in names}
-    return body
-
-
 def test_valid_columnar_batches_are_accepted_and_counted():
     """Valid rows of one model and version, sent as columns, are accepted (202) and counted."""
     h = Harness(ARROW_CONFIG)
 
-    @given(model=st.sampled_from(MODELS), data=st.data(), arrow=st.booleans())
+    has_arrow = importlib.util.find_spec("pyarrow") is not None  # without it, columnar JSON only
+
+    @given(model=st.sampled_from(MODELS), data=st.data(), arrow=st.booleans() if has_arrow else st.just(False))
     @settings(max_examples=150, **FUZZ)
     def run(model, data, arrow):
         items = data.draw(st.lists(valid_prediction(model), min_size=1, max_size=MAX_BATCH))
         for item in items:
             item.pop("version", None)
-        body = transposed(items)
+        body = transpose(items, model)
         if arrow:
             stream = arrow_stream(body)
             if stream is None:  # numbers and text in one column: Arrow types a column alike
@@ -944,28 +933,6 @@ def test_valid_columnar_batches_are_accepted_and_counted():
 
     run()
     assert h.statuses[202] > 100, h.statuses
-
-
-def arrow_stream(body: dict, **options) -> bytes | None:
-    """A columnar body as an Arrow IPC stream, the batch-wide fields in the schema's metadata (None when a
-    column's values have no common Arrow type)."""
-    pa = pytest.importorskip("pyarrow")
-    arrays, meta = {}, {}
-    for name, value in body.items():
-        if name in ("model", "version", "registry"):
-            meta[name] = value if isinstance(value, str) else json.dumps(value)
-        elif isinstance(value, dict):
-            arrays.update({f"{name}.{k}": v for k, v in value.items()})
-        else:
-            arrays[name] = value
-    try:
-        table = pa.table({k: pa.array(v) for k, v in arrays.items()}).replace_schema_metadata(meta)
-    except (pa.ArrowException, TypeError, ValueError, OverflowError):
-        return None
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(**options)) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 def arrow_text(size: int):
