@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict, deque
-from itertools import repeat
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, NamedTuple
 
 # (kind, reason) pairs of dropped entries, published as mlmon_pending_dropped_total.

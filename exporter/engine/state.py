@@ -23,7 +23,7 @@ from exporter.ingest.columnar import Columns
 from exporter.ingest.columns import Batch, score_matrix
 from exporter.ingest.validation import Label, Prediction
 from exporter.stats import attribution, estimate, quality, reference
-from exporter.stats.binning import MULTIVARIATE, REFERENCE_ARRAYS, Binner, drift_schema, scatter
+from exporter.stats.binning import MULTIVARIATE, REFERENCE_ARRAYS, Binner, add_to_slot, drift_schema, scatter
 from exporter.stats.histogram import Histogram
 from exporter.stats.reference import Profile, category
 from exporter.stats.window import Ring, Schema, Span, spans
@@ -118,14 +118,18 @@ def _predictions_into(rings: list[Ring], ts: np.ndarray, binned, now: float) -> 
 def _scatter_at(rings: list[Ring], ts: np.ndarray, entries: dict, now: float, count: str | None = None) -> None:
     """Add ``entries`` (name -> events, flat indices, weights) into the bucket of each event's time, and with
     ``count`` one per event into that array."""
+    totals: dict[str, np.ndarray] = {}  # an entry's sums over the batch, the same for every ring
     for ring in rings:
         slots = ring.slots(ts, now)
         first = int(slots[0]) if slots.size else -1
         if first >= 0 and (slots == first).all():  # the common case: the batch within one bucket
             if count is not None:
                 ring.arrays[count][first] += slots.size
-            for name, (ev, idx, weights) in entries.items():
-                scatter(ring.arrays[name], slots, ev, idx, weights, single=first)
+            for name, (_, idx, weights) in entries.items():
+                sums = totals.get(name)
+                if sums is None:  # as scatter(..., single=first) adds them, summed once for every ring
+                    sums = totals[name] = np.bincount(idx, weights=weights)
+                add_to_slot(ring.arrays[name], first, sums)
             continue
         kept = slots[slots >= 0]
         if kept.size:

@@ -461,14 +461,22 @@ class ColumnarDecoder:
                 return None
         columns = {}
         numeric = self._numeric_columns[model.name]
+        unchecked: list[str] = []  # numeric features whose values' range is checked below, all at once
         for name, array in table.columns.items():
-            values = _arrow_values(name, array, numeric)
+            values = _arrow_values(name, array, numeric, unchecked)
             if values is None:
                 return None
             columns[name] = values
         if "predictions" not in columns:
             return None
-        return self._columns(model, table.batch.get("version", "default"), registry, columns, now)
+        cols = self._columns(model, table.batch.get("version", "default"), registry, columns, now)
+        if cols is not None and unchecked:
+            at = self.numeric[model.name]
+            block = cols.numeric[:, [at[name.partition(".")[2]] for name in unchecked]]
+            with np.errstate(invalid="ignore"):
+                if not (np.abs(block) <= MAX_MAGNITUDE).all():  # False for NaN too: no number JSON can send
+                    return None
+        return cols
 
 
 def _parse(raw: bytes) -> Any:
@@ -712,10 +720,11 @@ def numeric_columns(model: ModelConfig) -> frozenset[str]:
     return frozenset(names)
 
 
-def _arrow_values(name: str, array, numeric: frozenset[str]) -> Any:
+def _arrow_values(name: str, array, numeric: frozenset[str], unchecked: list[str] | None = None) -> Any:
     """An Arrow column as the fast path takes it (floats as a float array, NaN where null; the rest as lists),
     or None when the general path must decide (a value the fast path does not take). ``numeric``: the model's
-    :func:`numeric_columns`."""
+    :func:`numeric_columns`. A numeric feature without nulls is returned unchecked and its name added to
+    ``unchecked`` when that is given: the caller checks the range of all such columns in one step."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -728,6 +737,9 @@ def _arrow_values(name: str, array, numeric: frozenset[str]) -> Any:
             return None
         if array.null_count == 0 and head != "labels":  # the common column: one pass, no copy of a float64 one
             values = array.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+            if unchecked is not None and head == "features":
+                unchecked.append(name)
+                return values
             with np.errstate(invalid="ignore"):
                 inside = np.abs(values) <= MAX_MAGNITUDE  # False for NaN too: no number JSON can send
             return values if inside.all() else None

@@ -20,7 +20,7 @@ from exporter.engine.state import ModelSnapshot, ModelState, Segments, ServerRep
 from exporter.ingest.validation import IngestErrors
 from exporter.serve.exposition import CounterFamily, GaugeFamily, HistogramFamily, SeriesBlock
 from exporter.stats import attribution, estimate, fairness, quality
-from exporter.stats.binning import decision_method, distribution, window_drift
+from exporter.stats.binning import WindowDrift, decision_method, distribution, windows_drift
 from exporter.stats.drift import CATEGORICAL_METHODS, CLASS_METHODS, NUMERIC_METHODS
 from exporter.stats.histogram import Histogram
 
@@ -282,7 +282,9 @@ def _families(
                 _observe(value, mv, v.value)
                 abs_err.add_metric(mv, v.abs_error)
                 sq_err.add_metric(mv, v.sq_error)
-            for window, totals in v.windows.items():
+            # Drift of every window of the version in one computation (binning.windows_drift)
+            drifts = windows_drift(model, snap.profile, list(v.windows.values()))
+            for (window, totals), drift_of_window in zip(v.windows.items(), drifts):
                 mvw = mv + (window,)
                 samples.add_metric(mvw + ("predictions",), float(totals["predictions"]))
                 samples.add_metric(mvw + ("labeled",), float(totals["labeled"]))
@@ -292,15 +294,16 @@ def _families(
                         estimated.window(model, mvw, totals)
                 else:
                     _regression_window(mvw, totals, gauges)
-                drift_families.window(mvw, window_drift(model, snap.profile, totals))
+                drift_families.window(mvw, drift_of_window)
                 if model.attributions:
                     attributions.window(snap, mvw, totals)
             spans.version(mv, v.spans, model.is_classification, calibration is not None)
             for (seg_feature, seg_value), windows in v.segments.items():
                 if seg_feature not in model.listed_segments:
                     continue  # a fairness feature only: its groups are published by the fairness families
-                for window, totals in windows.items():
-                    segments.window(model, snap.profile, mv + (window, seg_feature, seg_value), totals)
+                drifts = windows_drift(model, snap.profile, list(windows.values()), exclude=model.segment_features)
+                for (window, totals), drift_of_window in zip(windows.items(), drifts):
+                    segments.window(model, mv + (window, seg_feature, seg_value), totals, drift_of_window)
             if model.fairness_features:
                 fair.version(model, mv, v.segments)
 
@@ -862,14 +865,15 @@ class _SegmentFamilies:
         # the series by classes squared; these families take them and are never published.
         self._unpublished = ({name: _Discard() for name in PER_CLASS_GAUGES}, _Discard())
 
-    def window(self, model: ModelConfig, profile, labels: tuple[str, ...], totals: dict) -> None:
+    def window(self, model: ModelConfig, labels: tuple[str, ...], totals: dict, d: WindowDrift) -> None:
+        """The segment's series of one window; ``d``: the window's drift (binning.windows_drift, with the
+        segment features excluded)."""
         self.samples.add_metric(labels + ("predictions",), float(totals["predictions"]))
         self.samples.add_metric(labels + ("labeled",), float(totals["labeled"]))
         if model.is_classification:
             _classification_window(model.classes, labels, totals, self.gauges, *self._unpublished)
         else:
             _regression_window(labels, totals, self.gauges)
-        d = window_drift(model, profile, totals, exclude=model.segment_features)
         for feature, values in d.features.items():
             self.drift.add_group(labels + (feature,), values)
         if d.drifted is not None:

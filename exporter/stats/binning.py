@@ -225,13 +225,17 @@ class Binner:
             out.scatter["num_out"] = (event, feature * 2 + side, by_feature[feature, event])
 
 
+def add_to_slot(array: np.ndarray, slot: int, sums: np.ndarray) -> None:
+    """Add ``sums`` (one per flat index, as np.bincount gives them) into slot ``slot`` of a ring's array."""
+    target = array.reshape(len(array), -1)[slot]  # a view of the slot, also where a slot holds one number
+    target[: sums.size] += sums.astype(target.dtype, copy=False)
+
+
 def scatter(array: np.ndarray, slots: np.ndarray, ev: np.ndarray, idx: np.ndarray, weights, single: int = -1) -> None:
     """Add 1 (or ``weights``) at flat index ``idx`` of the slot of each event ``ev`` (skipping slot -1).
     ``single``: the slot of every event, when they share one (a batch within one bucket, the common case)."""
     if single >= 0:
-        counts = np.bincount(idx, weights=weights)
-        target = array.reshape(len(array), -1)[single]  # a view of the slot, also where a slot holds one number
-        target[: counts.size] += counts.astype(target.dtype, copy=False)
+        add_to_slot(array, single, np.bincount(idx, weights=weights))
         return
     s = slots[ev]
     keep = s >= 0
@@ -323,6 +327,14 @@ class _NumericTable:
             table = cache[tuple(names)] = _NumericTable.build(profile, names)
         return table
 
+    def feature_of_rows(self, windows: int) -> np.ndarray:
+        """The feature (row of this table) of each row of ``windows`` windows' rows one after the other."""
+        cache = self.__dict__.setdefault("_feature_of_rows", {})  # derived, like the table itself
+        rows = cache.get(windows)
+        if rows is None:
+            rows = cache[windows] = np.tile(np.arange(len(self.names)), windows)
+        return rows
+
     @staticmethod
     def build(profile: Profile, names: list[str]) -> _NumericTable:
         refs = [profile.features[name] for name in names]
@@ -359,23 +371,44 @@ def _coarse(groups: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def _numeric_drift(model: ModelConfig, table: _NumericTable, totals: dict, result: WindowDrift) -> None:
-    """Out-of-range shares and drift of every numeric feature of a window at once (one row per feature).
+    """Out-of-range shares and drift of every numeric feature of one window (:func:`_numeric_drifts`)."""
+    _numeric_drifts(model, table, [totals], [result])
 
-    The same figures as :func:`_numeric` feature by feature, up to rounding; tests/stats/test_drift.py compares them.
+
+def _numeric_drifts(model: ModelConfig, table: _NumericTable, windows: list[dict], results: list[WindowDrift]) -> None:
+    """Out-of-range shares and drift of every numeric feature of several windows at once: one row per window
+    and feature (the first window's features, then the next window's...), each window's figures put in its
+    result.
+
+    The same figures as :func:`_numeric` feature by feature, up to rounding; tests/stats/test_drift.py compares
+    them. Every operation works row by row (reductions along a row's contiguous bins, element-wise
+    arithmetic), so a row's figures are the same bits whether its window is computed alone or beside others
+    (tests/stats/test_drift_windows.py checks that too).
     """
-    cur = np.where(table.valid, totals["num_counts"], 0).astype(np.float64)
+    f, w = len(table.names), len(windows)
+    counts = windows[0]["num_counts"] if w == 1 else np.stack([t["num_counts"] for t in windows])
+    cur = np.where(table.valid, counts, 0).astype(np.float64).reshape(w * f, NUMERIC_SLOTS)
     n = cur.sum(axis=1)
-    rows = np.arange(len(cur))
-    first, last = cur[:, 0], cur[rows, table.lengths - 1]
-    seen = np.flatnonzero(n > 0)
-    for j, share in zip(seen.tolist(), ((first[seen] + last[seen]) / n[seen]).tolist()):
-        result.quality["out_of_range"][table.names[j]] = share
-    drifting = np.flatnonzero((n > 0) & (n >= model.drift_min_samples))
+    feature = table.feature_of_rows(w)  # the feature of each row
+    lengths = table.lengths[feature]
+    first, last = cur[:, 0], cur[np.arange(w * f), lengths - 1]
+    seen = n > 0
+    shares = np.zeros(w * f)
+    shares[seen] = (first[seen] + last[seen]) / n[seen]
+    seen_by_window, shares_by_window = seen.reshape(w, f).tolist(), shares.reshape(w, f).tolist()
+    for result, seen_row, share_row in zip(results, seen_by_window, shares_by_window):
+        out_of_range = result.quality["out_of_range"]
+        for name, present, share in zip(table.names, seen_row, share_row):
+            if present:
+                out_of_range[name] = share
+    drifting = np.flatnonzero(seen & (n >= model.drift_min_samples))
     if not len(drifting):
         return
-    ref, cur, lengths = table.ref[drifting], cur[drifting], table.lengths[drifting]
-    first, last, out = first[drifting], last[drifting], totals["num_out"][drifting]
-    low, high = table.low[drifting], table.high[drifting]
+    rows = feature[drifting]  # each drifting row's feature: its reference row
+    ref, cur, lengths = table.ref[rows], cur[drifting], lengths[drifting]
+    out = (windows[0]["num_out"] if w == 1 else np.concatenate([t["num_out"] for t in windows]))[drifting]
+    first, last = first[drifting], last[drifting]
+    low, high = table.low[rows], table.high[rows]
     r = np.arange(len(drifting))
     # Where each bin's mass sits: the current window's mean below and above the reference range when it
     # has values there; the padding at the largest point of the row, where it moves nothing.
@@ -383,23 +416,26 @@ def _numeric_drift(model: ModelConfig, table: _NumericTable, totals: dict, resul
         below = np.where(first > 0, out[:, 0] / first, low)
         above = np.where(last > 0, out[:, 1] / last, high)
     top = np.maximum(above, high)
-    pad = ~table.valid[drifting]
-    points_ref = np.where(pad, top[:, None], table.mids[drifting])
+    pad = ~table.valid[rows]
+    points_ref = np.where(pad, top[:, None], table.mids[rows])
     points_cur = points_ref.copy()
     points_cur[:, 0], points_cur[r, lengths - 1] = below, above
-    coarse = _coarse(table.groups[drifting], cur)
+    coarse = _coarse(table.groups[rows], cur)
     d, p = drift.ks_rows(ref, cur)
-    figures = {
-        "psi": drift.psi_rows(table.ref_coarse[drifting], coarse),
-        "ks": d,
-        "ks_pvalue": p,
-        "js": drift.js_distance_rows(ref, cur),
-        "wasserstein": drift.wasserstein_rows(ref, cur, points_ref, points_cur, table.scale[drifting]),
-    }
-    columns = {method: values.tolist() for method, values in figures.items()}
-    for i, j in enumerate(drifting.tolist()):
-        name = table.names[j]
-        result.features[name] = {method: values[i] for method, values in columns.items()}
+    # One row of figures per drifting row, in the order of drift.NUMERIC_METHODS.
+    figures = np.column_stack(
+        [
+            drift.psi_rows(table.ref_coarse[rows], coarse),
+            d,
+            p,
+            drift.js_distance_rows(ref, cur),
+            drift.wasserstein_rows(ref, cur, points_ref, points_cur, table.scale[rows]),
+        ]
+    ).tolist()
+    names = table.names
+    for i, (row, values) in enumerate(zip(drifting.tolist(), figures)):
+        result, name = results[row // f], names[row % f]
+        result.features[name] = dict(zip(drift.NUMERIC_METHODS, values))
         if model.drift_bins:
             total = coarse[i].sum()
             result.distribution[name] = dict(zip(NUMERIC_DISTRIBUTION_BINS, (coarse[i] / total).tolist()))
@@ -410,12 +446,40 @@ def _categorical(ref: CategoricalRef, cur: np.ndarray) -> dict[str, float]:
     return {"psi": drift.psi(ref.counts, cur), "js": drift.js_distance(ref.counts, cur), "chi2": stat, "chi2_pvalue": p}
 
 
+def _categorical_rows(ref: CategoricalRef, cur: np.ndarray) -> list[dict[str, float]]:
+    """:func:`_categorical` of each row of ``cur`` (one feature's counts in several windows), bit for bit.
+
+    When the rows leave the same bins empty, the statistics are computed for all rows at once
+    (drift.categorical_rows); otherwise row by row, since JS and chi-square drop empty bins before summing and
+    a row's sum must see exactly the terms it sees alone."""
+    empty = cur == 0
+    if len(cur) > 1 and not (empty != empty[0]).any():
+        psi, js, stat, p = drift.categorical_rows(ref.counts, cur)
+        return [
+            {"psi": a, "js": b, "chi2": c, "chi2_pvalue": d} for a, b, c, d in zip(psi, js, stat.tolist(), p.tolist())
+        ]
+    return [_categorical(ref, row) for row in cur]
+
+
 def decision_method(model: ModelConfig, feature: str | None) -> str:
     """The method that says whether a feature (None: the predictions) drifted: ``drift.method`` where it
     applies, PSI where it does not (ks and wasserstein need numbers; classes and categories are not)."""
     numeric = model.task == "regression" if feature is None else model.feature_types.get(feature) == "numeric"
     method = model.drift_method
     return method if numeric or method in drift.CATEGORICAL_METHODS else "psi"
+
+
+def _decisions(model: ModelConfig) -> dict[str, tuple[str, float]]:
+    """Per feature: its decision method and that method's threshold; derived from the frozen config once, not
+    looked up per feature at every window of every scrape."""
+    decisions = model.__dict__.get("_drift_decisions")
+    if decisions is None:
+        decisions = {}
+        for f in model.features:
+            method = decision_method(model, f.name)
+            decisions[f.name] = (method, model.drift_threshold(f.name, method))
+        model.__dict__["_drift_decisions"] = decisions  # a frozen dataclass: derived, not state
+    return decisions
 
 
 def window_drift(
@@ -425,48 +489,78 @@ def window_drift(
 
     ``exclude`` names features left out of the drift (a segment's own feature: it trivially drifts there).
     """
-    events = float(totals["predictions"])
-    result = WindowDrift({}, {"missing": {}, "type_error": {}, "out_of_range": {}, "unseen": {}}, {}, {}, None)
-    if events > 0:
-        for i, f in enumerate(model.features):
-            result.quality["missing"][f.name] = float(totals["missing"][i]) / events
+    return windows_drift(model, profile, [totals], exclude)[0]
+
+
+def windows_drift(
+    model: ModelConfig, profile: Profile | None, windows: list[dict[str, np.ndarray]], exclude: tuple[str, ...] = ()
+) -> list[WindowDrift]:
+    """:func:`window_drift` of each of ``windows`` (a version's windows, or a segment's), computed together:
+    the numeric features of every window in one pass of row-wise statistics, and each categorical feature's
+    windows together. Each window's figures are the ones it would get alone, bit for bit."""
+    results = [
+        WindowDrift({}, {"missing": {}, "type_error": {}, "out_of_range": {}, "unseen": {}}, {}, {}, None)
+        for _ in windows
+    ]
+    names = [f.name for f in model.features]
+    for result, totals in zip(results, windows):
+        events = float(totals["predictions"])
+        if events > 0:
+            # Element-wise, the same division of the same doubles as float(count) / events.
+            result.quality["missing"].update(zip(names, (totals["missing"][: len(names)] / events).tolist()))
             if model.invalid_features == "count":
-                result.quality["type_error"][f.name] = float(totals["type_errors"][i]) / events
+                result.quality["type_error"].update(zip(names, (totals["type_errors"][: len(names)] / events).tolist()))
     if profile is None:
-        return result
+        return results
     minimum = model.drift_min_samples
     numeric = [f.name for f in model.features if f.type == "numeric"]
     categorical = [f.name for f in model.features if f.type == "categorical"]
     if numeric:
-        _numeric_drift(model, _NumericTable.of(profile, numeric), totals, result)
-    if profile.reconstruction is not None and "mv_n" in totals:
-        rows = int(totals["mv_n"])
-        result.multivariate_rows = rows
-        # Not noisier than the reference's chunks the thresholds come from: at least a chunk's rows.
-        if rows >= max(minimum, profile.reconstruction.chunk):
-            result.multivariate = float(totals["mv_sum"]) / rows
+        _numeric_drifts(model, _NumericTable.of(profile, numeric), windows, results)
+    if profile.reconstruction is not None:
+        for result, totals in zip(results, windows):
+            if "mv_n" in totals:
+                rows = int(totals["mv_n"])
+                result.multivariate_rows = rows
+                # Not noisier than the reference's chunks the thresholds come from: at least a chunk's rows.
+                if rows >= max(minimum, profile.reconstruction.chunk):
+                    result.multivariate = float(totals["mv_sum"]) / rows
+    if categorical:
+        cat_counts = np.stack([t["cat_counts"] for t in windows])
+        unseen_counts = np.stack([t["cat_unseen"] for t in windows])
     for j, name in enumerate(categorical):
         ref = profile.features[name]
-        cur = totals["cat_counts"][j, : len(ref.counts)].astype(np.float64)
-        n = cur.sum()
-        if n == 0:
+        cur = np.ascontiguousarray(cat_counts[:, j, : len(ref.counts)], dtype=np.float64)  # one row per window
+        n = cur.sum(axis=1)  # each row's sum: the same as the row's alone
+        drifting = []
+        for k, (result, total) in enumerate(zip(results, n.tolist())):
+            if total == 0:
+                continue
+            unseen = float(unseen_counts[k, j]) / total
+            result.quality["unseen"][name] = unseen
+            if total >= minimum and name not in exclude:
+                drifting.append((k, unseen))
+        if not drifting:
             continue
-        unseen = float(totals["cat_unseen"][j]) / n
-        result.quality["unseen"][name] = unseen
-        if n >= minimum and name not in exclude:
-            result.features[name] = {**_categorical(ref, cur), "unseen": unseen}
+        rows = [k for k, _ in drifting]
+        figures = _categorical_rows(ref, cur[rows] if len(rows) < len(cur) else cur)
+        for (k, unseen), values in zip(drifting, figures):
+            values["unseen"] = unseen
+            results[k].features[name] = values
             if model.drift_bins:
-                result.distribution[name] = distribution(ref, cur)
-    if result.features:
-        result.drifted = sum(
-            drift.over_threshold(m, values[m], model.drift_threshold(name, m))
-            for name, values in result.features.items()
-            for m in (decision_method(model, name),)
-        )
-    result.prediction = _outcome(profile.prediction, totals["pred_bins"], totals.get("pred_out"), minimum)
-    if model.is_classification and "confusion" in totals:
-        result.label = _outcome(profile.label, totals["confusion"].sum(axis=1), None, minimum)
-    return result
+                results[k].distribution[name] = distribution(ref, cur[k])
+    decisions = _decisions(model)
+    for result, totals in zip(results, windows):
+        if result.features:
+            result.drifted = sum(
+                drift.over_threshold(method, values[method], threshold)
+                for name, values in result.features.items()
+                for method, threshold in (decisions[name],)
+            )
+        result.prediction = _outcome(profile.prediction, totals["pred_bins"], totals.get("pred_out"), minimum)
+        if model.is_classification and "confusion" in totals:
+            result.label = _outcome(profile.label, totals["confusion"].sum(axis=1), None, minimum)
+    return results
 
 
 def _outcome(ref, cur: np.ndarray, out_sums, minimum: int) -> dict[str, float]:

@@ -136,3 +136,45 @@ def wasserstein_rows(
     cdf_gap = np.cumsum(ws, axis=1)[:, :-1]
     distance = np.sum(np.abs(cdf_gap) * np.diff(xs, axis=1), axis=1)
     return np.where(scale > 0, distance / np.where(scale > 0, scale, 1.0), distance)
+
+
+# -------------------------------------------------------------------------------------------------------
+# One categorical distribution against several windows' counts (a feature's windows, computed together).
+# Unlike the *_rows functions above, these give each row the exact bits of the one-row function: the rows
+# share the reference and are not padded, every sum runs along a row's own contiguous terms, and the caller
+# passes only rows that leave the same bins empty (JS and chi-square sum over the non-empty bins alone).
+
+
+def categorical_rows(ref: np.ndarray, cur: np.ndarray) -> tuple[list[float], list[float], np.ndarray, np.ndarray]:
+    """:func:`psi`, :func:`js_distance` and :func:`chi2` (statistic, p-value) of ``ref`` against each row of
+    ``cur``; every row must have its zero counts in the same bins as the first row."""
+    r = len(cur)
+    # PSI
+    p = np.maximum(ref / ref.sum(), PSI_EPSILON)
+    q = np.maximum(cur / cur.sum(axis=1, keepdims=True), PSI_EPSILON)
+    psi_values = np.sum((q - p) * np.log(q / p), axis=1).tolist()
+    # Jensen-Shannon: each KL sum over the bins where its own distribution is non-zero.
+    p, q = ref / ref.sum(), cur / cur.sum(axis=1, keepdims=True)
+    m = 0.5 * (p + q)
+    nz_p, nz_q = p > 0, cur[0] > 0
+    # C order: a boolean index on the second axis can give a Fortran-ordered array, whose rows numpy would
+    # then not sum as it sums a row alone (pairwise along contiguous memory).
+    m_p, m_q, q = (np.ascontiguousarray(a[:, nz]) for a, nz in ((m, nz_p), (m, nz_q), (q, nz_q)))
+    kl_p = np.sum(p[nz_p] * np.log2(p[nz_p] / m_p), axis=1).tolist()
+    kl_q = np.sum(q * np.log2(q / m_q), axis=1).tolist()
+    js_values = [math.sqrt(max(0.5 * a + 0.5 * b, 0.0)) for a, b in zip(kl_p, kl_q)]
+    # Chi-square: the 2 x K table of each row, its categories empty on both sides dropped.
+    keep = np.vstack([ref, cur[0]]).astype(np.float64).sum(axis=0) > 0
+    k = int(keep.sum())
+    if k < 2:
+        return psi_values, js_values, np.zeros(r), np.ones(r)
+    table = np.empty((r, 2, k))
+    table[:, 0] = ref[keep]
+    table[:, 1] = cur[:, keep]
+    expected = (
+        table.sum(axis=2, keepdims=True)
+        * table.sum(axis=1, keepdims=True)
+        / table.reshape(r, 2 * k).sum(axis=1).reshape(r, 1, 1)
+    )
+    stat = np.sum(((table - expected) ** 2 / expected).reshape(r, 2 * k), axis=1)
+    return psi_values, js_values, stat, chdtrc(k - 1, stat)
