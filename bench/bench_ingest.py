@@ -304,15 +304,32 @@ def formats_served(text: str, bodies: dict[str, list[bytes]], clients: tuple, se
     return out
 
 
+def blas_pool(text: str, bodies: dict[str, list[bytes]], seconds: float, clients: int = 2) -> dict:
+    """Arrow batches served with numpy's BLAS thread pool at its default size (one thread per core) instead of
+    the one thread `mlmon serve` asks for (exporter/cli.py single_threaded_blas): what the pool's threads,
+    waiting for work in a spin, cost the exporter per batch when the clients keep the other core busy."""
+    out = {}
+    for label, env in (("one_thread", None), ("pool", {"OPENBLAS_NUM_THREADS": str(os.cpu_count())})):
+        with Served(text, env=env) as server:
+            cpu = server_cpu_seconds(server.proc.pid)
+            rate = http_rate(server.url, bodies["arrow"], 1000, clients, seconds, FORMATS["arrow"], fresh_ids=True)
+            cpu_ms = (server_cpu_seconds(server.proc.pid) - cpu) / (rate * seconds) * 1e6
+        out[label] = {"http_batch_1000": rate, "server_cpu_ms_per_batch": cpu_ms}
+    out["clients"] = clients
+    return out
+
+
 def formats(seconds: float = 5.0) -> dict:
     """Rows, columnar JSON and Arrow side by side, as mlmon is normally run: a reference (drift on), the
-    default SQLite storage, 30 features, batches of 1000 predictions with ids."""
+    default SQLite storage, 30 features, batches of 1000 predictions with ids; and Arrow with numpy's default
+    BLAS thread pool."""
     bodies = format_bodies()
     with tempfile.TemporaryDirectory() as ref:
         text = config_text(models=1, features=30, reference_dir=ref)
         return {
             "in_process": formats_in_process(text, bodies),
             **formats_served(text, bodies, (1, 2, 4), seconds),
+            "blas_pool": blas_pool(text, bodies, seconds),
         }
 
 

@@ -130,9 +130,10 @@ class Served:
     """`mlmon serve` in a subprocess on loopback, for as long as the with-block lasts; its data directory
     (`--storage.path`) is in the temporary directory that also holds the config, removed at the end."""
 
-    def __init__(self, config: str, threads: int = 8):
+    def __init__(self, config: str, threads: int = 8, env: dict[str, str] | None = None):
         self.config = config
         self.threads = threads
+        self.env = {**os.environ, **env} if env else None  # None: this process's environment
 
     def __enter__(self) -> Served:
         self.dir = tempfile.TemporaryDirectory()
@@ -159,6 +160,7 @@ class Served:
                 "warn",
             ],
             cwd=ROOT,
+            env=self.env,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

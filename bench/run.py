@@ -679,6 +679,27 @@ def formats_section(f: dict, runs: list[dict], secs: float) -> list[str]:
         )
         + ".",
         "",
+    ]
+    pool = f.get("blas_pool")
+    if pool:
+        one, many = pool["one_thread"], pool["pool"]
+        lines += [
+            "numpy's BLAS thread pool: `mlmon serve` runs numpy with one BLAS thread "
+            "([performance.md](performance.md#columnar-ingest)). Arrow batches, "
+            f"{pool['clients']} clients, the same exporter with the pool at numpy's default size "
+            f"(`OPENBLAS_NUM_THREADS={os.cpu_count()}`): {many['http_batch_1000']:,.0f} predictions/s at "
+            f"{many['server_cpu_ms_per_batch']:.1f} ms of CPU per batch, against {one['http_batch_1000']:,.0f}/s "
+            f"at {one['server_cpu_ms_per_batch']:.1f} ms with one thread (runs: "
+            + "; ".join(
+                f"{r['blas_pool']['pool']['server_cpu_ms_per_batch']:.1f} vs "
+                f"{r['blas_pool']['one_thread']['server_cpu_ms_per_batch']:.1f} ms"
+                for r in runs
+                if "blas_pool" in r
+            )
+            + ").",
+            "",
+        ]
+    lines += [
         "Targets:",
         "",
     ]

@@ -239,9 +239,9 @@ def single_threaded_blas() -> None:
     ``main`` calls it first, for every command: the others' products are small too).
 
     The exporter's matrix products are small (a batch's rows times a few principal components: tens of
-    microseconds), and it serves from threads of its own. A BLAS thread pool saves nothing on them, and on a busy
-    host its threads spin waiting for a core: a batch's multivariate drift took 6.7 ms instead of 0.03 ms while
-    another process kept one of two cores busy (docs/performance.md)."""
+    microseconds), and it serves from threads of its own. A BLAS thread pool saves nothing on them, and its
+    threads spin while they wait for work: served, the pool's thread took as much CPU as all the serving threads
+    together (docs/benchmarks.md#ingest-formats measures the exporter both ways)."""
     for name in BLAS_THREADS:
         os.environ.setdefault(name, "1")
 
