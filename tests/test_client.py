@@ -644,3 +644,48 @@ def test_the_client_names_columns_as_the_exporter_reads_them():
     assert mlmon_client._BATCH_FIELDS == schema.BATCH_FIELDS["Prediction"]
     assert columnar.FORMATS == {mlmon_client._COLUMNS_TYPE: "columns", mlmon_client._ARROW_TYPE: "arrow"}
     assert set(mlmon_client._FORMATS) == {"rows", *columnar.FORMATS.values()}
+
+
+def test_a_refusal_that_says_nothing_of_the_format_keeps_columns(make_client, caplog):
+    """Only a 400 or 415 without the exporter's list of formats means an exporter that reads no columns: a
+    proxy's (or the HTTP server's own) plain 413 before the exporter drops that batch, and the next is columns
+    again."""
+    received = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            received.append(self.headers.get("Content-Type"))
+            if len(received) == 1:
+                data, status, headers = b"Request Entity Too Large", 413, {"Content-Type": "text/plain"}
+            else:
+                n = len(json.loads(raw)["predictions"])
+                data, status = json.dumps({"accepted": n, "duplicates": 0}).encode(), 202
+                headers = {"Accept-Post": f"application/json, {COLUMNS}", "Content-Type": "application/json"}
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        c = make_client(f"http://127.0.0.1:{httpd.server_address[1]}", batch_size=3)
+        with caplog.at_level(logging.WARNING, logger="mlmon.client"):
+            for i in range(3):
+                c.log_prediction("churn", 1, id=str(i))
+            assert c.flush(timeout=5)
+            for i in range(3, 6):
+                c.log_prediction("churn", 1, id=str(i))
+            assert c.flush(timeout=5)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert received == [COLUMNS, COLUMNS]
+    assert c.stats()["dropped_rejected"] == 3 and c.stats()["sent"] == 3
+    assert "reads no columnar batches" not in caplog.text

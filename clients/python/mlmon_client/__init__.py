@@ -216,6 +216,11 @@ def _token_file() -> str | None:
         raise ValueError(f"MLMON_TOKEN_FILE={path}: {exc.strerror}") from None
 
 
+# What an exporter answers to a body it cannot read: an older release parses a columnar body as rows and finds
+# them invalid (400); 415 is HTTP's own word for a media type not taken.
+_FORMAT_REFUSALS = (400, 415)
+
+
 def _retryable(status: int) -> bool:
     # 409: the exporter is still applying an earlier send of the same body (same Idempotency-Key).
     return status in (408, 409, 429) or status >= 500
@@ -725,9 +730,10 @@ class Client:
                 self._failures = 0
                 self._count("sent", n)
                 return
-            if status is not None and not _retryable(status) and fmt is not None and not self._reads(content_type):
+            if status in _FORMAT_REFUSALS and fmt is not None and not self._reads(content_type):
                 # An exporter that does not list the format among those it reads (an older release): rows
                 # from now on, this batch first (a refused body was not applied, so nothing counts twice).
+                # Other answers without the list (a proxy's 413, a 401) say nothing of the format.
                 self._failures = 0
                 if fmt == "arrow" and self._reads(_COLUMNS_TYPE):
                     self._format = "columns"
