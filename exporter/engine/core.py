@@ -358,7 +358,14 @@ class Mlmon:
                     if current is not None and snap["config_refs"].get(name) != current:
                         # The config names another reference file than the snapshot knew: use it.
                         state.set_reference(config_profiles[name])
+        reads_arrow = columnar.ARROW_STREAM in columnar.accepted()
         for record in self.store.records(seq):
+            if record.kind.endswith("/arrow") and not reads_arrow:
+                # Acknowledged batches: skipping them would lose them for good once the next checkpoint lands.
+                raise storage.StorageError(
+                    f"the journal in {self.store.file} holds Arrow batches (record {record.seq} and maybe more), "
+                    "which only pyarrow reads: install it (pip install 'mlmon[arrow]') and start again"
+                )
             try:
                 self._replay(record)
                 done["replayed"] += 1

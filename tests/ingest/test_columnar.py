@@ -398,6 +398,31 @@ def test_columnar_bodies_are_journalled_replayed_and_applied_once(tmp_path):
     assert state(restarted) == before
 
 
+def test_a_journal_of_arrow_batches_is_not_replayed_without_pyarrow(tmp_path, monkeypatch):
+    """Arrow batches in the journal need pyarrow to replay: without it the exporter refuses to start (the data
+    directory's error, naming the extra) instead of skipping acknowledged predictions; with it, they are back."""
+    import hashlib
+    import sys
+
+    from exporter.config import parse_config
+    from exporter.engine.storage import StorageError
+    from exporter.serve.app import create_app
+
+    text = DURABLE.replace("DATA", str(tmp_path / "data")).replace("SHA", hashlib.sha256(b"w-secret").hexdigest())
+    clock = Clock(T0)
+    app = create_app(parse_config(text), clock=clock)
+    _, stream, _ = _columnar_traffic(np.random.default_rng(5), 0)
+    auth = {"Authorization": "Bearer w-secret"}
+    r = app.test_client().post("/api/v1/predictions", data=stream, content_type=ARROW, headers=auth)
+    assert r.status_code == 202
+    before = state(app)
+    with monkeypatch.context() as hidden:
+        hidden.setitem(sys.modules, "pyarrow", None)  # `import pyarrow` fails, as where the extra is not installed
+        with pytest.raises(StorageError, match=r"Arrow batches \(record 1 .*mlmon\[arrow\]"):
+            create_app(parse_config(text), clock=clock)
+    assert state(create_app(parse_config(text), clock=clock)) == before
+
+
 def state(app) -> dict:
     """The windows and counters (what a restart restores), without the process's own request bookkeeping."""
     own = ("mlmon_storage_", "mlmon_idempotent", "mlmon_ingest_errors", "mlmon_auth_failures")
