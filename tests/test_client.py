@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -595,6 +596,18 @@ def test_a_row_refused_in_a_columnar_batch_is_dropped_and_the_rest_resent(export
     assert c.stats()["sent"] == 2 and c.stats()["dropped_rejected"] == 1
 
 
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A scripted HTTP server on loopback for the with-block; yields its URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_arrow_format_sends_an_arrow_stream(make_client):
     pa = pytest.importorskip("pyarrow")
     received = []
@@ -613,16 +626,11 @@ def test_arrow_format_sends_an_arrow_stream(make_client):
         def log_message(self, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        c = make_client(f"http://127.0.0.1:{httpd.server_address[1]}", format="arrow")
+    with serving(Handler) as url:
+        c = make_client(url, format="arrow")
         c.log_prediction("churn", "yes", id="a", features={"age": 31.5, "plan": "gold"}, score=0.9, version="v3")
         c.log_prediction("churn", "no", id="b", features={"age": None, "plan": "free"}, score=0.2, version="v3")
         assert c.flush(timeout=5)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     [(content_type, raw)] = received
     assert content_type == "application/vnd.apache.arrow.stream"
     table = pa.ipc.open_stream(raw).read_all()
@@ -672,20 +680,14 @@ def test_a_refusal_that_says_nothing_of_the_format_keeps_columns(make_client, ca
         def log_message(self, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        c = make_client(f"http://127.0.0.1:{httpd.server_address[1]}", batch_size=3)
-        with caplog.at_level(logging.WARNING, logger="mlmon.client"):
-            for i in range(3):
-                c.log_prediction("churn", 1, id=str(i))
-            assert c.flush(timeout=5)
-            for i in range(3, 6):
-                c.log_prediction("churn", 1, id=str(i))
-            assert c.flush(timeout=5)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(Handler) as url, caplog.at_level(logging.WARNING, logger="mlmon.client"):
+        c = make_client(url, batch_size=3)
+        for i in range(3):
+            c.log_prediction("churn", 1, id=str(i))
+        assert c.flush(timeout=5)
+        for i in range(3, 6):
+            c.log_prediction("churn", 1, id=str(i))
+        assert c.flush(timeout=5)
     assert received == [COLUMNS, COLUMNS]
     assert c.stats()["dropped_rejected"] == 3 and c.stats()["sent"] == 3
     assert "reads no columnar batches" not in caplog.text
