@@ -123,6 +123,53 @@ def _in_process(batch_size: int, rounds: int, text: str | None) -> dict:
     }
 
 
+def paired_cost(text_on: str, text_off: str, pairs: int = 60, batch_size: int = 1000, rounds: int = 5) -> dict:
+    """What a part of the window update costs in process, measured in pairs: the same batches decoded, checked
+    and counted (``parse_validate_update``) by a model with the part on (``text_on``) and one without it
+    (``text_off``), alternately, ``pairs`` times; each pair's cost is 1 - rate on / rate off, and the figure is
+    the median of the pairs. Two medians taken minutes apart on a shared machine differ by more than the
+    costs measured (+-20%); a pair shares the machine's state of the moment, and many short pairs leave a
+    burst of another process's work to a few of them (60 pairs of 5 batches: the medians of three calls
+    within 2 points of each other, where 15 pairs of 10 batches spread over 10). With one BLAS thread, as
+    `mlmon serve` runs."""
+    import statistics
+
+    from threadpoolctl import threadpool_limits
+
+    from exporter.config import parse_config
+    from exporter.engine.state import ModelState
+    from exporter.ingest.fastpath import FastDecoder
+    from exporter.ingest.validation import Validator
+    from exporter.stats import reference
+
+    clock = [1_800_000_000.0]
+    body = json.dumps({"predictions": events(batch_size)}).encode()
+
+    def model(text: str):
+        config = parse_config(text)
+        fast = FastDecoder(Validator(config, lambda: clock[0]))
+        state = ModelState(config.models[0], config)
+        for profile in reference.load_all(config).values():
+            state.set_reference(profile)
+        return lambda: state.add_predictions(fast.predictions(body, clock[0]), clock[0])
+
+    def seconds(step) -> float:  # CPU time: a pause of the process (another one on its core) is left out
+        t = time.process_time()
+        for _ in range(rounds):
+            clock[0] += 1
+            step()
+        return time.process_time() - t
+
+    with threadpool_limits(1):
+        on, off = model(text_on), model(text_off)
+        seconds(on), seconds(off)  # warm-up
+        costs = []
+        for _ in range(pairs):
+            t_on, t_off = seconds(on), seconds(off)
+            costs.append(1 - t_off / t_on)
+    return {"median": statistics.median(costs), "pairs": costs}
+
+
 def stages(batch_size: int = 1000, rounds: int = 100) -> dict:
     """Median milliseconds per batch of each stage of an ingest request, in process, on the default storage
     (what the request path does after the body is read: decode, journal, apply), with the garbage collector
@@ -343,17 +390,21 @@ def run(seconds: float = 5.0) -> dict:
         **served_batches(config_text(models=1, features=30), (1, 2, 4, 4, 4), seconds, True),
     }
     with tempfile.TemporaryDirectory() as ref:
-        text = config_text(models=1, features=30, reference_dir=ref)
-        out["with_reference"] = {"in_process": in_process(text=text), **served_batches(text, (1, 2, 4), seconds)}
-    with tempfile.TemporaryDirectory() as ref:
-        text = config_text(models=1, features=30, reference_dir=ref, multivariate=False)
-        out["univariate_only"] = {"in_process": in_process(text=text), **served_batches(text, (1, 2, 4), seconds)}
-    # ...and with a reference that also carries scores and labels: the estimated quality on as well (every
-    # prediction's score calibrated, the expected confusion matrix and score bins summed; each inline label
-    # adds to its prediction's bucket).
-    with tempfile.TemporaryDirectory() as ref:
-        text = config_text(models=1, features=30, reference_dir=ref, scored_reference=True)
-        out["with_estimate"] = {"in_process": in_process(text=text), **served_batches(text, (1, 2, 4), seconds)}
+        drift_on = config_text(models=1, features=30, reference_dir=ref)
+        univariate = config_text(models=1, features=30, reference_dir=ref, multivariate=False)
+        # ...and with a reference that also carries scores and labels: the estimated quality on as well (every
+        # prediction's score calibrated, the expected confusion matrix and score bins summed; each inline label
+        # adds to its prediction's bucket).
+        scored = os.path.join(ref, "scored")
+        os.mkdir(scored)
+        estimate_on = config_text(models=1, features=30, reference_dir=scored, scored_reference=True)
+        parts = {"with_reference": drift_on, "univariate_only": univariate, "with_estimate": estimate_on}
+        for key, text in parts.items():
+            out[key] = {"in_process": in_process(text=text), **served_batches(text, (1, 2, 4), seconds)}
+        out["paired_costs"] = {
+            "estimate": paired_cost(estimate_on, drift_on),
+            "multivariate": paired_cost(drift_on, univariate),
+        }
     out["formats"] = formats(seconds)
     return out
 
