@@ -525,9 +525,8 @@ def cost_line(what: str, on: dict, off: dict, paired: list[dict] | None = None) 
             f"; in process in alternating pairs (the same batches, part on and off), {inproc:.0%} "
             "(the median of the runs: " + ", ".join(f"{p['median']:.0%}" for p in paired) + ")"
         )
-    return (
-        f"- {what} costs at most 15% of the ingest rate with 30 features, drift on: {measured}, "
-        + ("met." if max(http, inproc) <= 0.15 else "**missed**.")
+    return f"- {what} costs at most 15% of the ingest rate with 30 features, drift on: {measured}, " + (
+        "met." if max(http, inproc) <= 0.15 else "**missed**."
     )
 
 
