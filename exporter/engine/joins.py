@@ -139,8 +139,8 @@ class JoinStore:
     def wait_all(self, ids: list[str], pendings: list[tuple]) -> list[tuple] | None:
         """The common batch: predictions without labels whose ids are all new (in the store and in the batch),
         decided at once as ``join_predictions`` would decide each: every one waits, the oldest waiting ones
-        evicted over the cap. None (and nothing done) when an id is not new. ``pendings``: plain tuples of a
-        Pending's fields (kept as they are)."""
+        evicted over the cap. None (and nothing done) when an id is not new. ``pendings``: Pendings or plain
+        tuples of their fields."""
         new = set(ids)
         # keys().isdisjoint(set) walks the (small) set and looks each id up in the store: set.isdisjoint(dict)
         # would walk the whole store.
@@ -152,7 +152,7 @@ class JoinStore:
         ):
             return None
         waiting = self._waiting
-        waiting.update(zip(ids, pendings))
+        waiting.update(zip(ids, map(tuple, pendings)))  # a Pending as the plain tuple kept (a tuple as it is)
         over = len(waiting) - self.cap
         if over > 0:  # the oldest popped in a C loop
             deque(map(waiting.popitem, repeat(False, over)), maxlen=0)
