@@ -105,11 +105,12 @@ class JoinStore:
     def join_predictions(self, items: list[tuple[str, tuple, Any]], now: float, token: str = "") -> list[tuple]:
         """``items``: (id, what the prediction leaves behind: a Pending or the plain tuple of its fields, inline
         label or None) per prediction with an id."""
-        if len(items) >= 64 and all(label is None for _, _, label in items):
-            # (the checks cost more than the loop below for small batches)
-            decided = self.wait_all([pid for pid, _, _ in items], [pending for _, pending, _ in items])
-            if decided is not None:
-                return decided
+        if len(items) >= 64:  # (the checks cost more than the loop below for small batches)
+            ids, pendings, labels = zip(*items)
+            if labels.count(None) == len(labels):
+                decided = self.wait_all(ids, pendings)
+                if decided is not None:
+                    return decided
         out: list[tuple] = []
         for pid, pending, label in items:
             if pid in self._joined:
@@ -136,7 +137,7 @@ class JoinStore:
                 out.append((WAITING, None))
         return out
 
-    def wait_all(self, ids: list[str], pendings: list[tuple]) -> list[tuple] | None:
+    def wait_all(self, ids: tuple[str, ...], pendings: tuple[tuple, ...]) -> list[tuple] | None:
         """The common batch: predictions without labels whose ids are all new (in the store and in the batch),
         decided at once as ``join_predictions`` would decide each: every one waits, the oldest waiting ones
         evicted over the cap. None (and nothing done) when an id is not new. ``pendings``: Pendings or plain

@@ -127,7 +127,7 @@ def _scatter_at(rings: list[Ring], ts: np.ndarray, entries: dict, now: float, co
                 ring.arrays[count][first] += slots.size
             for name, (_, idx, weights) in entries.items():
                 sums = totals.get(name)
-                if sums is None:  # as scatter(..., single=first) adds them, summed once for every ring
+                if sums is None:  # summed once for every ring
                     sums = totals[name] = np.bincount(idx, weights=weights)
                 add_to_slot(ring.arrays[name], first, sums)
             continue
@@ -643,15 +643,14 @@ class ModelState:
                     keys or itertools.repeat(None),
                 )
             )
-            decisions = None
             if self.joins.shared:
                 pendings = list(map(joins.pending_of, pendings))
-            elif cols.labels is None and None not in cols.ids:
-                decisions = self.joins.wait_all(cols.ids, pendings)  # new ids, labels to come: decided at once
-            if decisions is None:
-                labels = cols.labels or itertools.repeat(None)
+            labels = cols.labels or itertools.repeat(None)
+            if None in cols.ids:
                 with_id = [(pid, p, label) for pid, p, label in zip(cols.ids, pendings, labels) if pid is not None]
-                decisions = self.joins.join_predictions(with_id, now, token) if with_id else []
+            else:  # (new ids without labels, the common batch, are decided at once by the store)
+                with_id = list(zip(cols.ids, pendings, labels))
+            decisions = self.joins.join_predictions(with_id, now, token) if with_id else []
             self._collect_dropped()
             return keys, decisions
 
@@ -672,7 +671,7 @@ class ModelState:
             elif cols.labels is not None or decided.count(_WAITING) != len(decided):
                 fresh_rows, dups, dup_labels = _sort_rows(
                     decided,
-                    cols.ids or [None] * cols.n,
+                    cols.ids,
                     cols.labels or [None] * cols.n,
                     keys,
                     outcomes,

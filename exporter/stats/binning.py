@@ -231,12 +231,10 @@ def add_to_slot(array: np.ndarray, slot: int, sums: np.ndarray) -> None:
     target[: sums.size] += sums.astype(target.dtype, copy=False)
 
 
-def scatter(array: np.ndarray, slots: np.ndarray, ev: np.ndarray, idx: np.ndarray, weights, single: int = -1) -> None:
-    """Add 1 (or ``weights``) at flat index ``idx`` of the slot of each event ``ev`` (skipping slot -1).
-    ``single``: the slot of every event, when they share one (a batch within one bucket, the common case)."""
-    if single >= 0:
-        add_to_slot(array, single, np.bincount(idx, weights=weights))
-        return
+def scatter(array: np.ndarray, slots: np.ndarray, ev: np.ndarray, idx: np.ndarray, weights) -> None:
+    """Add 1 (or ``weights``) at flat index ``idx`` of the slot of each event ``ev`` (skipping slot -1). A batch
+    within one bucket (the common case) takes a shorter way: its bincount, once, :func:`add_to_slot` of each
+    ring (exporter/engine/state.py ``_scatter_at``)."""
     s = slots[ev]
     keep = s >= 0
     if not keep.any():

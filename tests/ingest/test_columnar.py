@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.ingest import columnar, schema
-from tests.conftest import T0, Clock, make_app, scrape
+from tests.conftest import BASIC_CONFIG, T0, Clock, make_app, scrape
 from tests.ingest.columnar_forms import OBJECTS, PLAIN, arrow_table, stream_of, transpose
 from tests.ingest.test_differential import (
     ABSENT,
@@ -319,21 +319,12 @@ def test_large_batches_give_one_state_in_rows_columns_and_arrow(tmp_path):
 
 # -- the journal, Idempotency-Key and tokens: as for rows ---------------------------------------------------------
 
-DURABLE = """
-windows: ["5m", "1h"]
-storage: {path: "DATA", checkpoint_interval: 1h}
-auth: {tokens: [{name: writer, sha256: SHA, models: [churn], actions: [write, read]}]}
-models:
-  - name: churn
-    task: binary
-    classes: ["stay", "churn"]
-    positive_class: "churn"
-    features:
-      - {name: tenure, type: numeric}
-      - {name: plan, type: categorical}
-  - name: price
-    task: regression
-"""
+DURABLE = BASIC_CONFIG.replace(
+    "models:\n",
+    'storage: {path: "DATA", checkpoint_interval: 1h}\n'
+    "auth: {tokens: [{name: writer, sha256: SHA, models: [churn], actions: [write, read]}]}\nmodels:\n",
+    1,
+)
 
 
 def _columnar_traffic(rng, start: int) -> tuple[dict, bytes, dict]:

@@ -102,10 +102,10 @@ def test_recents_at_once_equal_recent_one_by_one(events, now_offset, ks):
     seed=st.integers(0, 2**32 - 1),
 )
 def test_scatter_into_one_slot_equals_the_general_path(shape, dtype, events, share, weighted, seed):
-    """A batch whose events share one bucket takes a shorter way into the ring (``single``); it must add what
-    the general way adds, for every array shape a ring holds (one number a slot included) and any subset of
-    events, repeated flat indices and weights."""
-    from exporter.stats.binning import scatter
+    """A batch whose events share one bucket takes a shorter way into the ring (its bincount added to the slot:
+    ``add_to_slot``); it must add what the general way adds, for every array shape a ring holds (one number a
+    slot included) and any subset of events, repeated flat indices and weights."""
+    from exporter.stats.binning import add_to_slot, scatter
 
     rng = np.random.default_rng(seed)
     k, size = 6, int(np.prod(shape, dtype=np.int64))
@@ -118,7 +118,7 @@ def test_scatter_into_one_slot_equals_the_general_path(shape, dtype, events, sha
     start = (rng.random((k, *shape)) * 10).astype(dtype)
     general, fast = start.copy(), start.copy()
     scatter(general, slots, ev, idx, weights)
-    scatter(fast, slots, ev, idx, weights, single=slot)
+    add_to_slot(fast, slot, np.bincount(idx, weights=weights))
     np.testing.assert_array_equal(fast, general)
     expected = start.copy().reshape(k, -1)
     np.add.at(expected[slot], idx, 1 if weights is None else weights)
