@@ -746,7 +746,9 @@ def _arrow_values(name: str, array, numeric: frozenset[str], unchecked: list[str
         values = (
             array.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
             if array.null_count == 0
-            else (array.cast(pa.float64()).fill_null(np.nan).to_numpy())
+            # (unsafe as astype is: an integer past 2**53 becomes the nearest float, which the range check below
+            # refuses; a safe cast raised instead, a 500)
+            else (array.cast(pa.float64(), safe=False).fill_null(np.nan).to_numpy())
         )
         present = values[~np.isnan(values)] if array.null_count else values
         if array.null_count == 0 and np.isnan(values).any():

@@ -189,6 +189,16 @@ def _fast(m, fmt: str, raw: bytes, now: float) -> bool:
         return False
 
 
+def test_an_arrow_integer_column_with_nulls_past_2_to_the_53_is_answered_as_its_rows_are():
+    """Found by the generator below: an int64 feature column with a null and a value past 2**53 made pyarrow's
+    (safe) cast to float raise, a 500; it is read as the column without a null is (the nearest float), and
+    answered as its rows are."""
+    four = Four(CONFIGS["single"])
+    four.send({"model": "churn", "predictions": ["churn", "stay"], "features": {"tenure": [None, -(2**63)]}})
+    four.send({"model": "churn", "predictions": ["churn", "stay"], "features": {"tenure": [None, 2**53 + 1]}})
+    assert four.arrow_sent == 2
+
+
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_columnar_batches_get_the_answers_and_state_of_their_rows(config):
     four = Four(CONFIGS[config])
