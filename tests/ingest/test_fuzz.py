@@ -866,8 +866,8 @@ def columnar_body(draw) -> tuple[Obj, int]:
 
     def column(values):
         shape = draw(st.integers(0, 14))
-        if shape == 0:
-            return draw(anything)  # no list (or, by chance, a list of another length)
+        if shape == 0:  # no list (a list drawn by chance has the batch's length: a valid body then has n rows)
+            return draw(anything.filter(lambda v: not isinstance(v, list) or len(v) == n))
         length = draw(st.integers(0, n + 2)) if shape == 1 else n  # ragged
         return [draw(values) for _ in range(length)]
 
