@@ -166,7 +166,9 @@ class Mlmon:
             registry=self.registry,
         ).set_function(lambda: self.store.journal_bytes)
         Gauge(
-            "mlmon_storage_bytes", "Size of the database in the data directory, with its WAL.", registry=self.registry
+            "mlmon_storage_bytes",
+            "Size of the data directory's files: the database, its WAL and the journal's segments.",
+            registry=self.registry,
         ).set_function(self.store.size_bytes)
         Gauge(
             "mlmon_storage_last_checkpoint_timestamp_seconds",
@@ -249,7 +251,7 @@ class Mlmon:
                 seq = self.store.append(kind, now, raw, key, body_digest)
             except sqlite3.IntegrityError:
                 raise  # the same Idempotency-Key, journalled by a concurrent request: answered as a retry
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 log.error("cannot write the journal: %s", exc)
                 raise Busy(503, "storage_error", f"cannot write the journal: {exc}", 5.0) from None
             try:
@@ -427,7 +429,7 @@ class Mlmon:
             return
         started = time.perf_counter()
         with self.ingest_lock:  # ingest waits only for the copy; the pickling is done outside
-            seq = self.store.last_seq
+            seq = self.store.cut()
             at = self.clock()
             captured = {name: state.capture() for name, state in self.models.items()}
         self.checkpoint_stall.set(time.perf_counter() - started)

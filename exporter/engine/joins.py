@@ -179,6 +179,8 @@ class JoinStore:
     def __getstate__(self) -> dict:
         """A snapshot's form: each part as its ids and a list of plain tuples (pickled in C, about 10 times
         faster than an object per entry), no class of this module named."""
+        if "_frozen" in self.__dict__:  # a copy()
+            return self._frozen
         return {
             "form": 2,
             "ttl": self.ttl,
@@ -201,13 +203,12 @@ class JoinStore:
         self._joined = OrderedDict(zip(*state["joined"]))
 
     def copy(self) -> JoinStore:
-        """A copy for a snapshot: new dicts, the same (never modified) entries."""
-        other = JoinStore(self.ttl, self.cap)
-        other._waiting = OrderedDict(self._waiting)
-        other._early = OrderedDict(self._early)
-        other._joined = OrderedDict(self._joined)
-        other.dropped = dict(self.dropped)
-        return other
+        """A store for a snapshot to pickle, taken now and good for nothing else: it holds only what
+        ``__getstate__`` gives (each part's ids and entries as lists, built in C, the entries shared since
+        they are never modified), which costs ingest far less wait than copying the dicts would."""
+        frozen = JoinStore.__new__(JoinStore)
+        frozen._frozen = {**self.__getstate__(), "dropped": dict(self.dropped)}
+        return frozen
 
     def clear(self) -> None:
         """Forget every entry (a model reset); nothing is counted as dropped."""

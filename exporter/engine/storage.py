@@ -1,18 +1,26 @@
-"""Durable state in one SQLite database (WAL mode) in the data directory: a journal and a snapshot.
+"""Durable state in the data directory: a journal of requests, a snapshot, and Idempotency-Keys.
 
 Every ingest request that is acknowledged was first appended to the *journal* (its raw body, arrival time
-and Idempotency-Key), in the same transaction as the key's entry, and applied to memory in journal order
-under one lock. Every ``storage.checkpoint_interval`` (or ``storage.checkpoint_bytes`` of journal) the whole
-in-memory state is written as one *snapshot* together with the last journal sequence it contains, and the
-journal up to that sequence is deleted in the same transaction. A restart loads the snapshot and replays
-the journal after it with the recorded arrival times, so the windows come back exactly as they were: an
-acknowledged event is never lost, and never counted twice.
+and Idempotency-Key: exporter/engine/journal.py, segment files written once and unlinked whole), then
+applied to memory in journal order under one lock. Every ``storage.checkpoint_interval`` (or
+``storage.checkpoint_bytes`` of journal) the whole in-memory state is written as one *snapshot* into a
+SQLite database (WAL mode) together with the last journal sequence it contains, and the Idempotency-Keys
+of the requests it contains with it; once that is on disk, the journal's segments up to that sequence are
+unlinked. A restart loads the snapshot and replays the journal after it with the recorded arrival times, so
+the windows come back exactly as they were: an acknowledged event is never lost, and never counted twice.
 
-What survives what (docs/durability.md): with ``storage.sync: normal`` (default) a commit is in the
+The keys of the requests since the last snapshot live in memory and in their journal records (a restart
+reads them back from there), so a request writes one file and nothing else; a key is in the database only
+once its request is in the snapshot, which keeps the two consistent whatever is lost in a crash.
+
+What survives what (docs/durability.md): with ``storage.sync: normal`` (default) a record is in the
 operating system's cache before the request is answered, so a crash of the process (``kill -9``, OOM
-killer) loses nothing; a power loss or kernel crash can lose the last commits. ``sync: full`` makes SQLite
-fsync the write-ahead log on every commit, which survives a power loss too at the cost of one fsync per
-request.
+killer) loses nothing; a power loss or kernel crash can lose the last records. ``sync: full`` flushes
+each record to disk (``fdatasync``) before the answer, which survives a power loss too at the cost of one
+flush per request.
+
+A data directory of an earlier release kept its journal in the database's ``journal`` table: those
+records are replayed first, and deleted by the next checkpoint.
 
 The ``memory`` backend keeps the same interface (idempotency keys included) without a file: nothing
 survives a restart.
@@ -31,8 +39,10 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 from exporter.config import Storage
+from exporter.engine import journal as segments
 
 log = logging.getLogger("mlmon.storage")
 
@@ -104,6 +114,11 @@ PAGE_SIZE = 65536
 
 class StorageError(Exception):
     """The data directory or its database cannot be used (the message says why and where)."""
+
+
+class KeyTaken(sqlite3.IntegrityError):
+    """The Idempotency-Key of a request being journalled was taken meanwhile (by the same request sent
+    twice at once): it is answered as a retry."""
 
 
 @dataclass(frozen=True)
@@ -212,14 +227,35 @@ class Store:
             self.db.executescript(_SCHEMA)
             self._check_schema()
             self.replica = self._replica_id()
-            self.last_seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()[0]
-            self.journal_bytes = self.db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM journal").fetchone()[0]
+            # The journal table: where earlier releases journalled (empty once a checkpoint has run here).
+            self.last_seq = self.db.execute(
+                "SELECT MAX(COALESCE((SELECT MAX(seq) FROM journal), 0), COALESCE((SELECT seq FROM snapshot), 0),"
+                " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'journal'), 0))"
+            ).fetchone()[0]
+            self._legacy_bytes = self.db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM journal").fetchone()[0]
+            # Idempotency-Keys of the requests journalled since the snapshot: key -> [seq, at, digest, response]
+            # (the database has a key once its request is in the snapshot).
+            self._recent: dict[str, list] = {}
+            self.journal: segments.Journal | None = None
+            if self.durable:
+                self.journal = segments.Journal(path, self.last_seq, fsync=settings.sync == "full")
+                self.last_seq = self.journal.last_seq
+                self._check_continuity()
         except StorageError:
             self._release_dir()
             raise
         except sqlite3.Error as exc:
             self._release_dir()
             raise StorageError(f"{self.file}: {exc}") from None
+        except (OSError, segments.JournalError) as exc:
+            self.db.close()
+            self._release_dir()
+            raise StorageError(f"the journal in {path}: {exc}") from None
+
+    @property
+    def journal_bytes(self) -> int:
+        """Bytes of journal since the last snapshot: what a restart would replay."""
+        return self._legacy_bytes + (self.journal.bytes if self.journal is not None else 0)
 
     # -- opening ------------------------------------------------------------------------------------
 
@@ -231,6 +267,24 @@ class Store:
             raise StorageError(
                 f"{self.file} has storage schema {row[0]}, this mlmon uses {SCHEMA_VERSION}; "
                 "move the data directory away to start afresh"
+            )
+
+    def _check_continuity(self) -> None:
+        """Log an error when the journal begins after the record that follows the snapshot: the records between
+        are missing, which only a copy of the data directory taken in the wrong order leaves (docs/deploy.md)."""
+        row = self.db.execute("SELECT seq FROM snapshot WHERE id = 1").fetchone()
+        if row is None or self._legacy_bytes or not self.journal.segments:
+            return
+        first = self.journal.segments[0][0]  # a segment is created when its first sequence is the next one
+        if first > row[0] + 1:
+            log.error(
+                "the journal in %s begins at record %d but the snapshot holds records up to %d only: the requests "
+                "between are missing (was the data directory restored from a copy of the database taken before "
+                "its journal?)",
+                self.journal.directory,
+                first,
+                row[0],
+                extra={"fields": {"snapshot_seq": row[0], "journal_first_seq": first}},
             )
 
     def _replica_id(self) -> str:
@@ -249,7 +303,8 @@ class Store:
         return (row[0], row[1]) if row else (0, None)
 
     def records(self, after: int) -> Iterator[Record]:
-        """Journal records after sequence ``after``, in order (read in pages: the journal can be large)."""
+        """Journal records after sequence ``after``, in order: an earlier release's (the database's journal
+        table, read in pages), then the segment files'. Each Idempotency-Key read is remembered again."""
         seq = after
         while True:
             with self.lock:
@@ -257,100 +312,142 @@ class Store:
                     "SELECT seq, kind, at, key, body FROM journal WHERE seq > ? ORDER BY seq LIMIT 256", (seq,)
                 ).fetchall()
             if not rows:
-                return
+                break
             for row in rows:
                 yield Record(row[0], row[1], row[2], row[3], bytes(row[4]))
             seq = rows[-1][0]
+        if self.journal is None:
+            return
+        for entry in self.journal.records(after):
+            if entry.key is not None:
+                with self.lock:
+                    self._recent[entry.key] = [entry.seq, entry.at, digest(entry.body), None]
+            yield Record(entry.seq, entry.kind, entry.at, entry.key, entry.body)
 
     # -- the request path ---------------------------------------------------------------------------
 
     def seen(self, key: str) -> Seen | None:
         with self.lock:
+            recent = self._recent.get(key)
+            if recent is not None:
+                return Seen(recent[2], recent[3])
             row = self.db.execute("SELECT digest, response FROM requests WHERE key = ?", (key,)).fetchone()
         return Seen(bytes(row[0]), None if row[1] is None else bytes(row[1])) if row else None
 
     def append(self, kind: str, at: float, body: bytes, key: str | None = None, body_digest: bytes = b"") -> int:
-        """Journal one request (and remember its Idempotency-Key) in one transaction; return its sequence.
+        """Journal one request and remember its Idempotency-Key; return its sequence. Raises KeyTaken when
+        the key was taken meanwhile, OSError when the journal cannot be written (nothing is kept then).
 
         The memory backend journals nothing (sequence numbers still count up, for the join tokens).
         """
         with self.lock:
-            try:
-                self.db.execute("BEGIN IMMEDIATE")
-                if self.durable:
-                    seq = self.db.execute(
-                        "INSERT INTO journal (kind, at, key, body) VALUES (?, ?, ?, ?)", (kind, at, key, body)
-                    ).lastrowid
-                else:
-                    seq = self.last_seq + 1
+            seq = self.last_seq + 1
+            if self.journal is None:
                 if key is not None:
-                    self.db.execute("INSERT INTO requests VALUES (?, ?, ?, NULL)", (key, at, body_digest))
-                self.db.execute("COMMIT")
-            except BaseException:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise
+                    try:
+                        self.db.execute("INSERT INTO requests VALUES (?, ?, ?, NULL)", (key, at, body_digest))
+                    except sqlite3.IntegrityError:
+                        raise KeyTaken(key) from None
+            else:
+                if key is not None and (
+                    key in self._recent
+                    or self.db.execute("SELECT 1 FROM requests WHERE key = ?", (key,)).fetchone() is not None
+                ):
+                    raise KeyTaken(key)
+                self.journal.append(seq, kind, at, key, body)
+                if key is not None:
+                    self._recent[key] = [seq, at, body_digest, None]
             self.last_seq = seq
-            if self.durable:
-                self.journal_bytes += len(body)
             return seq
 
     def abort(self, seq: int, key: str | None) -> None:
-        """Take back a journalled request that could not be applied (it is answered with an error)."""
+        """Take back the request just journalled: it could not be applied (it is answered with an error)."""
         with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("DELETE FROM journal WHERE seq = ?", (seq,))
-            if key is not None:
+            if self.journal is not None:
+                self.journal.drop_last(seq)
+                if key is not None:
+                    self._recent.pop(key, None)
+            elif key is not None:
                 self.db.execute("DELETE FROM requests WHERE key = ?", (key,))
-            self.db.execute("COMMIT")
-            self.journal_bytes = self.db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM journal").fetchone()[0]
 
     def set_response(self, key: str, response: bytes) -> None:
         """Remember what an Idempotency-Key was answered (lost in a crash: the replay sets it again)."""
         with self.lock:
-            self.db.execute("UPDATE requests SET response = ? WHERE key = ?", (response, key))
+            recent = self._recent.get(key)
+            if recent is not None:
+                recent[3] = response
+            else:
+                self.db.execute("UPDATE requests SET response = ? WHERE key = ?", (response, key))
 
     # -- maintenance --------------------------------------------------------------------------------
 
+    def cut(self) -> int:
+        """The last journal sequence, the records after it going to a new segment: called, under the ingest
+        lock, when a checkpoint copies the state (the older segments then hold only what it copies)."""
+        with self.lock:
+            if self.journal is not None:
+                self.journal.rotate()
+            return self.last_seq
+
     def checkpoint(self, seq: int, at: float, state: bytes) -> None:
-        """Store a snapshot holding every record up to ``seq`` and drop those records, atomically."""
+        """Store a snapshot holding every record up to ``seq`` (from ``cut``) with the Idempotency-Keys of those
+        records, in one transaction; once it is on disk, drop the journal up to ``seq``."""
         if not self.durable:
             return
         with self.lock:
+            keys = [(k, r[1], r[2], r[3]) for k, r in self._recent.items() if r[0] <= seq]
             try:
                 self.db.execute("BEGIN IMMEDIATE")
                 self.db.execute("INSERT OR REPLACE INTO snapshot VALUES (1, ?, ?, ?)", (seq, at, state))
-                self.db.execute("DELETE FROM journal WHERE seq <= ?", (seq,))
+                self.db.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)", keys)
+                self.db.execute("DELETE FROM journal WHERE seq <= ?", (seq,))  # an earlier release's records
                 self.db.execute("COMMIT")
             except BaseException:
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
                 raise
-            self.journal_bytes = self.db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM journal").fetchone()[0]
-            # Fold the write-ahead log back into the database so that it does not grow with the snapshots.
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            for key, *_ in keys:
+                del self._recent[key]
+            self._legacy_bytes = self.db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM journal").fetchone()[0]
+            # Fold the write-ahead log into the database: the snapshot is then on disk (the checkpoint syncs
+            # the log and the database), which it must be before the journal it holds is unlinked.
+            busy = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if busy:  # cannot happen with this one connection; the segments then wait for the next checkpoint
+                log.warning("the snapshot could not be folded into %s yet; the journal is kept", self.file)
+                return
+            self.journal.remove_through(seq)
 
     def forget_requests(self, now: float) -> int:
         """Drop Idempotency-Keys past storage.idempotency_ttl, and the oldest over max_idempotency_keys."""
         ttl, cap = self.settings.idempotency_ttl_seconds, self.settings.max_idempotency_keys
         with self.lock:
-            gone = self.db.execute("DELETE FROM requests WHERE at < ?", (now - ttl,)).rowcount
+            old = [k for k, r in self._recent.items() if r[1] < now - ttl]
+            for key in old:
+                del self._recent[key]
+            gone = len(old) + self.db.execute("DELETE FROM requests WHERE at < ?", (now - ttl,)).rowcount
             count = self.db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
-            if count > cap:
+            over = count + len(self._recent) - cap
+            if over > 0:  # the database's keys are older than those since the snapshot: they go first
                 gone += self.db.execute(
                     "DELETE FROM requests WHERE key IN (SELECT key FROM requests ORDER BY at LIMIT ?)",
-                    (count - cap,),
+                    (min(over, count),),
                 ).rowcount
+                for key in list(islice(self._recent, max(0, over - count))):
+                    del self._recent[key]
+                    gone += 1
         return gone
 
     def size_bytes(self) -> int:
         """Bytes on disk: the database and its write-ahead log."""
         if not self.durable:
             return 0
-        return sum(os.path.getsize(f) for f in (self.file, self.file + "-wal") if os.path.exists(f))
+        files = [self.file, self.file + "-wal"] + [path for _, path in self.journal.segments]
+        return sum(os.path.getsize(f) for f in files if os.path.exists(f))
 
     def close(self) -> None:
         with self.lock:
+            if self.journal is not None:
+                self.journal.close()
             self.db.close()
             self._release_dir()
 

@@ -220,7 +220,7 @@ def test_a_full_journal_throttles_until_a_checkpoint(tmp_path):
     app = build(tmp_path, clock, "")
     m = app.extensions["mlmon"]
     client = app.test_client()
-    m.store.journal_bytes = m.config.storage.max_journal_bytes + 1  # as if checkpoints had fallen behind
+    m.store.journal.bytes = m.config.storage.max_journal_bytes + 1  # as if checkpoints had fallen behind
     body = {"predictions": [{"model": "price", "prediction": 1.0}]}
     response = client.post("/api/v1/predictions", json=body)
     assert response.status_code == 429 and response.headers["Retry-After"] == "1"

@@ -143,3 +143,25 @@ def test_every_arrival_order_gives_the_same_counts(order):
     assert v["v1"].labels == 10 and v["v1"].predictions == 10
     assert v["v1"].outcomes.tolist() == [[0, 5], [0, 5]]
     assert (sn.pending_predictions, sn.pending_labels) == (0, 0)
+
+
+def test_a_stores_copy_pickles_as_the_store_did_when_copied_and_loads_as_a_store():
+    """A checkpoint copies the join store under the ingest lock and pickles the copy later: the copy is the
+    store's state at that moment (later changes not in it), and reads back as a working store."""
+    import pickle
+
+    from exporter.engine.joins import JoinStore
+
+    store = JoinStore(3600, 4)
+    for i in range(6):
+        store.put_waiting(f"p{i}", (float(i), "v1", float(i), 1, (0.2, 0.8), None))
+    store.put_early("e1", "yes", 7.0)
+    store.mark_joined("j1", 8.0)
+    copy = store.copy()
+    expected = pickle.dumps(store, protocol=pickle.HIGHEST_PROTOCOL)
+    store.put_waiting("later", (9.0, "v1", 9.0, 0, None, None))
+    store.take_dropped()
+    assert pickle.dumps(copy, protocol=pickle.HIGHEST_PROTOCOL) == expected
+    back = pickle.loads(expected)
+    assert back.counts() == (4, 1) and back.dropped["prediction", "evicted"] == 2
+    assert back.join_labels([("p5", "yes")], 10.0)[0][1].timestamp == 5.0
