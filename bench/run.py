@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         *modes_section(mode, took, total, peers),
         "Storage: wherever a benchmark runs the exporter itself (`mlmon serve`, or `create_app` in process), it",
-        "uses the default storage, SQLite with `sync: normal`, its data directory in a temporary directory,",
-        "unless the table names another backend ([Durability](#durability-what-it-costs) compares them).",
+        "uses the default durable storage (`backend: sqlite`, `sync: normal`), its data directory in a temporary",
+        "directory, unless the table names another backend ([Durability](#durability-what-it-costs) compares them).",
         "The memory and drift-statistics benchmarks drive the model state directly and store nothing.",
         "",
         *peers_section(peers, images),
@@ -537,7 +537,7 @@ def ingest_section(ingest: dict) -> list[str]:
         "## Ingest rate",
         "",
         "`bench/bench_ingest.py`: binary model, 30 features (every tenth categorical), labelled predictions.",
-        "HTTP: `mlmon serve` (waitress, 8 threads; default storage: SQLite, sync normal) on loopback; clients",
+        "HTTP: `mlmon serve` (waitress, 8 threads; default durable storage, sync normal) on loopback; clients",
         "are threads in another process posting",
         f"pre-encoded bodies ({ingest['batch_body_bytes'] / 1024:.0f} KiB per batch of 1000) for {secs:g} s per "
         f"phase. The whole benchmark runs {len(runs)} times (a fresh server each time): each rate is the median",
@@ -664,7 +664,7 @@ def formats_section(f: dict, runs: list[dict], secs: float) -> list[str]:
         "",
         "`bench/bench_ingest.py formats`: the same predictions as rows, as [columnar JSON and as an Arrow",
         "stream](api.md#columnar-batches), as mlmon is normally run: one model of 30 features with a reference",
-        "(drift and multivariate drift on), the default SQLite storage, batches of 1000 predictions with ids and",
+        "(drift and multivariate drift on), the default durable storage, batches of 1000 predictions with ids and",
         "without labels (the labels come later), every request's ids new (the join store holds each prediction",
         "until its label). Bodies: "
         + ", ".join(f"{FORMAT_NAMES[k]} {v / 1024:.0f} KiB" for k, v in f["body_bytes"].items())
@@ -738,7 +738,7 @@ def scrape_section(scrape: dict, images: list[str] | None = None) -> list[str]:
         "`bench/bench_scrape.py`: 10 models x 30 features x 3 windows, each model with a reference of 10,000 rows",
         "(so drift and data quality are computed at every scrape). In process: 20,000 labelled events per model,",
         "batches of 1,000 a minute apart over the 20 minutes before the scrape (so every window of every model",
-        "holds events), posted through the API and journalled in the default SQLite storage. Over HTTP",
+        "holds events), posted through the API and journalled in the default durable storage. Over HTTP",
         "(`mlmon serve`): 2,000 labelled events per model, posted at once.",
         "",
         "| what | median of 20 |",
@@ -1119,9 +1119,9 @@ def drift_sections(d: dict) -> list[str]:
 
 BACKEND_LABELS = {
     "memory": ("memory", "in process"),
-    "sqlite_normal": ("SQLite, sync normal (default)", "in process"),
-    "sqlite_full": ("SQLite, sync full", "in process"),
-    "sqlite_normal_redis": ("SQLite, sync normal", "Redis"),
+    "sqlite_normal": ("durable, sync normal (default)", "in process"),
+    "sqlite_full": ("durable, sync full", "in process"),
+    "sqlite_normal_redis": ("durable, sync normal", "Redis"),
 }
 
 
@@ -1180,7 +1180,8 @@ def durability_section(d: dict) -> list[str]:
         "pending store filled with predictions waiting for their label (the windows hold them too), then",
         f"`Mlmon.checkpoint()`; median of {_runs_text(d['checkpoint'])}. *Ingest stalled* is how long the",
         "checkpoint holds the ingest lock (every model's `state.capture()`, a copy); the rest (pickling the parts",
-        "together, the SQLite transaction, the WAL truncation) runs beside ingest. *Restart* is `create_app`",
+        "together, the snapshot's SQLite transaction with the WAL folded in, the older journal segments unlinked)",
+        "runs beside ingest. *Restart* is `create_app`",
         "in a fresh process on that data directory: the snapshot loaded, an empty journal.",
         "",
         "| predictions waiting | checkpoint | ingest stalled | snapshot | restart from it |",
