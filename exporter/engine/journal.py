@@ -159,10 +159,17 @@ class Journal:
     def _create(self, first: int) -> None:
         path = os.path.join(self.directory, f"{first:020d}.seg")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        _write_all(fd, MAGIC)
-        if self.fsync:
-            os.fdatasync(fd)
-            _sync_dir(self.directory)  # the new name itself survives a power loss
+        try:
+            _write_all(fd, MAGIC)
+            if self.fsync:
+                os.fdatasync(fd)
+                _sync_dir(self.directory)  # the new name itself survives a power loss
+        except BaseException:
+            # (a full disk): no segment named after records that will go on to the current one
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
         if self._fd >= 0:
             os.close(self._fd)
         self._fd, self._end, self._last_start = fd, len(MAGIC), -1

@@ -252,3 +252,25 @@ def test_a_journal_that_begins_after_the_snapshot_is_reported(tmp_path, caplog):
     with caplog.at_level(logging.ERROR, logger="mlmon.storage"):
         store(live).close()
     assert "begins at record 3 but the snapshot holds records up to 1 only" in caplog.text
+
+
+def test_a_rotation_that_fails_leaves_no_segment_behind(tmp_path, monkeypatch):
+    """A full disk when a checkpoint starts a new segment: the records go on to the current one, and no empty
+    segment named after them is left to mislead the next start about where they are."""
+    j = jl.Journal(str(tmp_path), 0, fsync=False)
+    append(j, jl.Entry(1, "labels", 1.0, None, b"one"))
+    real = os.write
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space"):
+        j.rotate()
+    monkeypatch.setattr(os, "write", real)
+    append(j, jl.Entry(2, "labels", 2.0, None, b"two"))
+    j.close()
+    assert segment_files(tmp_path) == [f"{1:020d}.seg"]
+    again = jl.Journal(str(tmp_path), 0, fsync=False)
+    again.remove_through(1)  # a snapshot holding record 1 only must not take record 2 with it
+    assert [e.body for e in again.records(0)] == [b"one", b"two"]
