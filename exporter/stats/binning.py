@@ -73,6 +73,9 @@ class Binner:
             for name in self.categorical
             if name in self.refs
         }
+        # Per categorical feature, a category's slot and whether the reference knows it, in one look-up: the
+        # slot (a top category's own, else the "other" one) when known, -1 - slot when not ("unseen").
+        self.cat_codes = {name: self._codes(name) for name in self.cat_index}
 
     def bin(
         self, numeric: np.ndarray, categorical: list[list], predictions: list, errors: list | None = None
@@ -116,22 +119,22 @@ class Binner:
             ref = self.refs.get(name)
             if ref is None:
                 continue
-            index, other, known = self.cat_index[name], len(ref.categories), ref.known
+            codes, unknown = self.cat_codes[name], -1 - len(ref.categories)  # (unseen, in the "other" slot)
             if not absent and set(map(type, column)) == {str}:  # the common case: every value a string
-                present, keys = range(len(column)), column  # category(text) is the text itself
+                present, keys = np.arange(len(column)), column  # category(text) is the text itself
             else:
-                present = [i for i, v in enumerate(column) if v is not None and v != ""]
-                keys = [category(column[i]) for i in present]
+                present = np.asarray([i for i, v in enumerate(column) if v is not None and v != ""], dtype=np.int64)
+                keys = [category(column[i]) for i in present.tolist()]
             if not keys:
                 continue
-            cat_ev.append(np.asarray(present, dtype=np.int64))
-            cat_idx.append(
-                j * CAT_SLOTS + np.fromiter(map(index.get, keys, itertools.repeat(other)), np.int64, len(keys))
-            )
-            unseen = [] if known.issuperset(keys) else [i for i, key in zip(present, keys) if key not in known]
-            if unseen:
-                unseen_ev.append(np.asarray(unseen, dtype=np.int64))
-                unseen_idx.append(np.full(len(unseen), j, dtype=np.int64))
+            slots = np.fromiter(map(codes.get, keys, itertools.repeat(unknown)), np.int64, len(keys))
+            unseen = slots < 0
+            if unseen.any():
+                unseen_ev.append(present[unseen])
+                unseen_idx.append(np.full(int(unseen.sum()), j, dtype=np.int64))
+                slots[unseen] = -1 - slots[unseen]
+            cat_ev.append(present)
+            cat_idx.append(j * CAT_SLOTS + slots)
         if cat_ev:
             out.scatter["cat_counts"] = (np.concatenate(cat_ev), np.concatenate(cat_idx), None)
         if unseen_ev:
@@ -163,6 +166,13 @@ class Binner:
                         ev, idx, val = (np.concatenate([a, b]) for a, b in zip(prev, (ev, idx, val)))
                     out.scatter["pred_out"] = (ev, idx, val)
         return out
+
+    def _codes(self, name: str) -> dict[str, int]:
+        ref, index = self.refs[name], self.cat_index[name]
+        other = len(ref.categories)
+        codes = {c: other for c in ref.known}
+        codes.update({c: (i if c in ref.known else -1 - i) for c, i in index.items()})
+        return codes
 
     def _bin_numeric(self, values: np.ndarray, gone: np.ndarray, out: Binned) -> None:
         """Bin indices of the present numeric values, and the values outside the reference range."""

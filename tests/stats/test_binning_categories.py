@@ -1,0 +1,77 @@
+"""A batch's categorical values binned against the reference (exporter/stats/binning.py ``Binner.bin``) as a plain
+per-value rule says: a value's slot is its category's own among the reference's top categories, else the
+"other" slot; it is *unseen* when the reference never had it; None and "" are missing; numbers and booleans
+count as their text. Generated columns mix top, rare, unknown and missing values of every JSON type."""
+
+from __future__ import annotations
+
+import textwrap
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from exporter.config import parse_config
+from exporter.stats import reference
+from exporter.stats.binning import CAT_SLOTS, Binner
+from exporter.stats.reference import category
+
+CONFIG = """
+storage: {backend: memory}
+models:
+  - name: m
+    task: binary
+    classes: ["no", "yes"]
+    features:
+      - {name: x, type: numeric}
+      - {name: plan, type: categorical}
+      - {name: city, type: categorical}
+"""
+
+
+def expected(binner: Binner, categorical: list[list]) -> tuple[Counter, Counter]:
+    counts, unseen = Counter(), Counter()
+    for j, (name, column) in enumerate(zip(binner.categorical, categorical)):
+        ref = binner.refs[name]
+        slots = {c: i for i, c in enumerate(ref.categories)}
+        for event, value in enumerate(column):
+            if value is None or value == "":
+                continue
+            key = category(value)
+            counts[event, j * CAT_SLOTS + slots.get(key, len(ref.categories))] += 1
+            if key not in ref.known:
+                unseen[event, j] += 1
+    return counts, unseen
+
+
+def pairs(entry) -> Counter:
+    if entry is None:
+        return Counter()
+    events, idx, _ = entry
+    return Counter(zip(events.tolist(), idx.tolist()))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_categorical_values_get_the_slot_and_unseen_flag_of_the_plain_rule(seed):
+    rng = np.random.default_rng(seed)
+    model = parse_config(textwrap.dedent(CONFIG)).models[0]
+    # plan: a few categories, numbers among them; city: more than the top ones tracked (rare ones share "other")
+    plan = [str(v) for v in rng.choice(["basic", "pro", "1", "true", "2"], size=3000)]
+    city = [f"c{int(v)}" for v in rng.zipf(1.3, size=3000) % 400]
+    profile = reference.build_profile({"x": rng.normal(size=3000).tolist(), "plan": plan, "city": city}, model)
+    binner = Binner(model, profile)
+    pool = {
+        "plan": ["basic", "pro", "1", 1, 1.0, True, "true", "2", 2.0, "enterprise", 7, False, None, ""],
+        "city": [*sorted(set(city))[:60], "nowhere", "c999", None, "", 3, 3.5],
+    }
+    for _ in range(30):
+        n = int(rng.integers(1, 300))
+        all_strings = rng.uniform() < 0.5  # the common case: every value a string, none missing
+        columns = []
+        for name in binner.categorical:
+            choices = [v for v in pool[name] if isinstance(v, str) and v] if all_strings else pool[name]
+            columns.append([choices[i] for i in rng.integers(0, len(choices), size=n)])
+        out = binner.bin(rng.normal(size=(n, 1)), columns, rng.integers(0, 2, size=n))
+        counts, unseen = expected(binner, columns)
+        assert pairs(out.scatter.get("cat_counts")) == counts
+        assert pairs(out.scatter.get("cat_unseen")) == unseen
