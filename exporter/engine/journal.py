@@ -162,7 +162,7 @@ class Journal:
         try:
             _write_all(fd, MAGIC)
             if self.fsync:
-                os.fdatasync(fd)
+                _flush(fd)
                 _sync_dir(self.directory)  # the new name itself survives a power loss
         except BaseException:
             # (a full disk): no segment named after records that will go on to the current one
@@ -191,7 +191,7 @@ class Journal:
             if written < len(head) + len(body):
                 _write_all(self._fd, (head + body)[written:])
             if self.fsync:
-                os.fdatasync(self._fd)
+                _flush(self._fd)
         except BaseException:
             os.ftruncate(self._fd, start)
             raise
@@ -242,6 +242,11 @@ class Journal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _flush(fd: int) -> None:
+    """The file's data on disk (fdatasync; fsync where there is none, as on macOS)."""
+    getattr(os, "fdatasync", os.fsync)(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
