@@ -401,6 +401,14 @@ class Store:
                 self.db.execute("INSERT OR REPLACE INTO snapshot VALUES (1, ?, ?, ?)", (seq, at, state))
                 self.db.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)", keys)
                 self.db.execute("DELETE FROM journal WHERE seq <= ?", (seq,))  # an earlier release's records
+                # The journal table's counter past every sequence used: an earlier release run on this directory
+                # after a clean stop numbers its records after ours, and ours after its when we come back.
+                self.db.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'journal'", (self.last_seq,))
+                self.db.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) SELECT 'journal', ? "
+                    "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'journal')",
+                    (self.last_seq,),
+                )
                 self.db.execute("COMMIT")
             except BaseException:
                 if self.db.in_transaction:

@@ -274,3 +274,23 @@ def test_a_rotation_that_fails_leaves_no_segment_behind(tmp_path, monkeypatch):
     again = jl.Journal(str(tmp_path), 0, fsync=False)
     again.remove_through(1)  # a snapshot holding record 1 only must not take record 2 with it
     assert [e.body for e in again.records(0)] == [b"one", b"two"]
+
+
+def test_an_earlier_release_numbers_its_records_after_ours_and_we_after_its(tmp_path):
+    """Going back to an earlier release after a clean stop (it journals in the database's table, numbered by
+    SQLite's counter), then forward again: sequence numbers keep growing, nothing is reported missing."""
+    import sqlite3
+
+    s = store(tmp_path)
+    for i in range(3):
+        s.append("labels", float(i), b"ours")
+    s.checkpoint(s.cut(), 3.0, b"snapshot")
+    s.close()
+    db = sqlite3.connect(tmp_path / "mlmon.db")  # what the earlier release's append does
+    older = db.execute("INSERT INTO journal (kind, at, key, body) VALUES ('labels', 4.0, NULL, x'00')").lastrowid
+    db.commit()
+    db.close()
+    assert older == 4
+    again = store(tmp_path)
+    assert [r.seq for r in again.records(3)] == [4]
+    assert again.append("labels", 5.0, b"ours again") == 5
