@@ -28,6 +28,7 @@ survives a restart.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -446,11 +447,15 @@ class Store:
         return gone
 
     def size_bytes(self) -> int:
-        """Bytes on disk: the database and its write-ahead log."""
+        """Bytes on disk: the database, its write-ahead log and the journal's segments (read at scrape time,
+        without the lock: a segment a checkpoint unlinks meanwhile counts as nothing)."""
         if not self.durable:
             return 0
-        files = [self.file, self.file + "-wal"] + [path for _, path in self.journal.segments]
-        return sum(os.path.getsize(f) for f in files if os.path.exists(f))
+        total = 0
+        for name in [self.file, self.file + "-wal", *(path for _, path in self.journal.segments)]:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(name)
+        return total
 
     def close(self) -> None:
         with self.lock:

@@ -294,3 +294,13 @@ def test_an_earlier_release_numbers_its_records_after_ours_and_we_after_its(tmp_
     again = store(tmp_path)
     assert [r.seq for r in again.records(3)] == [4]
     assert again.append("labels", 5.0, b"ours again") == 5
+
+
+def test_the_size_on_disk_counts_a_segment_unlinked_while_it_is_read_as_nothing(tmp_path):
+    """A scrape reads the data directory's size without the store's lock while a checkpoint may unlink a
+    segment: the gauge must not fail."""
+    s = store(tmp_path)
+    s.append("labels", 1.0, b"x" * 1000)
+    before = s.size_bytes()
+    s.journal.segments = [*s.journal.segments, (99, str(tmp_path / "journal" / "gone.seg"))]
+    assert s.size_bytes() == before > 1000
