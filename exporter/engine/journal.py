@@ -44,7 +44,9 @@ class JournalError(Exception):
 
 
 @dataclass(frozen=True)
-class Entry:
+class Record:
+    """A journalled request (from a segment, or from an earlier release's journal table)."""
+
     seq: int
     kind: str
     at: float
@@ -72,7 +74,7 @@ def _segments(directory: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
-def read_segment(path: str) -> Iterator[tuple[Entry, int]]:
+def read_segment(path: str) -> Iterator[tuple[Record, int]]:
     """The valid records of one segment with the offset just after each; stops at the first that is
     incomplete or damaged. Raises JournalError for a file of another format."""
     with open(path, "rb", buffering=_READ) as fh:
@@ -87,19 +89,17 @@ def read_segment(path: str) -> Iterator[tuple[Entry, int]]:
             if len(head) < _HEAD.size:
                 return
             crc, length, seq, at, kind_len, key_len = _HEAD.unpack(head)
-            tail = fh.read(kind_len + (0 if key_len == _NO_KEY else key_len) + length)
-            if len(tail) < kind_len + (0 if key_len == _NO_KEY else key_len) + length:
-                return
-            if zlib.crc32(tail, zlib.crc32(head[4:])) != crc:
-                return
             body_at = kind_len + (0 if key_len == _NO_KEY else key_len)
+            tail = fh.read(body_at + length)
+            if len(tail) < body_at + length or zlib.crc32(tail, zlib.crc32(head[4:])) != crc:
+                return
             try:
                 kind = tail[:kind_len].decode()
                 key = None if key_len == _NO_KEY else tail[kind_len:body_at].decode()
             except UnicodeDecodeError:  # a CRC that matched damaged bytes: as unlikely as 1 in 2^32, still ends it
                 return
             offset += _HEAD.size + len(tail)
-            yield Entry(seq, kind, at, key, tail[body_at:]), offset
+            yield Record(seq, kind, at, key, tail[body_at:]), offset
 
 
 class Journal:
@@ -228,7 +228,7 @@ class Journal:
 
     # -- reading ------------------------------------------------------------------------------------
 
-    def records(self, after: int) -> Iterator[Entry]:
+    def records(self, after: int) -> Iterator[Record]:
         """Records after sequence ``after``, in order."""
         listed = list(self.segments)
         for i, (_, path) in enumerate(listed):

@@ -44,6 +44,7 @@ from itertools import islice
 
 from exporter.config import Storage
 from exporter.engine import journal as segments
+from exporter.engine.journal import Record
 
 log = logging.getLogger("mlmon.storage")
 
@@ -122,13 +123,14 @@ class KeyTaken(sqlite3.IntegrityError):
     twice at once): it is answered as a retry."""
 
 
-@dataclass(frozen=True)
-class Record:
+@dataclass(slots=True)
+class _RecentKey:
+    """An Idempotency-Key of a request journalled since the snapshot (the database has it from the next one)."""
+
     seq: int
-    kind: str
     at: float
-    key: str | None
-    body: bytes
+    digest: bytes
+    response: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -234,9 +236,8 @@ class Store:
                 " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'journal'), 0))"
             ).fetchone()[0]
             self._legacy_bytes = self.db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM journal").fetchone()[0]
-            # Idempotency-Keys of the requests journalled since the snapshot: key -> [seq, at, digest, response]
-            # (the database has a key once its request is in the snapshot).
-            self._recent: dict[str, list] = {}
+            # Idempotency-Keys of the requests journalled since the snapshot, in journal order.
+            self._recent: dict[str, _RecentKey] = {}
             self.journal: segments.Journal | None = None
             if self.durable:
                 self.journal = segments.Journal(path, self.last_seq, fsync=settings.sync == "full")
@@ -319,11 +320,11 @@ class Store:
             seq = rows[-1][0]
         if self.journal is None:
             return
-        for entry in self.journal.records(after):
-            if entry.key is not None:
+        for record in self.journal.records(after):
+            if record.key is not None:
                 with self.lock:
-                    self._recent[entry.key] = [entry.seq, entry.at, digest(entry.body), None]
-            yield Record(entry.seq, entry.kind, entry.at, entry.key, entry.body)
+                    self._recent[record.key] = _RecentKey(record.seq, record.at, digest(record.body))
+            yield record
 
     # -- the request path ---------------------------------------------------------------------------
 
@@ -331,7 +332,7 @@ class Store:
         with self.lock:
             recent = self._recent.get(key)
             if recent is not None:
-                return Seen(recent[2], recent[3])
+                return Seen(recent.digest, recent.response)
             row = self.db.execute("SELECT digest, response FROM requests WHERE key = ?", (key,)).fetchone()
         return Seen(bytes(row[0]), None if row[1] is None else bytes(row[1])) if row else None
 
@@ -357,7 +358,7 @@ class Store:
                     raise KeyTaken(key)
                 self.journal.append(seq, kind, at, key, body)
                 if key is not None:
-                    self._recent[key] = [seq, at, body_digest, None]
+                    self._recent[key] = _RecentKey(seq, at, body_digest)
             self.last_seq = seq
             return seq
 
@@ -376,7 +377,7 @@ class Store:
         with self.lock:
             recent = self._recent.get(key)
             if recent is not None:
-                recent[3] = response
+                recent.response = response
             else:
                 self.db.execute("UPDATE requests SET response = ? WHERE key = ?", (response, key))
 
@@ -396,7 +397,7 @@ class Store:
         if not self.durable:
             return
         with self.lock:
-            keys = [(k, r[1], r[2], r[3]) for k, r in self._recent.items() if r[0] <= seq]
+            keys = [(k, r.at, r.digest, r.response) for k, r in self._recent.items() if r.seq <= seq]
             try:
                 self.db.execute("BEGIN IMMEDIATE")
                 self.db.execute("INSERT OR REPLACE INTO snapshot VALUES (1, ?, ?, ?)", (seq, at, state))
@@ -430,7 +431,7 @@ class Store:
         """Drop Idempotency-Keys past storage.idempotency_ttl, and the oldest over max_idempotency_keys."""
         ttl, cap = self.settings.idempotency_ttl_seconds, self.settings.max_idempotency_keys
         with self.lock:
-            old = [k for k, r in self._recent.items() if r[1] < now - ttl]
+            old = [k for k, r in self._recent.items() if r.at < now - ttl]
             for key in old:
                 del self._recent[key]
             gone = len(old) + self.db.execute("DELETE FROM requests WHERE at < ?", (now - ttl,)).rowcount

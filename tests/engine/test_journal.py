@@ -19,14 +19,14 @@ from exporter.engine.storage import StorageError, Store
 KINDS = ["predictions", "labels", "predictions/arrow", "labels/columns", "reference", "reset"]
 
 
-def record(rng: random.Random, seq: int) -> jl.Entry:
+def record(rng: random.Random, seq: int) -> jl.Record:
     key = rng.choice([None, None, "", f"k-{seq}", f"clé-{seq}-\u2603"])
     body = rng.randbytes(rng.choice([0, 1, 17, 300, 5000, 70_000]))
     at = rng.choice([0.0, 1.5, 1_800_000_000.123456, -3.25, rng.uniform(0, 2e9)])
-    return jl.Entry(seq, rng.choice(KINDS), at, key, body)
+    return jl.Record(seq, rng.choice(KINDS), at, key, body)
 
 
-def append(j: jl.Journal, e: jl.Entry) -> None:
+def append(j: jl.Journal, e: jl.Record) -> None:
     j.append(e.seq, e.kind, e.at, e.key, e.body)
 
 
@@ -38,7 +38,7 @@ def segment_files(data) -> list[str]:
 def test_records_read_back_exactly_across_rotations_removals_and_reopening(tmp_path, seed):
     rng = random.Random(seed)
     j = jl.Journal(str(tmp_path), 0, fsync=False)
-    written: list[jl.Entry] = []
+    written: list[jl.Record] = []
     removed_through = 0
     for _ in range(rng.randint(20, 80)):
         op = rng.random()
@@ -65,7 +65,7 @@ def test_records_read_back_exactly_across_rotations_removals_and_reopening(tmp_p
     assert list(again.records(removed_through)) == [e for e in written if e.seq > removed_through]
 
 
-def fill(data, n: int, seed: int = 0, rotate_every: int = 0) -> list[jl.Entry]:
+def fill(data, n: int, seed: int = 0, rotate_every: int = 0) -> list[jl.Record]:
     rng = random.Random(seed)
     j = jl.Journal(str(data), 0, fsync=False)
     out = []
@@ -100,7 +100,7 @@ def test_a_record_cut_short_by_a_crash_is_dropped_and_the_journal_goes_on(tmp_pa
         j = jl.Journal(str(data), 0, fsync=False)
         assert list(j.records(0)) == whole
         assert j.last_seq == (whole[-1].seq if whole else 0)
-        extra = jl.Entry(j.last_seq + 1, "labels", 2.0, "after-the-crash", b"{}")
+        extra = jl.Record(j.last_seq + 1, "labels", 2.0, "after-the-crash", b"{}")
         append(j, extra)
         j.close()
         assert list(jl.Journal(str(data), 0, fsync=False).records(0)) == whole + [extra]
@@ -139,13 +139,13 @@ def test_a_segment_of_another_format_is_refused_by_name(tmp_path):
 
 def test_the_record_just_appended_can_be_taken_back_and_its_sequence_is_not_reused(tmp_path):
     j = jl.Journal(str(tmp_path), 5, fsync=False)
-    append(j, jl.Entry(6, "labels", 1.0, None, b"kept"))
-    append(j, jl.Entry(7, "labels", 2.0, "k", b"taken back"))
+    append(j, jl.Record(6, "labels", 1.0, None, b"kept"))
+    append(j, jl.Record(7, "labels", 2.0, "k", b"taken back"))
     j.drop_last(7)
     with pytest.raises(jl.JournalError):
         j.drop_last(6)  # only the last one appended
     assert j.last_seq == 7
-    append(j, jl.Entry(8, "labels", 3.0, None, b"next"))
+    append(j, jl.Record(8, "labels", 3.0, None, b"next"))
     j.close()
     assert [e.body for e in jl.Journal(str(tmp_path), 0, fsync=False).records(0)] == [b"kept", b"next"]
 
@@ -154,7 +154,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
     """A full disk in the middle of a record: the segment is cut back, the error raised, the next write
     goes where the failed one began."""
     j = jl.Journal(str(tmp_path), 0, fsync=False)
-    append(j, jl.Entry(1, "labels", 1.0, None, b"one"))
+    append(j, jl.Record(1, "labels", 1.0, None, b"one"))
     real = os.writev
 
     def half_then_full(fd, buffers):
@@ -164,10 +164,10 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "writev", half_then_full)
     with pytest.raises(OSError, match="No space"):
-        append(j, jl.Entry(2, "labels", 2.0, "k", b"two" * 100))
+        append(j, jl.Record(2, "labels", 2.0, "k", b"two" * 100))
     monkeypatch.setattr(os, "writev", real)
     assert j.last_seq == 1
-    append(j, jl.Entry(2, "labels", 2.0, "k", b"two again"))
+    append(j, jl.Record(2, "labels", 2.0, "k", b"two again"))
     j.close()
     assert [e.body for e in jl.Journal(str(tmp_path), 0, fsync=False).records(0)] == [b"one", b"two again"]
 
@@ -178,7 +178,7 @@ def test_sync_full_flushes_every_record_before_it_returns(tmp_path, monkeypatch)
     j = jl.Journal(str(tmp_path), 0, fsync=True)
     created = len(flushed)  # the new segment's header
     for seq in range(1, 4):
-        append(j, jl.Entry(seq, "labels", 1.0, None, b"x"))
+        append(j, jl.Record(seq, "labels", 1.0, None, b"x"))
     assert len(flushed) - created == 3
     assert not jl.Journal(str(tmp_path / "other"), 0, fsync=False).fsync
 
@@ -258,7 +258,7 @@ def test_a_rotation_that_fails_leaves_no_segment_behind(tmp_path, monkeypatch):
     """A full disk when a checkpoint starts a new segment: the records go on to the current one, and no empty
     segment named after them is left to mislead the next start about where they are."""
     j = jl.Journal(str(tmp_path), 0, fsync=False)
-    append(j, jl.Entry(1, "labels", 1.0, None, b"one"))
+    append(j, jl.Record(1, "labels", 1.0, None, b"one"))
     real = os.write
 
     def full(fd, data):
@@ -268,7 +268,7 @@ def test_a_rotation_that_fails_leaves_no_segment_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         j.rotate()
     monkeypatch.setattr(os, "write", real)
-    append(j, jl.Entry(2, "labels", 2.0, None, b"two"))
+    append(j, jl.Record(2, "labels", 2.0, None, b"two"))
     j.close()
     assert segment_files(tmp_path) == [f"{1:020d}.seg"]
     again = jl.Journal(str(tmp_path), 0, fsync=False)
