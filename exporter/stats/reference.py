@@ -392,6 +392,14 @@ def from_csv(text: str, model: ModelConfig) -> Profile:
     return build_profile(read_csv(text), model)
 
 
+def _count(value) -> int:
+    """A profile's count (of missing values) as the int64 it is kept and written back as."""
+    n = int(value)
+    if not 0 <= n <= np.iinfo(np.int64).max:
+        raise ValueError(f"'missing' must be a count from 0 to 2**63-1, not {n}")
+    return n
+
+
 def _ref_from_json(data, where: str, model: ModelConfig, kind: str | None) -> Ref:
     if not isinstance(data, dict) or data.get("type") not in ("numeric", "categorical"):
         raise ReferenceError(f"{where}: needs 'type' numeric or categorical")
@@ -407,11 +415,11 @@ def _ref_from_json(data, where: str, model: ModelConfig, kind: str | None) -> Re
                 raise ValueError("edges must be finite and increasing")
             if len(counts) != len(edges) + 1 or len(edges) > NUMERIC_BINS + 1:
                 raise ValueError(f"{len(edges)} edges need {len(edges) + 1} counts, at most {NUMERIC_BINS + 1} edges")
-            return NumericRef(edges, counts, float(data["mean"]), float(data["std"]), int(data["missing"]))
+            return NumericRef(edges, counts, float(data["mean"]), float(data["std"]), _count(data["missing"]))
         categories = tuple(str(c) for c in data["categories"])
         if len(counts) != len(categories) + 1 or len(categories) > TOP_CATEGORIES:
             raise ValueError(f"needs one count per category plus 'other', at most {TOP_CATEGORIES} categories")
-        return CategoricalRef(categories, counts, frozenset(str(c) for c in data["known"]), int(data["missing"]))
+        return CategoricalRef(categories, counts, frozenset(str(c) for c in data["known"]), _count(data["missing"]))
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ReferenceError(f"{where}: {exc}") from None
 

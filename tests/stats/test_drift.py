@@ -265,6 +265,12 @@ def test_profile_json_round_trip_and_validation(tmp_path):
     broken["features"]["a"]["edges"] = [3, 2, 1]
     with pytest.raises(ReferenceError, match="features.a"):
         from_json(broken, model)
+    for feature in ("a", "plan"):  # a count of missing values that is none (or past int64, unwritable)
+        for missing in (-1, 2**63, -(2**70)):
+            broken = profile.as_json()
+            broken["features"][feature]["missing"] = missing
+            with pytest.raises(ReferenceError, match=f"features.{feature}.*'missing' must be a count"):
+                from_json(broken, model)
 
 
 def test_reference_build_cli_writes_a_profile_the_exporter_loads(tmp_path):
