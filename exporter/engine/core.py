@@ -423,15 +423,16 @@ class Mlmon:
             if self.shared_requests is not None:
                 self.shared_requests.respond(key, self.replica, orjson.dumps(result))
 
-    def checkpoint(self) -> None:
-        """Snapshot the state and drop the journal it covers. Ingest waits while the state is copied."""
+    def checkpoint(self, final: bool = False) -> None:
+        """Snapshot the state and drop the journal it covers. Ingest waits while the state is copied. The
+        ``final`` snapshot of a clean stop is written in a form that an earlier release reads too."""
         if not self.store.durable:
             return
         started = time.perf_counter()
         with self.ingest_lock:  # ingest waits only for the copy; the pickling is done outside
             seq = self.store.cut()
             at = self.clock()
-            captured = {name: state.capture() for name, state in self.models.items()}
+            captured = {name: state.capture(final) for name, state in self.models.items()}
         self.checkpoint_stall.set(time.perf_counter() - started)
         parts = {name: ModelState.dumps(c) for name, c in captured.items()}
         del captured
@@ -448,7 +449,7 @@ class Mlmon:
     def close(self) -> None:
         """A final checkpoint (the next start replays nothing) and the database closed."""
         try:
-            self.checkpoint()
+            self.checkpoint(final=True)
         finally:
             self.store.close()
             self.audit.close()

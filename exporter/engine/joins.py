@@ -11,10 +11,13 @@ Not thread-safe: the owning model state holds its lock around every call.
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict, deque
+import itertools
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, NamedTuple
+
+import numpy as np
 
 # (kind, reason) pairs of dropped entries, published as mlmon_pending_dropped_total.
 DROP_REASONS = (
@@ -83,12 +86,54 @@ WAITING = "waiting"  # a new prediction now waits for its label; or a label now 
 JOINED = "joined"  # a label met its waiting prediction: (JOINED, Pending)
 
 
+# A waiting prediction of a columnar batch is kept as a code instead of a tuple: its block's number times
+# 2**ROW_BITS plus its row in the block.
+ROW_BITS = 32
+_ROW_MASK = (1 << ROW_BITS) - 1
+_WAITING = (WAITING, None)
+_DUP = (DUP, None)
+
+
+class _Block:
+    """The predictions of one columnar batch that wait for their labels, kept as columns: a row costs a few
+    bytes of arrays and an int code in the store instead of a tuple and the objects in it, and a snapshot
+    pickles arrays. A row becomes the tuple the store hands out only when it leaves (joined, or the block
+    compacted). ``alive``: rows of the block still waiting."""
+
+    __slots__ = ("arrival", "version", "timestamps", "predictions", "scores", "segments", "ids", "alive")
+
+    def __init__(self, arrival, version, timestamps, predictions, scores, segments, ids, alive):
+        self.arrival, self.version, self.ids, self.alive = arrival, version, ids, alive
+        self.timestamps, self.predictions, self.scores, self.segments = timestamps, predictions, scores, segments
+
+    def state(self) -> tuple:
+        """What a snapshot keeps of the block (no class of this module named; arrays pickle as numpy's)."""
+        return (self.arrival, self.version, self.timestamps, self.predictions, self.scores, self.segments, self.ids)
+
+    def rows(self, rows: list[int]) -> list[tuple]:
+        """The plain tuples of ``rows``, as ``decide_columns`` would have made them for the tuple store."""
+        rows = np.asarray(rows, dtype=np.intp)
+        scores = self.scores
+        segments = self.segments
+        return list(
+            zip(
+                repeat(self.arrival),
+                repeat(self.version),
+                self.timestamps[rows].tolist(),
+                self.predictions[rows].tolist(),
+                map(tuple, scores[rows].tolist()) if scores is not None else repeat(None),
+                [segments[r] for r in rows.tolist()] if segments is not None else repeat(None),
+            )
+        )
+
+
 class JoinStore:
     """The in-process join store (also what the SQLite store snapshots); see RedisJoinStore for the shared one.
 
     ``join_predictions`` and ``join_labels`` are the whole interface the model state uses: they take a batch
     and decide, item by item and in order, what each one joins. ``token`` names the request (the shared store
-    uses it to answer a replayed request exactly as the first time); this store ignores it.
+    uses it to answer a replayed request exactly as the first time); this store ignores it. ``wait_columns``
+    is the columnar batch's shortcut for the common case (new ids, no labels).
     """
 
     shared = False
@@ -96,10 +141,13 @@ class JoinStore:
     def __init__(self, ttl_seconds: float, cap: int):
         self.ttl = ttl_seconds
         self.cap = cap
-        # Entries as plain tuples: a Pending's fields, an EarlyLabel's (arrival, label).
-        self._waiting: OrderedDict[str, tuple] = OrderedDict()
+        # Entries as plain tuples: a Pending's fields (or the int code of a row of a block), an EarlyLabel's
+        # (arrival, label).
+        self._waiting: OrderedDict[str, tuple | int] = OrderedDict()
         self._early: OrderedDict[str, tuple] = OrderedDict()
         self._joined: OrderedDict[str, float] = OrderedDict()  # id -> time of the join
+        self._blocks: dict[int, _Block] = {}
+        self._next_block = 0
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
 
     def join_predictions(self, items: list[tuple[str, tuple, Any]], now: float, token: str = "") -> list[tuple]:
@@ -114,14 +162,16 @@ class JoinStore:
         out: list[tuple] = []
         for pid, pending, label in items:
             if pid in self._joined:
-                out.append((DUP, None))
+                out.append(_DUP)
                 continue
             first = self._waiting.get(pid)
             if first is not None:
                 if label is None:
-                    out.append((DUP, None))
+                    out.append(_DUP)
                 else:
                     del self._waiting[pid]
+                    if type(first) is int:
+                        first = self._take([first])[0]
                     self.mark_joined(pid, now)
                     out.append((DUP_JOIN, pending_of(first)))
                 continue
@@ -134,80 +184,205 @@ class JoinStore:
                 out.append((EARLY, _early_of(early)))
             else:
                 self.put_waiting(pid, pending)
-                out.append((WAITING, None))
+                out.append(_WAITING)
         return out
+
+    def _all_new(self, ids) -> bool:
+        """Whether every id is new: unseen in the store and not repeated in ``ids``."""
+        new = set(ids)
+        # keys().isdisjoint(set) walks the (small) set and looks each id up in the store: set.isdisjoint(dict)
+        # would walk the whole store.
+        return (
+            len(new) == len(ids)
+            and self._joined.keys().isdisjoint(new)
+            and self._waiting.keys().isdisjoint(new)
+            and self._early.keys().isdisjoint(new)
+        )
 
     def wait_all(self, ids: tuple[str, ...], pendings: tuple[tuple, ...]) -> list[tuple] | None:
         """The common batch: predictions without labels whose ids are all new (in the store and in the batch),
         decided at once as ``join_predictions`` would decide each: every one waits, the oldest waiting ones
         evicted over the cap. None (and nothing done) when an id is not new. ``pendings``: Pendings or plain
         tuples of their fields."""
-        new = set(ids)
-        # keys().isdisjoint(set) walks the (small) set and looks each id up in the store: set.isdisjoint(dict)
-        # would walk the whole store.
-        if not (
-            len(new) == len(ids)
-            and self._joined.keys().isdisjoint(new)
-            and self._waiting.keys().isdisjoint(new)
-            and self._early.keys().isdisjoint(new)
-        ):
+        if not self._all_new(ids):
             return None
+        self._waiting.update(zip(ids, map(tuple, pendings)))  # a Pending as the plain tuple kept
+        self._evict()
+        return [_WAITING] * len(ids)
+
+    def wait_columns(
+        self,
+        ids: list[str],
+        arrival: float,
+        version: str,
+        timestamps: np.ndarray,
+        predictions: np.ndarray,
+        scores: np.ndarray | None,
+        segments: list | None,
+    ) -> list[tuple] | None:
+        """``wait_all`` for the rows of a columnar batch, kept as one block of columns (copied: the batch's
+        arrays may be views of its request body). ``segments``: per row its segments tuple, or None."""
+        if not self._all_new(ids):
+            return None
+        n = len(ids)
+        number = self._next_block
+        self._next_block += 1
+        self._blocks[number] = _Block(
+            arrival,
+            version,
+            np.array(timestamps, dtype=np.float64),
+            np.array(predictions),
+            None if scores is None else np.array(scores, dtype=np.float64),
+            None if segments is None else list(segments),
+            list(ids),
+            n,
+        )
+        base = number << ROW_BITS
+        self._waiting.update(zip(ids, range(base, base + n)))
+        self._evict()
+        return [_WAITING] * n
+
+    def _evict(self) -> None:
+        """Evict the oldest waiting predictions over the cap."""
         waiting = self._waiting
-        waiting.update(zip(ids, map(tuple, pendings)))  # a Pending as the plain tuple kept (a tuple as it is)
         over = len(waiting) - self.cap
-        if over > 0:  # the oldest popped in a C loop
-            deque(map(waiting.popitem, repeat(False, over)), maxlen=0)
-            self.dropped["prediction", "evicted"] += over
-        return [(WAITING, None)] * len(ids)
+        if over <= 0:
+            return
+        popped = list(map(waiting.popitem, repeat(False, over)))  # the oldest, in a C loop
+        self.dropped["prediction", "evicted"] += over
+        if not self._blocks:
+            return
+        first, last = popped[0][1], popped[-1][1]
+        if type(first) is int and type(last) is int and first >> ROW_BITS == last >> ROW_BITS:
+            # A block's rows sit together in the store's order: all of them came from this one block.
+            self._release(first >> ROW_BITS, over)
+        else:
+            for number, k in Counter(v >> ROW_BITS for _, v in popped if type(v) is int).items():
+                self._release(number, k)
+
+    def _take(self, codes: list[int]) -> list[tuple]:
+        """The tuples of rows of blocks just taken out of the store (in the order of ``codes``)."""
+        if len(codes) == 1:
+            number, row = codes[0] >> ROW_BITS, codes[0] & _ROW_MASK
+            out = self._blocks[number].rows([row])
+            self._release(number, 1)
+            return out
+        by_block: dict[int, tuple[list, list]] = {}
+        for i, code in enumerate(codes):
+            at, rows = by_block.setdefault(code >> ROW_BITS, ([], []))
+            at.append(i)
+            rows.append(code & _ROW_MASK)
+        out = [None] * len(codes)
+        for number, (at, rows) in by_block.items():
+            for i, entry in zip(at, self._blocks[number].rows(rows)):
+                out[i] = entry
+            self._release(number, len(rows))
+        return out
+
+    def _release(self, number: int, k: int) -> None:
+        """``k`` rows of a block left the store: the block goes with its last row, and is compacted (its
+        waiting rows made tuples in place) when three quarters of it are gone, so that a few rows never
+        joined cannot hold many blocks."""
+        block = self._blocks[number]
+        block.alive -= k
+        if block.alive <= 0:
+            del self._blocks[number]
+        elif block.alive * 4 <= len(block.ids):
+            waiting = self._waiting
+            base = number << ROW_BITS
+            live = [(r, pid) for r, pid in enumerate(block.ids) if waiting.get(pid) == base + r]
+            for (_, pid), entry in zip(live, block.rows([r for r, _ in live])):
+                waiting[pid] = entry  # (an OrderedDict keeps an existing key's place)
+            del self._blocks[number]
 
     def join_labels(self, items: list[tuple[str, Any]], now: float, token: str = "") -> list[tuple]:
         """``items``: (id, label) per label. The first label of an id stays; a correction does not replace it."""
-        out: list[tuple] = []
+        out: list[tuple | None] = []
+        coded: list[tuple[int, int]] = []  # (place in out, code) of predictions kept in blocks
         for pid, label in items:
             if pid in self._joined or pid in self._early:
-                out.append((DUP, None))
+                out.append(_DUP)
                 continue
             pending = self._waiting.pop(pid, None)
             if pending is None:
                 self.put_early(pid, label, now)
-                out.append((WAITING, None))
+                out.append(_WAITING)
             else:
                 self.mark_joined(pid, now)
-                out.append((JOINED, pending_of(pending)))
+                if type(pending) is int:
+                    coded.append((len(out), pending))
+                    out.append(None)
+                else:
+                    out.append((JOINED, pending_of(pending)))
+        if coded:  # each block's rows made tuples at once
+            places, codes = zip(*coded)
+            for i, entry in zip(places, self._take(list(codes))):
+                out[i] = (JOINED, pending_of(entry))
         return out
 
-    def __getstate__(self) -> dict:
+    def _state(self, portable: bool) -> dict:
         """A snapshot's form: each part as its ids and a list of plain tuples (pickled in C, about 10 times
-        faster than an object per entry), no class of this module named."""
-        if "_frozen" in self.__dict__:  # a copy()
-            return self._frozen
-        return {
-            "form": 2,
+        faster than an object per entry), no class of this module named. Form 3 keeps a block's rows as their
+        codes and the block as arrays; form 2 (``portable``, what an earlier release reads) makes them tuples."""
+        ids, values = list(self._waiting), list(self._waiting.values())
+        state = {
+            "form": 3,
             "ttl": self.ttl,
             "cap": self.cap,
-            "waiting": (list(self._waiting), list(self._waiting.values())),
+            "coded": (ids, values),
+            "blocks": {number: block.state() for number, block in self._blocks.items()},
             "early": (list(self._early), list(self._early.values())),
             "joined": (list(self._joined), list(self._joined.values())),
             "dropped": self.dropped,
         }
+        if portable:
+            coded = [i for i, v in enumerate(values) if type(v) is int]
+            if coded:
+                for i, entry in zip(coded, self._rows_of([values[i] for i in coded])):
+                    values[i] = entry
+            del state["coded"], state["blocks"]
+            state.update(form=2, waiting=(ids, values))
+        return state
+
+    def _rows_of(self, codes: list[int]) -> list[tuple]:
+        """``_take`` without taking: the tuples of rows still in the store."""
+        out = []
+        for number, group in itertools.groupby(codes, lambda code: code >> ROW_BITS):
+            out += self._blocks[number].rows([code & _ROW_MASK for code in group])
+        return out
+
+    def __getstate__(self) -> dict:
+        if "_frozen" in self.__dict__:  # a copy()
+            return self._frozen
+        return self._state(portable=False)
 
     def __setstate__(self, state: dict) -> None:
+        self._blocks, self._next_block = {}, 0
         if "form" not in state:  # release 0.1.0: the attributes themselves, an object per entry
             self.__dict__.update(state)
             self._waiting = OrderedDict((k, _fields(v)) for k, v in self._waiting.items())
             self._early = OrderedDict((k, _fields(v)) for k, v in self._early.items())
             return
         self.ttl, self.cap, self.dropped = state["ttl"], state["cap"], state["dropped"]
-        self._waiting = OrderedDict(zip(*state["waiting"]))
         self._early = OrderedDict(zip(*state["early"]))
         self._joined = OrderedDict(zip(*state["joined"]))
+        if state["form"] == 2:
+            self._waiting = OrderedDict(zip(*state["waiting"]))
+            return
+        ids, values = state["coded"]
+        self._waiting = OrderedDict(zip(ids, values))
+        alive = Counter(v >> ROW_BITS for v in values if type(v) is int)
+        for number, fields in state["blocks"].items():
+            self._blocks[number] = _Block(*fields, alive[number])
+        self._next_block = max(self._blocks, default=-1) + 1
 
-    def copy(self) -> JoinStore:
+    def copy(self, portable: bool = False) -> JoinStore:
         """A store for a snapshot to pickle, taken now and good for nothing else: it holds only what
-        ``__getstate__`` gives (each part's ids and entries as lists, built in C, the entries shared since
-        they are never modified), which costs ingest far less wait than copying the dicts would."""
+        ``__getstate__`` gives (each part's ids and entries as lists, built in C, the entries and a block's
+        arrays shared since they are never modified), which costs ingest far less wait than copying the dicts
+        would. ``portable``: in the form an earlier release reads (a clean stop's last snapshot)."""
         frozen = JoinStore.__new__(JoinStore)
-        frozen._frozen = {**self.__getstate__(), "dropped": dict(self.dropped)}
+        frozen._frozen = {**self._state(portable), "dropped": dict(self.dropped)}
         return frozen
 
     def clear(self) -> None:
@@ -215,6 +390,7 @@ class JoinStore:
         self._waiting.clear()
         self._early.clear()
         self._joined.clear()
+        self._blocks.clear()
 
     def counts(self) -> tuple[int, int]:
         """(predictions waiting for their label, labels waiting for their prediction)."""
@@ -236,7 +412,9 @@ class JoinStore:
 
     def _put(self, store: OrderedDict, pid: str, entry: Any, kind: str | None) -> None:
         if len(store) >= self.cap:
-            store.popitem(last=False)
+            _, old = store.popitem(last=False)
+            if type(old) is int:  # a row of a block
+                self._release(old >> ROW_BITS, 1)
             if kind is not None:  # forgetting an old joined id is not a loss of data
                 self.dropped[kind, "evicted"] += 1
         store[pid] = entry
@@ -248,9 +426,17 @@ class JoinStore:
             while store:
                 pid = next(iter(store))
                 entry = store[pid]
-                if (entry if kind is None else entry[0]) >= cutoff:  # the arrival
+                if kind is None:
+                    arrival = entry
+                elif type(entry) is int:
+                    arrival = self._blocks[entry >> ROW_BITS].arrival
+                else:
+                    arrival = entry[0]
+                if arrival >= cutoff:
                     break
                 del store[pid]
+                if type(entry) is int:
+                    self._release(entry >> ROW_BITS, 1)
                 if kind is not None:
                     self.dropped[kind, "expired"] += 1
 

@@ -632,6 +632,14 @@ class ModelState:
             keys = self.segments.column_keys(cols)
             if cols.ids is None:
                 return keys, []
+            if cols.labels is None and cols.n >= 64 and not self.joins.shared and None not in cols.ids:
+                # The common batch (new ids, no labels): the rows wait as one block of columns.
+                decisions = self.joins.wait_columns(
+                    cols.ids, now, cols.version, cols.timestamps, cols.predictions, cols.scores, keys
+                )
+                if decisions is not None:
+                    self._collect_dropped()
+                    return keys, decisions
             # What each row leaves in the join store: a Pending's fields as a plain tuple, made in C.
             pendings = list(
                 zip(
@@ -648,7 +656,7 @@ class ModelState:
             labels = cols.labels or itertools.repeat(None)
             if None in cols.ids:
                 with_id = [(pid, p, label) for pid, p, label in zip(cols.ids, pendings, labels) if pid is not None]
-            else:  # (new ids without labels, the common batch, are decided at once by the store)
+            else:
                 with_id = list(zip(cols.ids, pendings, labels))
             decisions = self.joins.join_predictions(with_id, now, token) if with_id else []
             self._collect_dropped()
@@ -754,8 +762,9 @@ class ModelState:
 
     # -- durability (exporter/engine/storage.py) ------------------------------------------------------------
 
-    def capture(self) -> dict:
-        """A copy of everything this model's windows and counters hold, for a snapshot.
+    def capture(self, portable: bool = False) -> dict:
+        """A copy of everything this model's windows and counters hold, for a snapshot (``portable``: its join
+        store in the form an earlier release reads too, for the last snapshot of a clean stop).
 
         Cheap on purpose: the caller holds the ingest lock (so that the snapshot and the journal sequence
         agree) and ingest waits meanwhile. Arrays are copied; waiting predictions are shared, since an entry
@@ -767,7 +776,7 @@ class ModelState:
             return {
                 "fingerprint": fingerprint(self.model, self.config),
                 "versions": copy.deepcopy(self.versions, keep),
-                "joins": None if self.joins.shared else self.joins.copy(),
+                "joins": None if self.joins.shared else self.joins.copy(portable),
                 "dropped": dict(self.dropped),
                 "duplicates": dict(self.duplicates),
                 "retired_versions": self.retired_versions,

@@ -449,7 +449,7 @@ def test_fairness_groups_and_the_reference_group_survive_a_restart(tmp_path):
 def test_predictions_waiting_in_a_snapshot_join_their_labels_after_a_restart(tmp_path):
     """Large batches of new ids without labels, as rows and as columns, are decided by the join store at once;
     what they leave waiting goes into the snapshot and, after a restart from it, joins the labels as in an app
-    that never restarted."""
+    that never restarted; a clean stop's snapshot (the form an earlier release reads) as well."""
     rows = {
         "predictions": [
             {"model": "churn", "id": f"r{i}", "prediction": "churn", "scores": {"churn": 0.75}} for i in range(100)
@@ -458,7 +458,7 @@ def test_predictions_waiting_in_a_snapshot_join_their_labels_after_a_restart(tmp
     columns = {"model": "churn", "ids": [f"k{i}" for i in range(100)], "predictions": ["stay"] * 100}
     labels = {"labels": [{"model": "churn", "id": f"{p}{i}", "label": "churn"} for p in "rk" for i in range(100)]}
     apps = []
-    for name in ("kept", "restarted"):
+    for name in ("kept", "restarted", "stopped"):
         clock = Clock()
         app = build(tmp_path / name, clock)
         client = app.test_client()
@@ -467,12 +467,15 @@ def test_predictions_waiting_in_a_snapshot_join_their_labels_after_a_restart(tmp
         r = client.post("/api/v1/predictions", data=body, content_type="application/vnd.mlmon.columns+json")
         assert r.status_code == 202
         clock.advance(5)
-        if name == "restarted":
-            app.extensions["mlmon"].checkpoint()
+        if name != "kept":
+            if name == "restarted":
+                app.extensions["mlmon"].checkpoint()
+            else:
+                app.extensions["mlmon"].close()
             app = build(tmp_path / name, clock)
             assert app.extensions["mlmon"].restored["replayed"] == 0
         assert app.test_client().post("/api/v1/labels", json=labels).status_code == 202
         apps.append(mlmon_series(app))
-    kept, restarted = apps
-    assert restarted == kept
+    kept, restarted, stopped = apps
+    assert restarted == kept and stopped == kept
     assert kept[("mlmon_labels_total", (("model", "churn"), ("version", "default")))] == 200

@@ -224,7 +224,7 @@ def test_columnar_batches_get_the_answers_and_state_of_their_rows(config):
 LARGE = """
 windows: ["5m", "1h"]
 storage: {backend: memory}
-limits: {max_batch_size: 2000}
+limits: {max_batch_size: 2000, max_pending_per_model: 2500}
 models:
   - name: m
     task: binary
@@ -253,9 +253,10 @@ def _large_config(tmp_path) -> str:
     return LARGE.replace("REFERENCE", str(path)).replace("FEATURES", features)
 
 
-def _large_batch(rng, n: int, start: int, clock_now: float) -> dict:
+def _large_batch(rng, n: int, start: int, clock_now: float, plain: bool = False) -> dict:
     """A columnar batch: ids (some repeated, from earlier batches too), some missing values, scores, inline
-    labels for a tenth, latencies, attributions for some rows, timestamps over the last ten minutes."""
+    labels for a tenth, latencies, attributions for some rows, timestamps over the last ten minutes.
+    ``plain``: the common batch instead, new ids and no labels (which the join store keeps as a block)."""
     x = rng.normal(size=(n, NF)) * rng.choice([1.0, 1.5])
     features: dict = {}
     for j in range(NF):
@@ -268,12 +269,14 @@ def _large_batch(rng, n: int, start: int, clock_now: float) -> dict:
                 column[i] = None
         features[f"f{j}"] = column
     ids = [f"p{start + i}" for i in range(n)]
-    for i in rng.choice(n, size=n // 50, replace=False):
+    for i in rng.choice(n, size=0 if plain else n // 50, replace=False):
         ids[i] = f"p{max(start - 5 - i, 0)}"  # a repeat of an earlier prediction
     p = rng.uniform(size=n).round(4)
-    labels = [("yes" if rng.uniform() < p[i] else "no") if rng.uniform() < 0.1 else None for i in range(n)]
+    labels = [
+        ("yes" if rng.uniform() < p[i] else "no") if rng.uniform() < 0.1 and not plain else None for i in range(n)
+    ]
     attributions = {f"f{j}": [float(v) if i % 3 else None for i, v in enumerate(rng.normal(size=n))] for j in range(5)}
-    return {
+    body = {
         "model": "m",
         "version": "v1",
         "ids": ids,
@@ -285,6 +288,9 @@ def _large_batch(rng, n: int, start: int, clock_now: float) -> dict:
         "features": features,
         "attributions": attributions,
     }
+    if plain:
+        del body["labels"]
+    return body
 
 
 def test_large_batches_give_one_state_in_rows_columns_and_arrow(tmp_path):
@@ -294,7 +300,8 @@ def test_large_batches_give_one_state_in_rows_columns_and_arrow(tmp_path):
     rng = np.random.default_rng(11)
     taken = 0
     for k in range(6):
-        body = _large_batch(rng, 1500, 1000 * k, clock())
+        # (odd batches: the common batch, whose rows wait as a block; the cap evicts some of them)
+        body = _large_batch(rng, 1500, 1000 * k if k % 2 == 0 else 100_000 + 1500 * k, clock(), plain=k % 2 == 1)
         n = len(body["predictions"])
         stream, typed = arrow_of(body)
         assert typed == body  # every column typed as sent: the three formats carry the same predictions
@@ -304,9 +311,12 @@ def test_large_batches_give_one_state_in_rows_columns_and_arrow(tmp_path):
         b = cols_app.test_client().post("/api/v1/predictions", data=orjson.dumps(body), content_type=COLUMNS)
         c = arrow_app.test_client().post("/api/v1/predictions", data=stream, content_type=ARROW)
         assert answer(a) == answer(b) == answer(c)
-        assert a.get_json()["duplicates"] > 0
+        assert (a.get_json()["duplicates"] > 0) == (k % 2 == 0)
         # Labels of some earlier predictions (and of unknown ids: they wait), as rows, columns and Arrow.
         ids = [f"p{i}" for i in rng.choice(1000 * (k + 1) + 500, size=400, replace=False)]
+        ids[::3] = [
+            f"p{100_000 + 1500 * j + i}" for j, i in zip(rng.integers(0, k + 1, 134), rng.integers(0, 1500, 134))
+        ]
         values = ["yes" if v else "no" for v in rng.uniform(size=400) < 0.5]
         label_table = pa.table({"ids": ids, "labels": values}).replace_schema_metadata({"model": "m"})
         sink = pa.BufferOutputStream()
@@ -321,6 +331,9 @@ def test_large_batches_give_one_state_in_rows_columns_and_arrow(tmp_path):
         assert answer(a) == answer(b) == answer(c)
         clock.advance(45)
     assert taken == 6  # the fast path took every batch, in both formats
+    for app in (cols_app, arrow_app):  # the plain batches' rows wait as blocks, partly evicted and joined
+        joins = app.extensions["mlmon"].models["m"].joins
+        assert joins._blocks
     a, b, c = series(rows_app), series(cols_app), series(arrow_app)
     assert a == b == c
     joined = [v for (name, labels), v in a.items() if name == "mlmon_labels_total" and dict(labels)["model"] == "m"]
