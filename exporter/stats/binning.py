@@ -76,6 +76,22 @@ class Binner:
         # Per categorical feature, a category's slot and whether the reference knows it, in one look-up: the
         # slot (a top category's own, else the "other" one) when known, -1 - slot when not ("unseen").
         self.cat_codes = {name: self._codes(name) for name in self.cat_index}
+        # Per categorical feature, what a value stands for in the bins and in multivariate drift's encoding,
+        # found by one look-up (None: the feature has neither; only its missing values are counted).
+        rec = profile.reconstruction if profile is not None else None
+        encodings = rec.encodings if rec is not None else ()
+        self._encoded = bool(encodings) and len(encodings) == len(self.categorical)
+        self.cat_tables = [
+            _Categories(
+                self.cat_codes.get(name),
+                -1 - len(self.refs[name].categories) if name in self.cat_codes else 0,
+                encodings[j] if self._encoded else None,
+                rec.rare[j] if self._encoded else 0.0,
+            )
+            if name in self.cat_codes or self._encoded
+            else None
+            for j, name in enumerate(self.categorical)
+        ]
 
     def bin(
         self, numeric: np.ndarray, categorical: list[list], predictions: list, errors: list | None = None
@@ -99,35 +115,33 @@ class Binner:
                 missing_cols.append(self.numeric_col[j])
             if self.refs:
                 self._bin_numeric(values, gone, out)
-        rec = self.profile.reconstruction if self.profile is not None else None
-        if rec is not None:
-            values = numeric if self.numeric else np.empty((n, 0))
-            rebuilt = rec.errors(rec.matrix(values, categorical))  # each row's reconstruction error
-            events, zero = np.arange(n), np.zeros(n, dtype=np.int64)
-            out.scatter["mv_n"] = (events, zero, None)
-            out.scatter["mv_sum"] = (events, zero, rebuilt)
-            out.scatter["mv_sq"] = (events, zero, rebuilt * rebuilt)
-        # Categorical: missing values found by a comprehension; against a reference, a look-up per value.
-        cat_ev, cat_idx, unseen_ev, unseen_idx = [], [], [], []
+        # Categorical: each value's entry in its feature's table, by one look-up (missing values included).
+        cat_ev, cat_idx, unseen_ev, unseen_idx, encoded = [], [], [], [], []
         for j, (name, column) in enumerate(zip(self.categorical, categorical)):
-            # As in a reference CSV, an empty value is a missing one.
-            # (`in` first: a C-level scan finds most columns without a missing value)
-            absent = [i for i, v in enumerate(column) if v is None or v == ""] if None in column or "" in column else []
-            if absent:
-                missing_rows.append(np.asarray(absent, dtype=np.int64))
+            table = self.cat_tables[j]
+            if table is None:  # nothing to bin it against: its missing values only (None, or "" as in a CSV)
+                # (`in` first: a C-level scan finds most columns without a missing value)
+                if None in column or "" in column:
+                    absent = np.asarray([i for i, v in enumerate(column) if v is None or v == ""], dtype=np.int64)
+                    missing_rows.append(absent)
+                    missing_cols.append(np.full(len(absent), self.names.index(name)))
+                continue
+            entries = table.entries(column)
+            gone = entries == table.missing
+            present = None
+            if gone.any():
+                present = np.flatnonzero(~gone)
+                absent = np.flatnonzero(gone)
+                missing_rows.append(absent)
                 missing_cols.append(np.full(len(absent), self.names.index(name)))
-            ref = self.refs.get(name)
-            if ref is None:
+            if table.shares is not None:
+                encoded.append(table.shares[entries])
+            if table.slots is None or (present is not None and not present.size):
                 continue
-            codes, unknown = self.cat_codes[name], -1 - len(ref.categories)  # (unseen, in the "other" slot)
-            if not absent and set(map(type, column)) == {str}:  # the common case: every value a string
-                present, keys = np.arange(len(column)), column  # category(text) is the text itself
+            if present is None:
+                present, slots = np.arange(len(column)), table.slots[entries]
             else:
-                present = np.asarray([i for i, v in enumerate(column) if v is not None and v != ""], dtype=np.int64)
-                keys = [category(column[i]) for i in present.tolist()]
-            if not keys:
-                continue
-            slots = np.fromiter(map(codes.get, keys, itertools.repeat(unknown)), np.int64, len(keys))
+                slots = table.slots[entries[present]]
             unseen = slots < 0
             if unseen.any():
                 unseen_ev.append(present[unseen])
@@ -139,6 +153,21 @@ class Binner:
             out.scatter["cat_counts"] = (np.concatenate(cat_ev), np.concatenate(cat_idx), None)
         if unseen_ev:
             out.scatter["cat_unseen"] = (np.concatenate(unseen_ev), np.concatenate(unseen_idx), None)
+        rec = self.profile.reconstruction if self.profile is not None else None
+        if rec is not None:
+            values = numeric if self.numeric else np.empty((n, 0))
+            if self._encoded:  # the categorical columns' shares, from the look-up above
+                # (in C order whatever the numeric columns' order: the products round alike for rows and columns)
+                matrix = np.empty((n, values.shape[1] + len(encoded)))
+                matrix[:, : values.shape[1]] = values
+                matrix[:, values.shape[1] :] = np.array(encoded).T
+            else:
+                matrix = rec.matrix(values, categorical)
+            rebuilt = rec.errors(matrix)  # each row's reconstruction error
+            events, zero = np.arange(n), np.zeros(n, dtype=np.int64)
+            out.scatter["mv_n"] = (events, zero, None)
+            out.scatter["mv_sum"] = (events, zero, rebuilt)
+            out.scatter["mv_sq"] = (events, zero, rebuilt * rebuilt)
         te_rows = [i for i, errs in enumerate(errors or ()) for name, reason in errs if reason == "type_error"]
         te_cols = [self.names.index(name) for errs in (errors or ()) for name, reason in errs if reason == "type_error"]
         if te_rows:
@@ -645,3 +674,35 @@ def _outcome(ref, cur: np.ndarray, out_sums, minimum: int) -> dict[str, float]:
     if isinstance(ref, NumericRef):
         return _numeric(ref, cur, out_sums)
     return _categorical(ref, np.concatenate([cur, np.zeros(len(ref.counts) - len(cur))]))
+
+
+_TEXT = {str, type(None)}
+
+
+class _Categories:
+    """One categorical feature's look-up table: a value's entry gives at once its slot in the bins (as
+    ``Binner.cat_codes`` has it: -1 - slot when unseen) and its share in multivariate drift's encoding
+    (exporter/stats/multivariate.py ``Reconstruction.matrix``). A value is matched as its category's text;
+    None and "" are missing; a value neither knows is unknown (unseen, in the "other" slot; the rare share)."""
+
+    __slots__ = ("index", "unknown", "missing", "slots", "shares")
+
+    def __init__(self, codes: dict[str, int] | None, unseen: int, shares: dict[str, float] | None, rare: float):
+        keys = list(dict.fromkeys([*(codes or ()), *(shares or ())]))
+        self.unknown, self.missing = len(keys), len(keys) + 1
+        self.index: dict = {c: k for k, c in enumerate(keys)}
+        self.index[None] = self.index[""] = self.missing
+        self.slots = None
+        if codes is not None:
+            self.slots = np.array([codes.get(c, unseen) for c in keys] + [unseen, 0], dtype=np.int64)
+        self.shares = None
+        if shares is not None:
+            self.shares = np.array([shares.get(c, rare) for c in keys] + [rare, np.nan], dtype=np.float64)
+
+    def entries(self, column: list) -> np.ndarray:
+        get, unknown = self.index.get, self.unknown
+        if set(map(type, column)) <= _TEXT:  # text and missing values only (the common case): looked up in C
+            return np.fromiter(map(get, column, itertools.repeat(unknown)), np.intp, len(column))
+        # numbers and booleans are matched as their text, as the profile matches them
+        keys = (v if v is None or type(v) is str else category(v) for v in column)
+        return np.fromiter(map(get, keys, itertools.repeat(unknown)), np.intp, len(column))

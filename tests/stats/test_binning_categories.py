@@ -1,7 +1,9 @@
 """A batch's categorical values binned against the reference (exporter/stats/binning.py ``Binner.bin``) as a plain
 per-value rule says: a value's slot is its category's own among the reference's top categories, else the
 "other" slot; it is *unseen* when the reference never had it; None and "" are missing; numbers and booleans
-count as their text. Generated columns mix top, rare, unknown and missing values of every JSON type."""
+count as their text. Generated columns mix top, rare, unknown and missing values of every JSON type. The same
+look-up gives multivariate drift its encoding: the errors must be those of ``Reconstruction.matrix``, which
+encodes value by value (tests/stats/test_multivariate.py holds it to the plain rule)."""
 
 from __future__ import annotations
 
@@ -51,10 +53,21 @@ def pairs(entry) -> Counter:
     return Counter(zip(events.tolist(), idx.tolist()))
 
 
+def missing(binner: Binner, categorical: list[list]) -> Counter:
+    return Counter(
+        (event, binner.names.index(name))
+        for name, column in zip(binner.categorical, categorical)
+        for event, value in enumerate(column)
+        if value is None or value == ""
+    )
+
+
 @pytest.mark.parametrize("seed", range(8))
-def test_categorical_values_get_the_slot_and_unseen_flag_of_the_plain_rule(seed):
+@pytest.mark.parametrize("multivariate", [True, False])
+def test_categorical_values_get_the_slot_and_unseen_flag_of_the_plain_rule(seed, multivariate):
     rng = np.random.default_rng(seed)
-    model = parse_config(textwrap.dedent(CONFIG)).models[0]
+    config = CONFIG if multivariate else CONFIG.replace("task: binary", "task: binary\n    drift: {multivariate: false}")
+    model = parse_config(textwrap.dedent(config)).models[0]
     # plan: a few categories, numbers among them; city: more than the top ones tracked (rare ones share "other")
     plan = [str(v) for v in rng.choice(["basic", "pro", "1", "true", "2"], size=3000)]
     city = [f"c{int(v)}" for v in rng.zipf(1.3, size=3000) % 400]
@@ -71,7 +84,13 @@ def test_categorical_values_get_the_slot_and_unseen_flag_of_the_plain_rule(seed)
         for name in binner.categorical:
             choices = [v for v in pool[name] if isinstance(v, str) and v] if all_strings else pool[name]
             columns.append([choices[i] for i in rng.integers(0, len(choices), size=n)])
-        out = binner.bin(rng.normal(size=(n, 1)), columns, rng.integers(0, 2, size=n))
+        numeric = rng.normal(size=(n, 1))
+        out = binner.bin(numeric, columns, rng.integers(0, 2, size=n))
         counts, unseen = expected(binner, columns)
         assert pairs(out.scatter.get("cat_counts")) == counts
         assert pairs(out.scatter.get("cat_unseen")) == unseen
+        assert pairs(out.scatter.get("missing")) == missing(binner, columns)
+        rec = profile.reconstruction
+        assert (rec is not None) == multivariate and ("mv_sum" in out.scatter) == multivariate
+        if multivariate:  # the same floats: the same shares, in the same columns
+            assert np.array_equal(out.scatter["mv_sum"][2], rec.errors(rec.matrix(numeric, columns)))
