@@ -149,6 +149,7 @@ def test_idempotency_key_applies_a_body_once(tmp_path):
     assert again.status_code == 202
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.get_json() == first.get_json() == {"accepted": 2, "duplicates": 0}
+    assert again.data == first.data and again.mimetype == first.mimetype == "application/json"  # byte for byte
     metrics = scrape(client)
     assert metrics.get("mlmon_predictions_total", model="price", version="default") == 2
     assert metrics.get("mlmon_idempotent_replays_total") == 1
