@@ -107,8 +107,9 @@ class _Block:
         self.timestamps, self.predictions, self.scores, self.segments = timestamps, predictions, scores, segments
 
     def state(self) -> tuple:
-        """What a snapshot keeps of the block (no class of this module named; arrays pickle as numpy's)."""
-        return (self.arrival, self.version, self.timestamps, self.predictions, self.scores, self.segments, self.ids)
+        """What a snapshot keeps of the block (no class of this module named; arrays pickle as numpy's); its
+        ids and count come back from the store's codes."""
+        return (self.arrival, self.version, self.timestamps, self.predictions, self.scores, self.segments)
 
     def rows(self, rows: list[int]) -> list[tuple]:
         """The plain tuples of ``rows``, as ``decide_columns`` would have made them for the tuple store."""
@@ -320,29 +321,52 @@ class JoinStore:
                 out[i] = (JOINED, pending_of(entry))
         return out
 
-    def _state(self, portable: bool) -> dict:
-        """A snapshot's form: each part as its ids and a list of plain tuples (pickled in C, about 10 times
-        faster than an object per entry), no class of this module named. Form 3 keeps a block's rows as their
-        codes and the block as arrays; form 2 (``portable``, what an earlier release reads) makes them tuples."""
-        ids, values = list(self._waiting), list(self._waiting.values())
-        state = {
+    def _parts(self, portable: bool) -> dict:
+        """Each part's ids and entries as lists, listed in C: an OrderedDict's own dict keeps the same order
+        (the store never moves an entry) and is read faster than its linked list. The entries and a block's
+        arrays are shared, since they are never modified. ``portable``: form 2, what an earlier release
+        reads (a block's rows made tuples); else form 3, a block's rows as their codes."""
+        waiting = self._waiting
+        ids, values = list(dict.keys(waiting)), list(dict.values(waiting))
+        parts = {
             "form": 3,
             "ttl": self.ttl,
             "cap": self.cap,
-            "coded": (ids, values),
+            "waiting": (ids, values),
             "blocks": {number: block.state() for number, block in self._blocks.items()},
-            "early": (list(self._early), list(self._early.values())),
-            "joined": (list(self._joined), list(self._joined.values())),
-            "dropped": self.dropped,
+            "early": (list(dict.keys(self._early)), list(dict.values(self._early))),
+            "joined": (list(dict.keys(self._joined)), list(dict.values(self._joined))),
+            "dropped": dict(self.dropped),
         }
         if portable:
             coded = [i for i, v in enumerate(values) if type(v) is int]
             if coded:
                 for i, entry in zip(coded, self._rows_of([values[i] for i in coded])):
                     values[i] = entry
-            del state["coded"], state["blocks"]
-            state.update(form=2, waiting=(ids, values))
-        return state
+            del parts["blocks"]
+            parts["form"] = 2
+        return parts
+
+    @staticmethod
+    def _snapshot(parts: dict) -> dict:
+        """A snapshot's form, no class of this module named. Form 2: each part as its ids and a list of plain
+        tuples. Form 3: each part's ids as one string and their lengths (a list of 100,000 strings took most
+        of a checkpoint's pickling), the codes and the join times as arrays, a block as its arrays."""
+        if parts["form"] == 2:
+            return parts
+        ids, values = parts["waiting"]
+        early_ids, early = parts["early"]
+        joined_ids, times = parts["joined"]
+        return {
+            "form": 3,
+            "ttl": parts["ttl"],
+            "cap": parts["cap"],
+            "pending": (_pack(ids), _array(values, np.int64)),
+            "blocks": parts["blocks"],
+            "early_labels": (_pack(early_ids), early),
+            "joined_ids": (_pack(joined_ids), _array(times, np.float64)),
+            "dropped": parts["dropped"],
+        }
 
     def _rows_of(self, codes: list[int]) -> list[tuple]:
         """``_take`` without taking: the tuples of rows still in the store."""
@@ -353,8 +377,8 @@ class JoinStore:
 
     def __getstate__(self) -> dict:
         if "_frozen" in self.__dict__:  # a copy()
-            return self._frozen
-        return self._state(portable=False)
+            return self._snapshot(self._frozen)
+        return self._snapshot(self._parts(portable=False))
 
     def __setstate__(self, state: dict) -> None:
         self._blocks, self._next_block = {}, 0
@@ -364,25 +388,32 @@ class JoinStore:
             self._early = OrderedDict((k, _fields(v)) for k, v in self._early.items())
             return
         self.ttl, self.cap, self.dropped = state["ttl"], state["cap"], state["dropped"]
-        self._early = OrderedDict(zip(*state["early"]))
-        self._joined = OrderedDict(zip(*state["joined"]))
         if state["form"] == 2:
             self._waiting = OrderedDict(zip(*state["waiting"]))
+            self._early = OrderedDict(zip(*state["early"]))
+            self._joined = OrderedDict(zip(*state["joined"]))
             return
-        ids, values = state["coded"]
+        ids, values = _unpack(state["pending"][0]), _list(state["pending"][1])
         self._waiting = OrderedDict(zip(ids, values))
-        alive = Counter(v >> ROW_BITS for v in values if type(v) is int)
+        self._early = OrderedDict(zip(_unpack(state["early_labels"][0]), state["early_labels"][1]))
+        self._joined = OrderedDict(zip(_unpack(state["joined_ids"][0]), _list(state["joined_ids"][1])))
+        blocks = self._blocks
         for number, fields in state["blocks"].items():
-            self._blocks[number] = _Block(*fields, alive[number])
-        self._next_block = max(self._blocks, default=-1) + 1
+            blocks[number] = _Block(*fields, [None] * len(fields[2]), 0)  # ids and count from the codes below
+        for pid, code in zip(ids, values):
+            if type(code) is int:
+                block = blocks[code >> ROW_BITS]
+                block.ids[code & _ROW_MASK] = pid
+                block.alive += 1
+        self._next_block = max(blocks, default=-1) + 1
 
     def copy(self, portable: bool = False) -> JoinStore:
-        """A store for a snapshot to pickle, taken now and good for nothing else: it holds only what
-        ``__getstate__`` gives (each part's ids and entries as lists, built in C, the entries and a block's
-        arrays shared since they are never modified), which costs ingest far less wait than copying the dicts
-        would. ``portable``: in the form an earlier release reads (a clean stop's last snapshot)."""
+        """A store for a snapshot to pickle, taken now and good for nothing else: it holds only each part's
+        ids and entries as lists (``_parts``), which costs ingest far less wait than copying the dicts would;
+        the snapshot's form is made when it is pickled, outside the ingest lock. ``portable``: in the form an
+        earlier release reads (a clean stop's last snapshot)."""
         frozen = JoinStore.__new__(JoinStore)
-        frozen._frozen = {**self._state(portable), "dropped": dict(self.dropped)}
+        frozen._frozen = self._parts(portable)
         return frozen
 
     def clear(self) -> None:
@@ -439,6 +470,35 @@ class JoinStore:
                     self._release(entry >> ROW_BITS, 1)
                 if kind is not None:
                     self.dropped[kind, "expired"] += 1
+
+
+def _pack(ids: list) -> tuple[str, np.ndarray] | list:
+    """Ids as one string and their lengths (a list as it is if an id is no string)."""
+    try:
+        return "".join(ids), np.fromiter(map(len, ids), np.int64, len(ids))
+    except TypeError:
+        return ids
+
+
+def _unpack(packed: tuple[str, np.ndarray] | list) -> list:
+    if isinstance(packed, list):
+        return packed
+    text, lengths = packed
+    ends = np.cumsum(lengths).tolist()
+    return list(map(text.__getitem__, map(slice, [0, *ends[:-1]], ends)))
+
+
+def _array(values: list, dtype) -> np.ndarray | list:
+    """Numbers as an array of ``dtype`` that gives them back as they were; else the list as it is."""
+    try:
+        out = np.fromiter(values, dtype, len(values))
+    except (TypeError, ValueError, OverflowError):
+        return values
+    return out if dtype is np.int64 or out.tolist() == values else values  # (an int64 is exact, or raised)
+
+
+def _list(values: np.ndarray | list) -> list:
+    return values.tolist() if isinstance(values, np.ndarray) else values
 
 
 def _fields(entry) -> tuple:

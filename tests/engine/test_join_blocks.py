@@ -101,8 +101,14 @@ def apply(store: JoinStore, op: tuple, blocks: bool) -> tuple[list | None, bool]
 
 def entries(store: JoinStore) -> dict:
     """Every entry, a block's rows as the tuples they stand for, in the store's order."""
-    state = store._state(portable=True)
+    state = store._parts(portable=True)
     return {part: state[part] for part in ("waiting", "early", "joined")}
+
+
+def check_order(store: JoinStore) -> None:
+    """A snapshot lists each part in its OrderedDict's underlying dict order (faster): it must be the order."""
+    for part in (store._waiting, store._early, store._joined):
+        assert list(dict.items(part)) == list(part.items())
 
 
 def check_blocks(store: JoinStore) -> None:
@@ -144,6 +150,8 @@ def test_blocks_decide_and_keep_exactly_what_rows_do(seed, monkeypatch):
         assert blocks.take_dropped() == rows.take_dropped(), f"step {step}"
         assert entries(blocks) == entries(rows), f"step {step}"
         check_blocks(blocks)
+        check_order(blocks)
+        check_order(rows)
         for decision in got or ():
             seen.add(decision[0] if decision[0] != INLINE else decision)
     # What the sequences exercised: every decision, and blocks taken, compacted and emptied.
@@ -189,3 +197,18 @@ def test_a_snapshot_with_blocks_is_read_back_and_its_portable_form_is_the_earlie
         assert back.counts() == (81, 0)
         assert back.join_labels([("p7", 1.5)], 9.0)[0][1] == (5.0, "v2", 7.0, 7.0, None, None)
         assert back.wait_columns(["q1"], 10.0, "v2", np.zeros(1), np.zeros(1), None, None)
+
+
+def test_a_snapshot_packs_ids_and_numbers_so_that_they_come_back_as_they_were():
+    from exporter.engine.joins import _array, _list, _pack, _unpack
+
+    rng = random.Random(3)
+    alphabet = ["a", "é", "\u4e2d", "\U0001f600", "\udc80", " ", "\x00", "\n"]
+    for _ in range(200):
+        ids = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(0, 30))]
+        back = pickle.loads(pickle.dumps(_pack(ids), protocol=pickle.HIGHEST_PROTOCOL))
+        assert _unpack(back) == ids
+    assert _unpack(_pack(["a", 1])) == ["a", 1]  # not all text: kept as the list
+    for values in ([1.5, 2.0, 1e300], [3 << 40, 7], [1 << 70], [(1.0, "v1"), 4], [2**53 + 1, 1.0], []):
+        assert _list(pickle.loads(pickle.dumps(_array(values, np.float64 if 1.5 in values else np.int64)))) == values
+    assert _array([2**53 + 1, 1.0], np.float64) == [2**53 + 1, 1.0]  # inexact as floats: kept as the list
