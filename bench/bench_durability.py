@@ -31,6 +31,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
 import requests  # noqa: E402
 
 from bench.common import ROOT, Served, config_text, events, free_port  # noqa: E402
@@ -232,12 +234,30 @@ def _restart_here(text: str) -> dict:
     return {"seconds": seconds, "restored": m.restored}
 
 
+def _columns(m, size: int, now: float):
+    """The same batch as a validated columnar batch (exporter/ingest/columnar.py ``Columns``)."""
+    items = events(size, seed=7, labelled=False, ids=True)
+    columns = {
+        "model": items[0]["model"],
+        "ids": [e["id"] for e in items],
+        "predictions": [e["prediction"] for e in items],
+        "score": [e["score"] for e in items],
+        "features": {f: [e["features"][f] for e in items] for f in items[0]["features"]},
+    }
+    return m.columnar.predictions("columns", orjson.dumps(columns), now)
+
+
 def checkpoints(
-    sizes=(10_000, 100_000, 1_000_000), runs: int = 3, single_above: int = 100_000, chunk: int = 10_000
+    sizes=(10_000, 100_000, 1_000_000),
+    runs: int = 3,
+    single_above: int = 100_000,
+    chunk: int = 10_000,
+    columnar: bool = False,
 ) -> list[dict]:
     """In process: fill the pending store with waiting predictions (no labels), then checkpoint `runs`
     times at each size (once above `single_above`); also the time of a restart from that snapshot (journal
-    empty). The fill goes straight to the model state: the journal stays empty."""
+    empty). The fill goes straight to the model state: the journal stays empty. ``columnar``: filled with
+    columnar batches (whose predictions wait as blocks of columns) instead of rows."""
     from exporter.config import parse_config
     from exporter.serve.app import create_app
 
@@ -248,15 +268,20 @@ def checkpoints(
     m = app.extensions["mlmon"]
     state = m.models["model0"]
     lock = m.ingest_lock = TimedLock(m.ingest_lock)
-    batch = _validated(m, chunk, clock[0])
+    batch = _columns(m, chunk, clock[0]) if columnar else _validated(m, chunk, clock[0])
     step = 3000.0 / (sizes[-1] // chunk)  # every event within 50 minutes: inside the 1h and 1d windows
     rows, fed = [], 0
     for size in sizes:
         while fed < size:
             clock[0] += step
-            for i, e in enumerate(batch):
-                e.id, e.timestamp = f"{fed + i}", clock[0]
-            state.add_predictions(batch, clock[0])
+            if columnar:
+                batch.ids = [f"{fed + i}" for i in range(chunk)]
+                batch.timestamps = np.full(chunk, clock[0])
+                state.add_columns(batch, clock[0])
+            else:
+                for i, e in enumerate(batch):
+                    e.id, e.timestamp = f"{fed + i}", clock[0]
+                state.add_predictions(batch, clock[0])
             fed += chunk
         durations, stalls = [], []
         for _ in range(runs if size <= single_above else 1):
@@ -367,6 +392,7 @@ def run(full: bool = False) -> dict:
             lambda: ingest(seconds=1.5, single_seconds=1.0) if full else ingest(seconds=1.0, single_seconds=0.5),
         ),
         ("checkpoint", lambda: checkpoints(sizes, single_above=sizes[-1])),
+        ("checkpoint_columnar", lambda: checkpoints(sizes, single_above=sizes[-1], columnar=True)),
         ("restart", lambda: restarts(sizes, single_above=sizes[-1])),
         ("rss", lambda: rss_under_checkpoints(8.0 if full else 5.0)),
     ):

@@ -1182,17 +1182,19 @@ def durability_section(d: dict) -> list[str]:
         "checkpoint holds the ingest lock (every model's `state.capture()`, a copy); the rest (pickling the parts",
         "together, the snapshot's SQLite transaction with the WAL folded in, the older journal segments unlinked)",
         "runs beside ingest. *Restart* is `create_app`",
-        "in a fresh process on that data directory: the snapshot loaded, an empty journal.",
+        "in a fresh process on that data directory: the snapshot loaded, an empty journal. The predictions came",
+        "in row batches, or in columnar batches (whose predictions wait as blocks of columns; batches of 10,000).",
         "",
-        "| predictions waiting | checkpoint | ingest stalled | snapshot | restart from it |",
-        "|---:|---:|---:|---:|---:|",
+        "| sent as | predictions waiting | checkpoint | ingest stalled | snapshot | restart from it |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for row in d["checkpoint"]:
-        lines.append(
-            f"| {row['pending']:,} | {row['checkpoint_seconds'] * 1000:,.0f} ms "
-            f"| {row['stall_seconds'] * 1000:,.0f} ms | {row['snapshot_bytes'] / MB:.1f} MiB "
-            f"| {row['restart_seconds']:.2f} s |"
-        )
+    for form, part in (("rows", "checkpoint"), ("columnar", "checkpoint_columnar")):
+        for row in d.get(part, ()):
+            lines.append(
+                f"| {form} | {row['pending']:,} | {row['checkpoint_seconds'] * 1000:,.0f} ms "
+                f"| {row['stall_seconds'] * 1000:,.0f} ms | {row['snapshot_bytes'] / MB:.1f} MiB "
+                f"| {row['restart_seconds']:.2f} s |"
+            )
     over = [r for r in d["checkpoint"] if r["stall_seconds"] > 2.0]
     if over:
         lines += [
