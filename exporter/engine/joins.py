@@ -11,8 +11,7 @@ Not thread-safe: the owning model state holds its lock around every call.
 from __future__ import annotations
 
 import functools
-import itertools
-from collections import Counter, OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, NamedTuple
@@ -96,19 +95,22 @@ _DUP = (DUP, None)
 
 class _Block:
     """The predictions of one columnar batch that wait for their labels, kept as columns: a row costs a few
-    bytes of arrays and an int code in the store instead of a tuple and the objects in it, and a snapshot
-    pickles arrays. A row becomes the tuple the store hands out only when it leaves (joined, or the block
-    compacted). ``alive``: rows of the block still waiting."""
+    bytes of arrays and an int code in a plain dict instead of a tuple and the objects in it in the ordered
+    store, and a snapshot pickles arrays. A row becomes the tuple the store hands out only when it leaves.
+    ``first``: rows before it were evicted or expired; ``alive``: rows still waiting; ``mark``: the block's
+    place among the waiting predictions (a key of the ordered store)."""
 
-    __slots__ = ("arrival", "version", "timestamps", "predictions", "scores", "segments", "ids", "alive")
+    __slots__ = ("arrival", "version", "timestamps", "predictions", "scores", "segments", "ids", "alive", "first")
+    __slots__ += ("mark",)
 
-    def __init__(self, arrival, version, timestamps, predictions, scores, segments, ids, alive):
-        self.arrival, self.version, self.ids, self.alive = arrival, version, ids, alive
+    def __init__(self, arrival, version, timestamps, predictions, scores, segments, ids, alive, mark):
+        self.arrival, self.version, self.ids, self.alive, self.first = arrival, version, ids, alive, 0
         self.timestamps, self.predictions, self.scores, self.segments = timestamps, predictions, scores, segments
+        self.mark = mark
 
     def state(self) -> tuple:
-        """What a snapshot keeps of the block (no class of this module named; arrays pickle as numpy's); its
-        ids and count come back from the store's codes."""
+        """What a snapshot keeps of the block (no class of this module named; arrays pickle as numpy's); the ids
+        of its waiting rows come back from the store's codes."""
         return (self.arrival, self.version, self.timestamps, self.predictions, self.scores, self.segments)
 
     def rows(self, rows: list[int]) -> list[tuple]:
@@ -127,6 +129,24 @@ class _Block:
             )
         )
 
+    def kept(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (renumbered from 0, in order)."""
+        at = np.asarray(rows, dtype=np.intp)
+        self.timestamps, self.predictions = self.timestamps[at], self.predictions[at]
+        self.scores = None if self.scores is None else self.scores[at]
+        self.segments = None if self.segments is None else [self.segments[r] for r in rows]
+        self.ids = [self.ids[r] for r in rows]
+        self.alive, self.first = len(rows), 0
+
+
+class _Mark:
+    """A block's place in the ordered store of waiting predictions (never equal to an id)."""
+
+    __slots__ = ("number",)
+
+    def __init__(self, number: int):
+        self.number = number
+
 
 class JoinStore:
     """The in-process join store (also what the SQLite store snapshots); see RedisJoinStore for the shared one.
@@ -135,6 +155,11 @@ class JoinStore:
     and decide, item by item and in order, what each one joins. ``token`` names the request (the shared store
     uses it to answer a replayed request exactly as the first time); this store ignores it. ``wait_columns``
     is the columnar batch's shortcut for the common case (new ids, no labels).
+
+    Waiting predictions are kept in arrival order (for eviction and the TTL): a prediction of a row batch as
+    the plain tuple of its fields in an ordered dict, a columnar batch as one block whose mark sits in that
+    ordered dict and whose rows' ids map to their codes in a plain dict (inserted and removed at about half
+    the cost of an ordered dict's entries).
     """
 
     shared = False
@@ -142,9 +167,10 @@ class JoinStore:
     def __init__(self, ttl_seconds: float, cap: int):
         self.ttl = ttl_seconds
         self.cap = cap
-        # Entries as plain tuples: a Pending's fields (or the int code of a row of a block), an EarlyLabel's
-        # (arrival, label).
-        self._waiting: OrderedDict[str, tuple | int] = OrderedDict()
+        # Entries as plain tuples: a Pending's fields (or None for a block's mark), an EarlyLabel's (arrival,
+        # label).
+        self._waiting: OrderedDict[str | _Mark, tuple | None] = OrderedDict()
+        self._coded: dict[str, int] = {}  # id -> code of a block's row
         self._early: OrderedDict[str, tuple] = OrderedDict()
         self._joined: OrderedDict[str, float] = OrderedDict()  # id -> time of the join
         self._blocks: dict[int, _Block] = {}
@@ -165,14 +191,18 @@ class JoinStore:
             if pid in self._joined:
                 out.append(_DUP)
                 continue
-            first = self._waiting.get(pid)
+            first = self._coded.get(pid)
+            if first is None:
+                first = self._waiting.get(pid)
             if first is not None:
                 if label is None:
                     out.append(_DUP)
                 else:
-                    del self._waiting[pid]
                     if type(first) is int:
+                        del self._coded[pid]
                         first = self._take([first])[0]
+                    else:
+                        del self._waiting[pid]
                     self.mark_joined(pid, now)
                     out.append((DUP_JOIN, pending_of(first)))
                 continue
@@ -196,6 +226,7 @@ class JoinStore:
         return (
             len(new) == len(ids)
             and self._joined.keys().isdisjoint(new)
+            and self._coded.keys().isdisjoint(new)
             and self._waiting.keys().isdisjoint(new)
             and self._early.keys().isdisjoint(new)
         )
@@ -228,6 +259,7 @@ class JoinStore:
         n = len(ids)
         number = self._next_block
         self._next_block += 1
+        mark = _Mark(number)
         self._blocks[number] = _Block(
             arrival,
             version,
@@ -237,29 +269,58 @@ class JoinStore:
             None if segments is None else list(segments),
             list(ids),
             n,
+            mark,
         )
+        self._waiting[mark] = None
         base = number << ROW_BITS
-        self._waiting.update(zip(ids, range(base, base + n)))
+        self._coded.update(zip(ids, range(base, base + n)))
         self._evict()
         return [_WAITING] * n
 
+    def _waiting_count(self) -> int:
+        return len(self._waiting) - len(self._blocks) + len(self._coded)
+
     def _evict(self) -> None:
         """Evict the oldest waiting predictions over the cap."""
-        waiting = self._waiting
-        over = len(waiting) - self.cap
+        over = self._waiting_count() - self.cap
         if over <= 0:
             return
-        popped = list(map(waiting.popitem, repeat(False, over)))  # the oldest, in a C loop
         self.dropped["prediction", "evicted"] += over
-        if not self._blocks:
-            return
-        first, last = popped[0][1], popped[-1][1]
-        if type(first) is int and type(last) is int and first >> ROW_BITS == last >> ROW_BITS:
-            # A block's rows sit together in the store's order: all of them came from this one block.
-            self._release(first >> ROW_BITS, over)
+        waiting = self._waiting
+        while over > 0:
+            if not self._blocks:  # the oldest popped in a C loop
+                deque(map(waiting.popitem, repeat(False, over)), maxlen=0)
+                return
+            key, _ = waiting.popitem(last=False)
+            if type(key) is _Mark:
+                over -= self._drop_front(self._blocks[key.number], over)
+            else:
+                over -= 1
+
+    def _drop_front(self, block: _Block, k: int) -> int:
+        """Drop up to ``k`` of the block's oldest waiting rows, its mark already taken out of the ordered store
+        (put back in front if rows remain); return how many."""
+        coded, ids = self._coded, block.ids
+        take = min(k, block.alive)
+        if block.alive == len(ids) - block.first:  # (no row joined since: its rows are those in a row)
+            deque(map(coded.pop, ids[block.first : block.first + take]), maxlen=0)
+            block.first += take
         else:
-            for number, k in Counter(v >> ROW_BITS for _, v in popped if type(v) is int).items():
-                self._release(number, k)
+            base, left = block.mark.number << ROW_BITS, take
+            for r in range(block.first, len(ids)):
+                if not left:
+                    break
+                block.first = r + 1
+                if coded.get(ids[r]) == base + r:
+                    del coded[ids[r]]
+                    left -= 1
+        block.alive -= take
+        if block.alive:
+            self._waiting[block.mark] = None
+            self._waiting.move_to_end(block.mark, last=False)
+        else:
+            del self._blocks[block.mark.number]
+        return take
 
     def _take(self, codes: list[int]) -> list[tuple]:
         """The tuples of rows of blocks just taken out of the store (in the order of ``codes``)."""
@@ -281,20 +342,19 @@ class JoinStore:
         return out
 
     def _release(self, number: int, k: int) -> None:
-        """``k`` rows of a block left the store: the block goes with its last row, and is compacted (its
-        waiting rows made tuples in place) when three quarters of it are gone, so that a few rows never
-        joined cannot hold many blocks."""
+        """``k`` rows of a block were taken out of the store (joined): the block goes with its last row, and
+        keeps only its waiting rows when three quarters of it are gone, so that a few rows never joined cannot
+        hold many blocks' arrays."""
         block = self._blocks[number]
         block.alive -= k
         if block.alive <= 0:
             del self._blocks[number]
+            del self._waiting[block.mark]
         elif block.alive * 4 <= len(block.ids):
-            waiting = self._waiting
-            base = number << ROW_BITS
-            live = [(r, pid) for r, pid in enumerate(block.ids) if waiting.get(pid) == base + r]
-            for (_, pid), entry in zip(live, block.rows([r for r, _ in live])):
-                waiting[pid] = entry  # (an OrderedDict keeps an existing key's place)
-            del self._blocks[number]
+            coded, base = self._coded, number << ROW_BITS
+            live = [r for r in range(block.first, len(block.ids)) if coded.get(block.ids[r]) == base + r]
+            block.kept(live)
+            coded.update(zip(block.ids, range(base, base + len(live))))  # (a plain dict keeps a key's place)
 
     def join_labels(self, items: list[tuple[str, Any]], now: float, token: str = "") -> list[tuple]:
         """``items``: (id, label) per label. The first label of an id stays; a correction does not replace it."""
@@ -304,17 +364,19 @@ class JoinStore:
             if pid in self._joined or pid in self._early:
                 out.append(_DUP)
                 continue
+            code = self._coded.pop(pid, None)
+            if code is not None:
+                self.mark_joined(pid, now)
+                coded.append((len(out), code))
+                out.append(None)
+                continue
             pending = self._waiting.pop(pid, None)
             if pending is None:
                 self.put_early(pid, label, now)
                 out.append(_WAITING)
             else:
                 self.mark_joined(pid, now)
-                if type(pending) is int:
-                    coded.append((len(out), pending))
-                    out.append(None)
-                else:
-                    out.append((JOINED, pending_of(pending)))
+                out.append((JOINED, pending_of(pending)))
         if coded:  # each block's rows made tuples at once
             places, codes = zip(*coded)
             for i, entry in zip(places, self._take(list(codes))):
@@ -323,57 +385,79 @@ class JoinStore:
 
     def _parts(self, portable: bool) -> dict:
         """Each part's ids and entries as lists, listed in C: an OrderedDict's own dict keeps the same order
-        (the store never moves an entry) and is read faster than its linked list. The entries and a block's
-        arrays are shared, since they are never modified. ``portable``: form 2, what an earlier release
-        reads (a block's rows made tuples); else form 3, a block's rows as their codes."""
+        (the store moves nothing but a block's mark: with blocks, the ordered store is read in its own order)
+        and is read several times faster than its linked list. The entries and a block's arrays are shared, since they are never
+        modified. ``portable``: form 2, what an earlier release reads (one list of waiting predictions in
+        their order, a block's rows made tuples); else form 3."""
         waiting = self._waiting
-        ids, values = list(dict.keys(waiting)), list(dict.values(waiting))
+        keys, values = list(dict.keys(waiting)), list(dict.values(waiting))
+        marks = []
+        if self._blocks:  # the blocks' places among the rows' entries (a mark may have moved: read in order)
+            keys, values = list(waiting), list(waiting.values())
+            places = [i for i, key in enumerate(keys) if type(key) is _Mark]
+            marks = [(i - n, keys[i].number) for n, i in enumerate(places)]
+            for i in reversed(places):
+                del keys[i], values[i]
         parts = {
             "form": 3,
             "ttl": self.ttl,
             "cap": self.cap,
-            "waiting": (ids, values),
+            "waiting": (keys, values),
+            "marks": marks,
+            "coded": (list(dict.keys(self._coded)), list(dict.values(self._coded))),
             "blocks": {number: block.state() for number, block in self._blocks.items()},
             "early": (list(dict.keys(self._early)), list(dict.values(self._early))),
             "joined": (list(dict.keys(self._joined)), list(dict.values(self._joined))),
             "dropped": dict(self.dropped),
         }
         if portable:
-            coded = [i for i, v in enumerate(values) if type(v) is int]
-            if coded:
-                for i, entry in zip(coded, self._rows_of([values[i] for i in coded])):
-                    values[i] = entry
-            del parts["blocks"]
+            parts["waiting"] = self._in_order(keys, values, marks)
+            del parts["blocks"], parts["marks"], parts["coded"]
             parts["form"] = 2
         return parts
+
+    def _in_order(self, keys: list, values: list, marks: list) -> tuple[list, list]:
+        """All waiting predictions in their order, a block's rows (in the order of its rows) as tuples."""
+        rows_of: dict[int, tuple[list, list]] = {}  # block -> its waiting ids and codes, in row order
+        for pid, code in sorted(self._coded.items(), key=lambda item: item[1]):
+            ids, codes = rows_of.setdefault(code >> ROW_BITS, ([], []))
+            ids.append(pid)
+            codes.append(code & _ROW_MASK)
+        out_ids, out_values, at = [], [], 0
+        for place, number in [*marks, (len(keys), None)]:
+            out_ids += keys[at:place]
+            out_values += values[at:place]
+            at = place
+            if number is not None and number in rows_of:
+                ids, rows = rows_of[number]
+                out_ids += ids
+                out_values += self._blocks[number].rows(rows)
+        return out_ids, out_values
 
     @staticmethod
     def _snapshot(parts: dict) -> dict:
         """A snapshot's form, no class of this module named. Form 2: each part as its ids and a list of plain
         tuples. Form 3: each part's ids as one string and their lengths (a list of 100,000 strings took most
-        of a checkpoint's pickling), the codes and the join times as arrays, a block as its arrays."""
+        of a checkpoint's pickling), the codes and the join times as arrays, a block as its arrays and the
+        place of its mark among the rows' entries."""
         if parts["form"] == 2:
             return parts
         ids, values = parts["waiting"]
+        coded_ids, codes = parts["coded"]
         early_ids, early = parts["early"]
         joined_ids, times = parts["joined"]
         return {
             "form": 3,
             "ttl": parts["ttl"],
             "cap": parts["cap"],
-            "pending": (_pack(ids), _array(values, np.int64)),
+            "pending": (_pack(ids), values),
+            "marks": parts["marks"],
+            "coded": (_pack(coded_ids), _array(codes, np.int64)),
             "blocks": parts["blocks"],
             "early_labels": (_pack(early_ids), early),
             "joined_ids": (_pack(joined_ids), _array(times, np.float64)),
             "dropped": parts["dropped"],
         }
-
-    def _rows_of(self, codes: list[int]) -> list[tuple]:
-        """``_take`` without taking: the tuples of rows still in the store."""
-        out = []
-        for number, group in itertools.groupby(codes, lambda code: code >> ROW_BITS):
-            out += self._blocks[number].rows([code & _ROW_MASK for code in group])
-        return out
 
     def __getstate__(self) -> dict:
         if "_frozen" in self.__dict__:  # a copy()
@@ -381,7 +465,7 @@ class JoinStore:
         return self._snapshot(self._parts(portable=False))
 
     def __setstate__(self, state: dict) -> None:
-        self._blocks, self._next_block = {}, 0
+        self._blocks, self._next_block, self._coded = {}, 0, {}
         if "form" not in state:  # release 0.1.0: the attributes themselves, an object per entry
             self.__dict__.update(state)
             self._waiting = OrderedDict((k, _fields(v)) for k, v in self._waiting.items())
@@ -393,18 +477,27 @@ class JoinStore:
             self._early = OrderedDict(zip(*state["early"]))
             self._joined = OrderedDict(zip(*state["joined"]))
             return
-        ids, values = _unpack(state["pending"][0]), _list(state["pending"][1])
-        self._waiting = OrderedDict(zip(ids, values))
         self._early = OrderedDict(zip(_unpack(state["early_labels"][0]), state["early_labels"][1]))
         self._joined = OrderedDict(zip(_unpack(state["joined_ids"][0]), _list(state["joined_ids"][1])))
+        coded_ids, codes = _unpack(state["coded"][0]), _list(state["coded"][1])
+        self._coded = dict(zip(coded_ids, codes))
         blocks = self._blocks
         for number, fields in state["blocks"].items():
-            blocks[number] = _Block(*fields, [None] * len(fields[2]), 0)  # ids and count from the codes below
-        for pid, code in zip(ids, values):
-            if type(code) is int:
-                block = blocks[code >> ROW_BITS]
-                block.ids[code & _ROW_MASK] = pid
-                block.alive += 1
+            blocks[number] = _Block(*fields, [None] * len(fields[2]), 0, _Mark(number))
+        for pid, code in zip(coded_ids, codes):  # (a block's rows in order: the first one seen is its first)
+            block = blocks[code >> ROW_BITS]
+            if not block.alive:
+                block.first = code & _ROW_MASK
+            block.ids[code & _ROW_MASK] = pid
+            block.alive += 1
+        ids, values = _unpack(state["pending"][0]), state["pending"][1]
+        waiting = self._waiting = OrderedDict()
+        at = 0
+        for place, number in state["marks"]:
+            waiting.update(zip(ids[at:place], values[at:place]))
+            waiting[blocks[number].mark] = None
+            at = place
+        waiting.update(zip(ids[at:], values[at:]))
         self._next_block = max(blocks, default=-1) + 1
 
     def copy(self, portable: bool = False) -> JoinStore:
@@ -419,13 +512,14 @@ class JoinStore:
     def clear(self) -> None:
         """Forget every entry (a model reset); nothing is counted as dropped."""
         self._waiting.clear()
+        self._coded.clear()
         self._early.clear()
         self._joined.clear()
         self._blocks.clear()
 
     def counts(self) -> tuple[int, int]:
         """(predictions waiting for their label, labels waiting for their prediction)."""
-        return len(self._waiting), len(self._early)
+        return self._waiting_count(), len(self._early)
 
     def take_dropped(self) -> dict:
         """Drops counted since the last call (the model state adds them to its counters)."""
@@ -433,7 +527,8 @@ class JoinStore:
         return dropped
 
     def put_waiting(self, pid: str, pending: tuple) -> None:
-        self._put(self._waiting, pid, tuple(pending), "prediction")
+        self._waiting[pid] = tuple(pending)
+        self._evict()
 
     def put_early(self, pid: str, label: Any, arrival: float) -> None:
         self._put(self._early, pid, (arrival, label), "label")
@@ -443,9 +538,7 @@ class JoinStore:
 
     def _put(self, store: OrderedDict, pid: str, entry: Any, kind: str | None) -> None:
         if len(store) >= self.cap:
-            _, old = store.popitem(last=False)
-            if type(old) is int:  # a row of a block
-                self._release(old >> ROW_BITS, 1)
+            store.popitem(last=False)
             if kind is not None:  # forgetting an old joined id is not a loss of data
                 self.dropped[kind, "evicted"] += 1
         store[pid] = entry
@@ -453,21 +546,28 @@ class JoinStore:
     def expire(self, now: float) -> None:
         """Drop entries older than the TTL; each part is in arrival order, so only its front is read."""
         cutoff = now - self.ttl
-        for store, kind in ((self._waiting, "prediction"), (self._early, "label"), (self._joined, None)):
+        waiting = self._waiting
+        while waiting:
+            key = next(iter(waiting))
+            if type(key) is _Mark:
+                block = self._blocks[key.number]
+                if block.arrival >= cutoff:
+                    break
+                del waiting[key]
+                self.dropped["prediction", "expired"] += block.alive
+                self._drop_front(block, block.alive)
+                continue
+            if waiting[key][0] >= cutoff:  # the arrival
+                break
+            del waiting[key]
+            self.dropped["prediction", "expired"] += 1
+        for store, kind in ((self._early, "label"), (self._joined, None)):
             while store:
                 pid = next(iter(store))
                 entry = store[pid]
-                if kind is None:
-                    arrival = entry
-                elif type(entry) is int:
-                    arrival = self._blocks[entry >> ROW_BITS].arrival
-                else:
-                    arrival = entry[0]
-                if arrival >= cutoff:
+                if (entry if kind is None else entry[0]) >= cutoff:
                     break
                 del store[pid]
-                if type(entry) is int:
-                    self._release(entry >> ROW_BITS, 1)
                 if kind is not None:
                     self.dropped[kind, "expired"] += 1
 
