@@ -100,8 +100,9 @@ class _Block:
     ``first``: rows before it were evicted or expired; ``alive``: rows still waiting; ``mark``: the block's
     place among the waiting predictions (a key of the ordered store)."""
 
-    __slots__ = ("arrival", "version", "timestamps", "predictions", "scores", "segments", "ids", "alive", "first")
-    __slots__ += ("mark",)
+    __slots__ = (
+        "arrival", "version", "timestamps", "predictions", "scores", "segments", "ids", "alive", "first", "mark"
+    )  # fmt: skip
 
     def __init__(self, arrival, version, timestamps, predictions, scores, segments, ids, alive, mark):
         self.arrival, self.version, self.ids, self.alive, self.first = arrival, version, ids, alive, 0
@@ -386,9 +387,9 @@ class JoinStore:
     def _parts(self, portable: bool) -> dict:
         """Each part's ids and entries as lists, listed in C: an OrderedDict's own dict keeps the same order
         (the store moves nothing but a block's mark: with blocks, the ordered store is read in its own order)
-        and is read several times faster than its linked list. The entries and a block's arrays are shared, since they are never
-        modified. ``portable``: form 2, what an earlier release reads (one list of waiting predictions in
-        their order, a block's rows made tuples); else form 3."""
+        and is read several times faster than its linked list. The entries and a block's arrays are shared,
+        since they are never modified. ``portable``: form 2, what an earlier release reads (one list of
+        waiting predictions in their order, a block's rows made tuples); else form 3."""
         waiting = self._waiting
         keys, values = list(dict.keys(waiting)), list(dict.values(waiting))
         marks = []

@@ -66,7 +66,8 @@ def missing(binner: Binner, categorical: list[list]) -> Counter:
 @pytest.mark.parametrize("multivariate", [True, False])
 def test_categorical_values_get_the_slot_and_unseen_flag_of_the_plain_rule(seed, multivariate):
     rng = np.random.default_rng(seed)
-    config = CONFIG if multivariate else CONFIG.replace("task: binary", "task: binary\n    drift: {multivariate: false}")
+    off = "task: binary\n    drift: {multivariate: false}"
+    config = CONFIG if multivariate else CONFIG.replace("task: binary", off)
     model = parse_config(textwrap.dedent(config)).models[0]
     # plan: a few categories, numbers among them; city: more than the top ones tracked (rare ones share "other")
     plan = [str(v) for v in rng.choice(["basic", "pro", "1", "true", "2"], size=3000)]
