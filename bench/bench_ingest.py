@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -21,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import orjson  # noqa: E402
 import requests  # noqa: E402
 
-from bench.common import Served, config_text, events, median_of  # noqa: E402
+from bench.common import ROOT, Served, config_text, events, free_port, median_of  # noqa: E402
 
 # Ids of the format benchmark's bodies start with this placeholder; each request gets its own number in its
 # place (the same length, so a JSON body and an Arrow stream stay valid): every prediction is new, as in
@@ -366,6 +367,38 @@ def blas_pool(text: str, bodies: dict[str, list[bytes]], seconds: float, clients
     return out
 
 
+def http_floor(bodies: dict[str, list[bytes]], seconds: float, clients: int = 2) -> dict:
+    """Columnar JSON and Arrow batches posted to the HTTP stack alone (bench/http_floor.py: Flask and waitress
+    with mlmon's server settings, a route that reads the body and answers): the rate, and the server's CPU per
+    batch, which every served batch pays before mlmon's own work."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "http_floor.py"), str(port)], cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(url + "/readyz", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the HTTP floor server did not start")
+            time.sleep(0.1)
+        out: dict = {"clients": clients}
+        for name in ("columns", "arrow"):
+            cpu = server_cpu_seconds(proc.pid)
+            rate = http_rate(url, bodies[name], 1000, clients, seconds, FORMATS[name], fresh_ids=True)
+            out[name] = {
+                "http_batch_1000": rate,
+                "server_cpu_ms_per_batch": (server_cpu_seconds(proc.pid) - cpu) / (rate * seconds) * 1e6,
+            }
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def formats(seconds: float = 5.0) -> dict:
     """Rows, columnar JSON and Arrow side by side, as mlmon is normally run: a reference (drift on), the
     default SQLite storage, 30 features, batches of 1000 predictions with ids; and Arrow with numpy's default
@@ -377,6 +410,7 @@ def formats(seconds: float = 5.0) -> dict:
             "in_process": formats_in_process(text, bodies),
             **formats_served(text, bodies, (1, 2, 4), seconds),
             "blas_pool": blas_pool(text, bodies, seconds),
+            "http_floor": http_floor(bodies, seconds),
         }
 
 

@@ -710,6 +710,19 @@ def formats_section(f: dict, runs: list[dict], secs: float) -> list[str]:
             + ").",
             "",
         ]
+    floor = f.get("http_floor")
+    if floor:
+        lines += [
+            "The HTTP stack alone (`bench/http_floor.py`: Flask and waitress with `mlmon serve`'s settings, a route "
+            f"that reads the body and answers), {floor['clients']} clients: "
+            + "; ".join(
+                f"{FORMAT_NAMES[name]} {floor[name]['http_batch_1000']:,.0f} predictions/s at "
+                f"{floor[name]['server_cpu_ms_per_batch']:.2f} ms of CPU per batch"
+                for name in ("columns", "arrow")
+            )
+            + ". Every served batch pays this before mlmon's own work (the in-process request above).",
+            "",
+        ]
     lines += [
         "Targets:",
         "",
