@@ -199,6 +199,29 @@ def test_an_arrow_integer_column_with_nulls_past_2_to_the_53_is_answered_as_its_
     assert four.arrow_sent == 2
 
 
+@settings(max_examples=500, **SETTINGS)
+@given(
+    values=st.lists(
+        st.none() | st.text(st.sampled_from("ab\u00e9\u4e2d\U0001f600"), max_size=6), min_size=1, max_size=12
+    ),
+    large=st.booleans(),
+    cut=st.integers(0, 3),
+    limit=st.integers(0, 8),
+    nonempty=st.booleans(),
+)
+def test_the_length_check_of_arrow_text_by_offsets_agrees_with_pyarrows_count(values, large, cut, limit, nonempty):
+    """An Arrow string column's lengths are checked from its offsets (bytes) when that settles it, else counted
+    in characters by pyarrow: both give the answer of the plain rule, for sliced and large string arrays too."""
+    import pyarrow.compute as pc
+
+    array = pa.array(values, pa.large_string() if large else pa.string()).slice(min(cut, len(values) - 1))
+    present = [v for v in array.to_pylist() if v is not None]
+    if not present:
+        return
+    expected = max(map(len, present)) <= limit and not (nonempty and min(map(len, present)) < 1)
+    assert columnar._text_within(pa, pc, array, limit, nonempty) == expected
+
+
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_columnar_batches_get_the_answers_and_state_of_their_rows(config):
     four = Four(CONFIGS[config])
