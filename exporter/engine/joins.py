@@ -255,9 +255,11 @@ class JoinStore:
     ) -> list[tuple] | None:
         """``wait_all`` for the rows of a columnar batch, kept as one block of columns (copied: the batch's
         arrays may be views of its request body). ``segments``: per row its segments tuple, or None."""
+        n = len(ids)
+        if not n:  # (nothing to keep: no block, whose mark would stay until eviction or the TTL reached it)
+            return []
         if not self._all_new(ids):
             return None
-        n = len(ids)
         number = self._next_block
         self._next_block += 1
         mark = _Mark(number)

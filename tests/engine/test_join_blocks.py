@@ -228,3 +228,14 @@ def test_a_snapshot_packs_ids_and_numbers_so_that_they_come_back_as_they_were():
     for values in ([1.5, 2.0, 1e300], [3 << 40, 7], [1 << 70], [(1.0, "v1"), 4], [2**53 + 1, 1.0], []):
         assert _list(pickle.loads(pickle.dumps(_array(values, np.float64 if 1.5 in values else np.int64)))) == values
     assert _array([2**53 + 1, 1.0], np.float64) == [2**53 + 1, 1.0]  # inexact as floats: kept as the list
+
+
+def test_an_empty_batch_leaves_nothing_behind():
+    """Found by review: an empty batch made a block with no rows, whose mark stopped the TTL's walk."""
+    empty = np.zeros(0)
+    store = JoinStore(5.0, 10)
+    assert store.wait_columns([], 100.0, "v1", empty, empty, None, None) == []
+    assert not store._blocks and not store._waiting
+    store.join_predictions([("r", (50.0, "v1", 50.0, 1, None, None), None)], 50.0)
+    store.expire(102.0)  # (a clock that went back: r is older than the empty batch)
+    assert store.counts() == (0, 0) and store.take_dropped()["prediction", "expired"] == 1
