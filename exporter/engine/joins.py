@@ -101,13 +101,15 @@ class _Block:
     place among the waiting predictions (a key of the ordered store)."""
 
     __slots__ = (
-        "arrival", "version", "timestamps", "predictions", "scores", "segments", "ids", "alive", "first", "mark"
+        "arrival", "version", "timestamps", "predictions", "scores", "segments", "ids", "alive", "first", "mark",
+        "lists",
     )  # fmt: skip
 
     def __init__(self, arrival, version, timestamps, predictions, scores, segments, ids, alive, mark):
         self.arrival, self.version, self.ids, self.alive, self.first = arrival, version, ids, alive, 0
         self.timestamps, self.predictions, self.scores, self.segments = timestamps, predictions, scores, segments
         self.mark = mark
+        self.lists: tuple | None = None  # the columns as Python lists, made when a first label comes
 
     def state(self) -> tuple:
         """What a snapshot keeps of the block (no class of this module named; arrays pickle as numpy's); the ids
@@ -130,6 +132,26 @@ class _Block:
             )
         )
 
+    def listed(self) -> tuple:
+        """The columns as Python lists (``lists``), made at the first call: the labels of a block's rows come
+        one by one, and a list's item is far cheaper to read than an array's."""
+        scores = None if self.scores is None else list(map(tuple, self.scores.tolist()))
+        self.lists = (self.timestamps.tolist(), self.predictions.tolist(), scores)
+        return self.lists
+
+    def row(self, r: int) -> tuple:
+        """Row ``r``'s plain tuple."""
+        timestamps, predictions, scores = self.lists or self.listed()
+        segments = self.segments
+        return (
+            self.arrival,
+            self.version,
+            timestamps[r],
+            predictions[r],
+            None if scores is None else scores[r],
+            None if segments is None else segments[r],
+        )
+
     def kept(self, rows: list[int]) -> None:
         """Keep only ``rows`` (renumbered from 0, in order)."""
         at = np.asarray(rows, dtype=np.intp)
@@ -137,7 +159,7 @@ class _Block:
         self.scores = None if self.scores is None else self.scores[at]
         self.segments = None if self.segments is None else [self.segments[r] for r in rows]
         self.ids = [self.ids[r] for r in rows]
-        self.alive, self.first = len(rows), 0
+        self.alive, self.first, self.lists = len(rows), 0, None
 
 
 class _Mark:
@@ -201,7 +223,7 @@ class JoinStore:
                 else:
                     if type(first) is int:
                         del self._coded[pid]
-                        first = self._take([first])[0]
+                        first = self._take(first)
                     else:
                         del self._waiting[pid]
                     self.mark_joined(pid, now)
@@ -325,24 +347,12 @@ class JoinStore:
             del self._blocks[block.mark.number]
         return take
 
-    def _take(self, codes: list[int]) -> list[tuple]:
-        """The tuples of rows of blocks just taken out of the store (in the order of ``codes``)."""
-        if len(codes) == 1:
-            number, row = codes[0] >> ROW_BITS, codes[0] & _ROW_MASK
-            out = self._blocks[number].rows([row])
-            self._release(number, 1)
-            return out
-        by_block: dict[int, tuple[list, list]] = {}
-        for i, code in enumerate(codes):
-            at, rows = by_block.setdefault(code >> ROW_BITS, ([], []))
-            at.append(i)
-            rows.append(code & _ROW_MASK)
-        out = [None] * len(codes)
-        for number, (at, rows) in by_block.items():
-            for i, entry in zip(at, self._blocks[number].rows(rows)):
-                out[i] = entry
-            self._release(number, len(rows))
-        return out
+    def _take(self, code: int) -> tuple:
+        """The tuple of a block's row just taken out of the store (joined)."""
+        number = code >> ROW_BITS
+        entry = self._blocks[number].row(code & _ROW_MASK)
+        self._release(number, 1)
+        return entry
 
     def _release(self, number: int, k: int) -> None:
         """``k`` rows of a block were taken out of the store (joined): the block goes with its last row, and
@@ -361,17 +371,37 @@ class JoinStore:
 
     def join_labels(self, items: list[tuple[str, Any]], now: float, token: str = "") -> list[tuple]:
         """``items``: (id, label) per label. The first label of an id stays; a correction does not replace it."""
-        out: list[tuple | None] = []
-        coded: list[tuple[int, int]] = []  # (place in out, code) of predictions kept in blocks
+        out: list[tuple] = []
+        coded, blocks = self._coded, self._blocks
         for pid, label in items:
             if pid in self._joined or pid in self._early:
                 out.append(_DUP)
                 continue
-            code = self._coded.pop(pid, None)
-            if code is not None:
+            code = coded.pop(pid, None)
+            if code is not None:  # a row of a block (``_take``, written out: this is the labels' common case)
                 self.mark_joined(pid, now)
-                coded.append((len(out), code))
-                out.append(None)
+                number, r = code >> ROW_BITS, code & _ROW_MASK
+                block = blocks[number]
+                timestamps, predictions, scores = block.lists or block.listed()
+                segments = block.segments
+                out.append(
+                    (
+                        JOINED,
+                        pending_of(
+                            (
+                                block.arrival,
+                                block.version,
+                                timestamps[r],
+                                predictions[r],
+                                None if scores is None else scores[r],
+                                None if segments is None else segments[r],
+                            )
+                        ),
+                    )
+                )
+                block.alive -= 1
+                if block.alive * 4 <= len(block.ids):
+                    self._release(number, 0)
                 continue
             pending = self._waiting.pop(pid, None)
             if pending is None:
@@ -380,10 +410,6 @@ class JoinStore:
             else:
                 self.mark_joined(pid, now)
                 out.append((JOINED, pending_of(pending)))
-        if coded:  # each block's rows made tuples at once
-            places, codes = zip(*coded)
-            for i, entry in zip(places, self._take(list(codes))):
-                out[i] = (JOINED, pending_of(entry))
         return out
 
     def _parts(self, portable: bool) -> dict:
