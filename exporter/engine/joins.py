@@ -186,6 +186,7 @@ class JoinStore:
     """
 
     shared = False
+    at_once = 64  # batches of at least this many are tried as a whole first (the checks cost more below)
 
     def __init__(self, ttl_seconds: float, cap: int):
         self.ttl = ttl_seconds
@@ -371,6 +372,10 @@ class JoinStore:
 
     def join_labels(self, items: list[tuple[str, Any]], now: float, token: str = "") -> list[tuple]:
         """``items``: (id, label) per label. The first label of an id stays; a correction does not replace it."""
+        if len(items) >= self.at_once and self._coded:
+            decided = self._join_coded(items, now)
+            if decided is not None:
+                return decided
         out: list[tuple] = []
         coded, blocks = self._coded, self._blocks
         for pid, label in items:
@@ -411,6 +416,50 @@ class JoinStore:
                 self.mark_joined(pid, now)
                 out.append((JOINED, pending_of(pending)))
         return out
+
+    def _join_coded(self, items: list[tuple[str, Any]], now: float) -> list[tuple] | None:
+        """The labels' common batch: distinct ids, each a waiting row of a block (none joined or early before),
+        decided at once as ``join_labels`` would decide each (joined to its prediction); each block's rows
+        read at once. None (and nothing done) for any other batch."""
+        ids = [pid for pid, _ in items]
+        wanted = set(ids)
+        coded = self._coded
+        if not (
+            len(wanted) == len(ids)
+            and wanted <= coded.keys()
+            and self._joined.keys().isdisjoint(wanted)
+            and self._early.keys().isdisjoint(wanted)
+        ):
+            return None
+        try:
+            codes = np.fromiter(map(coded.__getitem__, ids), np.int64, len(ids))
+        except OverflowError:  # (a block number past 2**31: row by row)
+            return None
+        numbers = codes >> ROW_BITS
+        rows = codes & _ROW_MASK
+        if numbers[0] == numbers[-1] and (numbers == numbers[0]).all():  # one block (labels in arrival order)
+            groups = [(int(numbers[0]), None)]
+        else:
+            order = np.argsort(numbers, kind="stable")
+            starts = np.flatnonzero(np.diff(numbers[order])) + 1
+            groups = [(int(numbers[at[0]]), at) for at in np.split(order, starts)]
+        entries: list = [None] * len(ids)
+        for number, at in groups:
+            block = self._blocks[number]
+            if at is None:
+                entries = block.rows(rows)
+            else:
+                for i, entry in zip(at.tolist(), block.rows(rows[at])):
+                    entries[i] = entry
+        deque(map(coded.pop, ids), maxlen=0)
+        joined = self._joined
+        joined.update(zip(ids, repeat(now)))  # as mark_joined each: the oldest joined ids forgotten over the cap
+        over = len(joined) - self.cap
+        if over > 0:
+            deque(map(joined.popitem, repeat(False, over)), maxlen=0)
+        for number, at in groups:
+            self._release(number, len(ids) if at is None else len(at))
+        return list(zip(repeat(JOINED), map(pending_of, entries)))
 
     def _parts(self, portable: bool) -> dict:
         """Each part's ids and entries as lists, listed in C: an OrderedDict's own dict keeps the same order

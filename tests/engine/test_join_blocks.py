@@ -62,6 +62,14 @@ class Ops:
                 pending = (self.now, "v1", self.now - 1.0, rng.randrange(3), (rng.random(),), None)
                 items.append((pid, pending, rng.randrange(3) if rng.random() < 0.3 else None))
             return ("rows", items, self.now)
+        if rng.random() < 0.4:  # labels of recent predictions only, each once (the labels' common batch)
+            recent = range(min(self.fresh, 12))
+            pids = (
+                [f"new{self.fresh - k}" for k in rng.sample(recent, rng.randint(1, min(len(recent), 4)))]
+                if recent
+                else []
+            )
+            return ("labels", [(pid, rng.randrange(3)) for pid in pids], self.now)
         pids = [rng.choice(self.pool) for _ in range(rng.randint(1, 6))]
         pids += [f"new{self.fresh - rng.randrange(min(max(self.fresh, 1), 40))}" for _ in range(rng.randint(0, 8))]
         rng.shuffle(pids)
@@ -150,6 +158,17 @@ def test_blocks_decide_and_keep_exactly_what_rows_do(seed, monkeypatch):
         return taken
 
     monkeypatch.setattr(JoinStore, "_drop_front", dropped)
+    # Every label batch is tried as a whole first (the store does so from 64 labels on), so that generated batches
+    # of a few labels exercise it; the count of those it took is checked below.
+    monkeypatch.setattr(JoinStore, "at_once", 1)
+    join_coded, at_once = JoinStore._join_coded, [0]
+
+    def counted_labels(self, items, now):
+        decided = join_coded(self, items, now)
+        at_once[0] += decided is not None
+        return decided
+
+    monkeypatch.setattr(JoinStore, "_join_coded", counted_labels)
     monkeypatch.setattr(JoinStore, "_release", counted)
     for step in range(3000):
         op = ops.next()
@@ -170,7 +189,7 @@ def test_blocks_decide_and_keep_exactly_what_rows_do(seed, monkeypatch):
             seen.add(decision[0] if decision[0] != INLINE else decision)
     # What the sequences exercised: every decision, and blocks taken, compacted, emptied by joins, dropped.
     assert seen >= {DUP, DUP_JOIN, EARLY, WAITING, JOINED, (INLINE, False)}
-    assert took > 300 and all(n > 20 for n in gone.values()), (took, gone)
+    assert took > 300 and all(n > 20 for n in gone.values()) and at_once[0] > 100, (took, gone, at_once)
 
 
 def test_a_block_whose_rows_mostly_left_is_compacted_and_its_last_rows_still_join():
