@@ -377,36 +377,15 @@ class JoinStore:
             if decided is not None:
                 return decided
         out: list[tuple] = []
-        coded, blocks = self._coded, self._blocks
+        coded = self._coded
         for pid, label in items:
             if pid in self._joined or pid in self._early:
                 out.append(_DUP)
                 continue
             code = coded.pop(pid, None)
-            if code is not None:  # a row of a block (``_take``, written out: this is the labels' common case)
+            if code is not None:  # a row of a block
                 self.mark_joined(pid, now)
-                number, r = code >> ROW_BITS, code & _ROW_MASK
-                block = blocks[number]
-                timestamps, predictions, scores = block.lists or block.listed()
-                segments = block.segments
-                out.append(
-                    (
-                        JOINED,
-                        pending_of(
-                            (
-                                block.arrival,
-                                block.version,
-                                timestamps[r],
-                                predictions[r],
-                                None if scores is None else scores[r],
-                                None if segments is None else segments[r],
-                            )
-                        ),
-                    )
-                )
-                block.alive -= 1
-                if block.alive * 4 <= len(block.ids):
-                    self._release(number, 0)
+                out.append((JOINED, pending_of(self._take(code))))
                 continue
             pending = self._waiting.pop(pid, None)
             if pending is None:
