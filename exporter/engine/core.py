@@ -261,12 +261,12 @@ class Mlmon:
             except JoinStoreUnavailable as exc:
                 self.store.abort(seq, key)
                 raise Busy(503, "join_store_unavailable", str(exc), 2.0) from None
-            response = orjson.dumps(result)
-            if key is not None:
+            if key is not None:  # the answer kept for a retry (the HTTP layer writes its own the same way)
+                response = orjson.dumps(result)
                 self.store.set_response(key, response)
-            if shared is not None:
-                with contextlib.suppress(JoinStoreUnavailable):  # the replica's own table has it; others wait
-                    shared.respond(key, self.replica, response)  # type: ignore[arg-type]
+                if shared is not None:  # (only with a key)
+                    with contextlib.suppress(JoinStoreUnavailable):  # the replica's own table has it; others wait
+                        shared.respond(key, self.replica, response)  # type: ignore[arg-type]
         except Busy:
             if shared is not None:
                 with contextlib.suppress(JoinStoreUnavailable):

@@ -186,7 +186,7 @@ class JoinStore:
     """
 
     shared = False
-    at_once = 64  # batches of at least this many are tried as a whole first (the checks cost more below)
+    at_once = 64  # label batches of at least this many are tried as a whole first (the checks cost more below)
 
     def __init__(self, ttl_seconds: float, cap: int):
         self.ttl = ttl_seconds
@@ -447,9 +447,10 @@ class JoinStore:
         since they are never modified. ``portable``: form 2, what an earlier release reads (one list of
         waiting predictions in their order, a block's rows made tuples); else form 3."""
         waiting = self._waiting
-        keys, values = list(dict.keys(waiting)), list(dict.values(waiting))
         marks = []
-        if self._blocks:  # the blocks' places among the rows' entries (a mark may have moved: read in order)
+        if not self._blocks:
+            keys, values = list(dict.keys(waiting)), list(dict.values(waiting))
+        else:  # the blocks' places among the rows' entries (a mark may have moved: read in order)
             keys, values = list(waiting), list(waiting.values())
             places = [i for i, key in enumerate(keys) if type(key) is _Mark]
             marks = [(i - n, keys[i].number) for n, i in enumerate(places)]
@@ -496,7 +497,8 @@ class JoinStore:
         """A snapshot's form, no class of this module named. Form 2: each part as its ids and a list of plain
         tuples. Form 3: each part's ids as one string and their lengths (a list of 100,000 strings took most
         of a checkpoint's pickling), the codes and the join times as arrays, a block as its arrays and the
-        place of its mark among the rows' entries."""
+        place of its mark among the rows' entries. Its parts have other names than form 2's, so that an earlier
+        release, which reads any form as form 2, fails on it instead of misreading it."""
         if parts["form"] == 2:
             return parts
         ids, values = parts["waiting"]
