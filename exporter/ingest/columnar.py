@@ -41,6 +41,7 @@ from exporter.ingest.schema import (
     MAX_TIMESTAMP_LENGTH,
 )
 from exporter.ingest.validation import _VERSION_RE, Invalid, Label, Prediction, Problem, Validator, parse_rfc3339
+from exporter.stats.coded import Coded
 
 JSON_COLUMNS = "application/vnd.mlmon.columns+json"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -71,7 +72,8 @@ class Columns:
     scores: np.ndarray | None  # rows x the model's score columns; None: no row has scores
     latency: np.ndarray | None  # seconds, NaN where absent; None: no row has one
     numeric: np.ndarray  # rows x the model's numeric features (Binner.numeric), NaN where missing
-    categorical: dict[str, list]  # categorical feature -> its values (None where missing), every one of them
+    categorical: dict[str, list]  # categorical feature -> its values (None where missing), every one of them:
+    # a list, or a Coded (exporter/stats/coded.py) from an Arrow text column
     attributes: dict[str, list]  # attribute -> its values (None where absent); only those sent
     attributions: np.ndarray | None  # rows with attributions x every feature, NaN where absent
     attributed: np.ndarray | None  # the indices of those rows
@@ -317,10 +319,12 @@ class ColumnarDecoder:
         index = self.class_index[model.name]
         classification = model.task != "regression"
         if classification:
-            predictions = _classes(index, preds)
-            if predictions is None or None in predictions:
+            predictions = _classes(index, preds.words if type(preds) is Coded else preds)
+            if None in predictions:
                 return None
             predictions = np.asarray(predictions, dtype=np.int64)
+            if type(preds) is Coded:
+                predictions = preds.spread(predictions)
         else:
             predictions = _floats(preds)
             if predictions is None or np.isnan(predictions).any():
@@ -721,10 +725,11 @@ def numeric_columns(model: ModelConfig) -> frozenset[str]:
 
 
 def _arrow_values(name: str, array, numeric: frozenset[str], unchecked: list[str] | None = None) -> Any:
-    """An Arrow column as the fast path takes it (floats as a float array, NaN where null; the rest as lists),
-    or None when the general path must decide (a value the fast path does not take). ``numeric``: the model's
-    :func:`numeric_columns`. A numeric feature without nulls is returned unchecked and its name added to
-    ``unchecked`` when that is given: the caller checks the range of all such columns in one step."""
+    """An Arrow column as the fast path takes it (floats as a float array, NaN where null; text features and
+    classes as a Coded; the rest as lists), or None when the general path must decide (a value the fast path
+    does not take). ``numeric``: the model's :func:`numeric_columns`. A numeric feature without nulls is
+    returned unchecked and its name added to ``unchecked`` when that is given: the caller checks the range of
+    all such columns in one step."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -769,6 +774,10 @@ def _arrow_values(name: str, array, numeric: frozenset[str], unchecked: list[str
     if kind == "string" and array.null_count < len(array):
         if not _text_within(pa, pc, array, MAX_ID_LENGTH if head == "ids" else MAX_STRING_LENGTH, head == "ids"):
             return None
+    if kind == "string" and (head == "features" or head == "predictions"):
+        # categories and classes: few distinct values, each mapped once (exporter/stats/coded.py)
+        encoded = array.dictionary_encode(null_encoding="encode")
+        return Coded(encoded.dictionary.to_pylist(), encoded.indices.to_numpy())
     return array.to_pylist()
 
 

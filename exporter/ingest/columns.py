@@ -16,6 +16,7 @@ import numpy as np
 from exporter.config import ModelConfig
 from exporter.ingest import fastpath
 from exporter.stats.binning import Binned, Binner
+from exporter.stats.coded import Coded
 
 
 def bin_rows(binner: Binner, features: list, predictions: list, errors: list | None = None) -> Binned:
@@ -86,7 +87,7 @@ class Batch:
     scores: np.ndarray  # their scores (rows x score columns)
     latency: np.ndarray | None  # the latencies sent (only those)
     numeric: np.ndarray  # rows x Binner.numeric, NaN where missing
-    categorical: list[list]  # per Binner.categorical feature, its values (None where missing)
+    categorical: list[list]  # per Binner.categorical feature, its values (None where missing): a list or a Coded
     errors: list | None  # per row, the (feature, reason) validation left out; None when no row has any
     attributions: np.ndarray | None  # rows with attributions x every feature, NaN where left out
     attributed: np.ndarray | None  # the indices of those rows
@@ -169,7 +170,7 @@ class Batch:
             scores,
             self.latency,
             self.numeric[idx],
-            [[column[i] for i in idx] for column in self.categorical],
+            [column.take(idx) if type(column) is Coded else [column[i] for i in idx] for column in self.categorical],
             [self.errors[i] for i in idx] if self.errors is not None else None,
             attributions,
             attributed,

@@ -14,6 +14,7 @@ import numpy as np
 
 from exporter.config import ModelConfig
 from exporter.stats import drift
+from exporter.stats.coded import Coded
 from exporter.stats.reference import NUMERIC_SLOTS, TOP_CATEGORIES, CategoricalRef, NumericRef, Profile, category
 from exporter.stats.window import Schema
 
@@ -699,7 +700,9 @@ class _Categories:
         if shares is not None:
             self.shares = np.array([shares.get(c, rare) for c in keys] + [rare, np.nan], dtype=np.float64)
 
-    def entries(self, column: list) -> np.ndarray:
+    def entries(self, column: list | Coded) -> np.ndarray:
+        if type(column) is Coded:  # each distinct value looked up once
+            return column.spread(self.entries(column.words))
         get, unknown = self.index.get, self.unknown
         if set(map(type, column)) <= _TEXT:  # text and missing values only (the common case): looked up in C
             return np.fromiter(map(get, column, itertools.repeat(unknown)), np.intp, len(column))

@@ -287,9 +287,12 @@ def _large_batch(rng, n: int, start: int, clock_now: float, plain: bool = False)
             column = [f"c{int(abs(v) * 3)}" for v in x[:, j]]
         else:
             column = [round(float(v), 4) for v in x[:, j]]
-        if j % 7 == 3:
+        if j % 7 == 3 or j % 10 == 9:
             for i in rng.choice(n, size=n // 20, replace=False):
                 column[i] = None
+        if j % 10 == 9:  # (missing as in a CSV)
+            for i in rng.choice(n, size=n // 50, replace=False):
+                column[i] = ""
         features[f"f{j}"] = column
     ids = [f"p{start + i}" for i in range(n)]
     for i in rng.choice(n, size=0 if plain else n // 50, replace=False):

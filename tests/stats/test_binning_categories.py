@@ -12,10 +12,14 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.config import parse_config
+from exporter.ingest.columnar import _arrow_values
 from exporter.stats import reference
 from exporter.stats.binning import CAT_SLOTS, Binner
+from exporter.stats.coded import Coded
 from exporter.stats.reference import category
 
 CONFIG = """
@@ -95,3 +99,72 @@ def test_categorical_values_get_the_slot_and_unseen_flag_of_the_plain_rule(seed,
         assert (rec is not None) == multivariate and ("mv_sum" in out.scatter) == multivariate
         if multivariate:  # the same floats: the same shares, in the same columns
             assert np.array_equal(out.scatter["mv_sum"][2], rec.errors(rec.matrix(numeric, columns)))
+
+
+def coded(column: list) -> Coded:
+    """A text column as the Arrow decoder reads it (exporter/ingest/columnar.py ``_arrow_values``)."""
+    import pyarrow as pa
+
+    out = _arrow_values("features.c", pa.array(column, type=pa.string()), frozenset())
+    assert type(out) is Coded
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("with_reference", [True, False])
+def test_a_coded_column_is_binned_as_the_list_of_its_values(seed, with_reference):
+    """The Arrow decoder's Coded text columns (each distinct value looked up once) against the same values as
+    lists, bit for bit: slots, unseen flags, missing values, multivariate errors; without a reference, the
+    missing values only; and the rows a segment takes (Batch.take)."""
+    pytest.importorskip("pyarrow")
+    from exporter.ingest.columns import Batch
+
+    rng = np.random.default_rng(100 + seed)
+    model = parse_config(textwrap.dedent(CONFIG)).models[0]
+    plan = [str(v) for v in rng.choice(["basic", "pro", "1", "true"], size=2000)]
+    city = [f"c{int(v)}" for v in rng.zipf(1.3, size=2000) % 300]
+    profile = reference.build_profile({"x": rng.normal(size=2000).tolist(), "plan": plan, "city": city}, model)
+    binner = Binner(model, profile if with_reference else None)
+    pool = [*sorted(set(city))[:40], "basic", "pro", "1", "enterprise", "nowhere", None, ""]
+    for _ in range(25):
+        n = int(rng.integers(1, 400))
+        width = int(rng.integers(1, len(pool) + 1))  # few or many distinct values
+        rng.shuffle(pool)
+        columns = [[pool[i] for i in rng.integers(0, width, size=n)] for _ in binner.categorical]
+        forms = [coded(c) for c in columns]
+        numeric = rng.normal(size=(n, 1))
+        predictions = rng.integers(0, 2, size=n)
+        a, b = binner.bin(numeric, columns, predictions), binner.bin(numeric, forms, predictions)
+        assert a.scatter.keys() == b.scatter.keys()
+        for key in a.scatter:
+            for x, y in zip(a.scatter[key], b.scatter[key]):
+                assert (x is None and y is None) or np.array_equal(x, y), key
+        assert np.array_equal(a.missing, b.missing) if a.missing is not None else b.missing is None
+        if with_reference:
+            assert pairs(b.scatter.get("cat_counts")) == expected(binner, columns)[0]
+        assert pairs(b.scatter.get("missing")) == missing(binner, columns)
+        rows = np.flatnonzero(rng.uniform(size=n) < 0.3)
+        one = Batch(n, np.zeros(n), predictions, rows[:0], np.empty((0, 0)), None, numeric, forms, None, None, None)
+        sub = one.take(rows)
+        assert [list(c) for c in sub.categorical] == [[c[i] for i in rows] for c in columns]
+        for got, column in zip(sub.categorical, columns):
+            kept = [column[i] for i in rows]
+            for value in (None, "", "basic", "nowhere", "absent"):
+                assert (value in got) == (value in kept), value
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.one_of(st.none(), st.sampled_from(["a", "b", "", "é", "a b"]), st.text(max_size=4)), max_size=60))
+def test_a_coded_column_reads_as_the_list_it_stands_for(values):
+    pytest.importorskip("pyarrow")
+    column = coded(values) if values else Coded([], np.empty(0, dtype=np.int32))
+    assert len(column) == len(values) and list(column) == values and column == values
+    assert len(set(column.words)) == len(column.words)  # each distinct value once
+    for i in range(len(values)):
+        assert column[i] == values[i]
+    for value in {None, "", "a", "zz", *values[:5]}:
+        assert (value in column) == (value in values)
+    rows = np.arange(0, len(values), 3)
+    assert list(column.take(rows)) == values[::3]
+    for value in {None, "", "a", *values[:5]}:
+        assert (value in column.take(rows)) == (value in values[::3])
