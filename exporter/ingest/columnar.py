@@ -674,7 +674,9 @@ def _arrow_column(pa, name: str, column):
         raise Refused(400, name[:100], "invalid_value", f"a nested column may not hold dictionaries ({t})")
     if pa.types.is_timestamp(t):
         unit = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[t.unit]
-        return pa.compute.divide(array.cast(pa.int64()).cast(pa.float64()), unit)
+        # (unsafe: a safe cast refuses integers past 2**53, which any time of this century in nanoseconds is;
+        # rounded to the nearest float, a time keeps about a quarter of a microsecond)
+        return pa.compute.divide(array.cast(pa.int64()).cast(pa.float64(), safe=False), unit)
     if pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return array.cast(pa.string())
     return array

@@ -199,6 +199,39 @@ def test_an_arrow_integer_column_with_nulls_past_2_to_the_53_is_answered_as_its_
     assert four.arrow_sent == 2
 
 
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+@pytest.mark.parametrize("tz", [None, "UTC"])
+def test_arrow_timestamps_of_every_unit_are_read_as_the_seconds_they_stand_for(unit, tz):
+    """A timestamp column in nanoseconds (pandas' datetime64[ns]) holds integers past 2**53 for any time of this
+    century: pyarrow's safe cast to float refused them, a 500. Each unit is read as the unix seconds JSON sends
+    (to the nearest float), and a time far past the allowed skew is refused (4xx) as its row is."""
+    clock = Clock(T0)
+    scale = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+    seconds = [T0 - 3600.25, T0 - 60.5, T0 - 1.0]
+    ticks = [round(v * scale) if unit != "s" else int(v) for v in seconds]
+    body = {"model": "churn", "predictions": ["churn", "stay", "churn"], "features": {"tenure": [1.0, 2.0, 3.0]}}
+    sent = [float(t) / scale for t in ticks]
+    json_app, arrow_app = make_app(CONFIGS["single"], clock)[0], make_app(CONFIGS["single"], clock)[0]
+    table = pa.table(
+        {
+            "timestamps": pa.array(ticks, pa.timestamp(unit, tz=tz)),
+            "predictions": body["predictions"],
+            "features.tenure": body["features"]["tenure"],
+        }
+    ).replace_schema_metadata({"model": "churn"})
+    a = json_app.test_client().post(
+        "/api/v1/predictions", data=orjson.dumps({**body, "timestamps": sent}), content_type=COLUMNS
+    )
+    b = arrow_app.test_client().post("/api/v1/predictions", data=stream_of(table), content_type=ARROW)
+    assert a.status_code == b.status_code == 202, (a.get_json(), b.get_json())
+    assert series(json_app) == series(arrow_app)
+    far = pa.table({"timestamps": pa.array([2**62], pa.timestamp(unit)), "predictions": ["churn"]})
+    c = arrow_app.test_client().post(
+        "/api/v1/predictions", data=stream_of(far.replace_schema_metadata({"model": "churn"})), content_type=ARROW
+    )
+    assert 400 <= c.status_code < 500, c.get_json()
+
+
 @settings(max_examples=500, **SETTINGS)
 @given(
     values=st.lists(
