@@ -245,6 +245,11 @@ class ColumnarDecoder:
             for m in self.config.models
         }
         self._numeric_columns = {m.name: numeric_columns(m) for m in self.config.models}
+        # model -> the columns of its numeric features, in Binner.numeric's order (an Arrow batch's float64 ones
+        # are read together: _float_block)
+        self._float_features = {
+            m.name: [f"features.{name}" for name in self.numeric[m.name]] for m in self.config.models
+        }
         models = [m for m in self.config.models if all(fastpath._renamable(f.name) for f in m.features)]
         models = [m for m in models if all(fastpath._renamable(a) for a in m.attributes)]
         self._json = None
@@ -308,8 +313,12 @@ class ColumnarDecoder:
                 return None
         return self._columns(model, body.version, registry, columns, now)
 
-    def _columns(self, model: ModelConfig, version: Any, registry, columns: dict, now: float) -> Columns | None:
-        """The checks the types did not make, and the columns as the window update takes them; None: declined."""
+    def _columns(
+        self, model: ModelConfig, version: Any, registry, columns: dict, now: float, block: tuple | None = None
+    ) -> Columns | None:
+        """The checks the types did not make, and the columns as the window update takes them; None: declined.
+        ``block``: numeric features' columns already read and checked together (:func:`_float_block`), left out
+        of ``columns``."""
         if type(version) is not str or (version != "default" and not _VERSION_RE.fullmatch(version)):
             return None
         preds = columns["predictions"]
@@ -360,7 +369,16 @@ class ColumnarDecoder:
         numeric_names = self.numeric[model.name]
         # Built feature by feature (rows of this array), read as events x features: each feature's values stay
         # contiguous, as the binning reads them (Binner._bin_whole).
-        by_feature = np.full((len(numeric_names), n), np.nan)
+        if block is not None and len(block[0]) == len(numeric_names):  # every numeric feature, in this order
+            if len(block[1]) != n:
+                return None
+            by_feature = block[1].T
+        else:
+            by_feature = np.full((len(numeric_names), n), np.nan)
+            if block is not None:
+                if len(block[1]) != n:
+                    return None
+                by_feature[[numeric_names[name[9:]] for name in block[0]]] = block[1].T
         categorical: dict[str, list] = {}
         features = {f.name: f for f in model.features}
         attributes: dict[str, list] = {}
@@ -465,15 +483,21 @@ class ColumnarDecoder:
                 return None
         columns = {}
         numeric = self._numeric_columns[model.name]
+        block = _float_block(table.columns, self._float_features[model.name])
+        if block is False:
+            return None
+        taken = block[0] if block is not None else ()
         unchecked: list[str] = []  # numeric features whose values' range is checked below, all at once
         for name, array in table.columns.items():
+            if name in taken:
+                continue
             values = _arrow_values(name, array, numeric, unchecked)
             if values is None:
                 return None
             columns[name] = values
         if "predictions" not in columns:
             return None
-        cols = self._columns(model, table.batch.get("version", "default"), registry, columns, now)
+        cols = self._columns(model, table.batch.get("version", "default"), registry, columns, now, block)
         if cols is not None and unchecked:
             at = self.numeric[model.name]
             block = cols.numeric[:, [at[name.partition(".")[2]] for name in unchecked]]
@@ -724,6 +748,31 @@ def numeric_columns(model: ModelConfig) -> frozenset[str]:
     if model.task == "regression":
         names |= {"predictions", "labels"}
     return frozenset(names)
+
+
+def _float_block(arrays: dict, features: list[str]) -> tuple[list[str], np.ndarray] | None | bool:
+    """The float64 columns among ``features`` (a model's numeric features' columns, in order) read together:
+    their names and an events x columns array (column-major: each feature's values contiguous), NaN where
+    null; checked as :func:`_arrow_values` checks each (a NaN sent as a value, or a magnitude past
+    MAX_MAGNITUDE: False, the general path decides). None when fewer than two such columns came."""
+    import pyarrow as pa
+
+    double = pa.float64()
+    names = [name for name in features if name in arrays and arrays[name].type == double]
+    if len(names) < 2:
+        return None
+    chosen = [arrays[name] for name in names]
+    block = np.asarray(pa.RecordBatch.from_arrays(chosen, names=names).to_tensor(null_to_nan=True, row_major=False))
+    nulls = sum(a.null_count for a in chosen)
+    if not nulls:  # (NaN fails both comparisons: a NaN sent as a value is refused with the rest)
+        return (names, block) if block.max() <= MAX_MAGNITUDE and block.min() >= -MAX_MAGNITUDE else False
+    gone = np.isnan(block)
+    if not np.array_equal(gone.sum(axis=0), [a.null_count for a in chosen]):
+        return False  # more NaN than nulls in a column: a NaN sent as a value
+    with np.errstate(invalid="ignore"):
+        if not ((np.abs(block) <= MAX_MAGNITUDE) | gone).all():
+            return False
+    return names, block
 
 
 def _arrow_values(name: str, array, numeric: frozenset[str], unchecked: list[str] | None = None) -> Any:

@@ -232,6 +232,60 @@ def test_arrow_timestamps_of_every_unit_are_read_as_the_seconds_they_stand_for(u
     assert 400 <= c.status_code < 500, c.get_json()
 
 
+FLOAT = st.one_of(
+    st.none(),
+    st.floats(-10, 10),
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e100, -1e100, 1.0000001e100, -0.0, 5e-324]),
+)
+
+
+@settings(max_examples=400, **SETTINGS)
+@given(
+    columns=st.integers(1, 6).flatmap(
+        lambda rows: st.lists(st.lists(FLOAT, min_size=rows, max_size=rows), min_size=1, max_size=5)
+    ),
+    chunked=st.booleans(),
+    absent=st.integers(0, 4),
+    nulls=st.booleans(),
+)
+def test_numeric_features_read_together_agree_with_the_column_by_column_reading(columns, chunked, absent, nulls):
+    """An Arrow batch's float64 feature columns are read and checked together (``_float_block``, one tensor),
+    the others column by column (``_arrow_values``, then the range of those without nulls at once): on
+    generated columns (nulls, NaN, infinities, the magnitude limit's edges), both take or decline the same
+    columns and give the same values, NaN where null. Columns of several chunks are read as one array first,
+    as ``arrow_table`` does."""
+    names = [f"features.f{j}" for j in range(len(columns))]
+    arrays = {}
+    for name, values in zip(names, columns):
+        if not nulls:  # (the common batch, checked apart: no column has a null)
+            values = [0.5 if v is None else v for v in values]
+        array = pa.array(values, pa.float64())
+        if chunked and len(values) > 1:  # (a column sent in two record batches, combined)
+            array = pa.chunked_array([array[:1], array[1:]]).combine_chunks()
+        arrays[name] = array
+    features = [f"features.f{j}" for j in range(len(columns) + 1)]  # one more: a feature not sent
+    if absent < len(names):
+        del arrays[names[absent]]
+    block = columnar._float_block(arrays, features)
+    unchecked: list[str] = []
+    single = {
+        name: columnar._arrow_values(name, array, frozenset(features), unchecked) for name, array in arrays.items()
+    }
+    declined = any(v is None for v in single.values()) or any(
+        not (np.abs(single[name]) <= schema.MAX_MAGNITUDE).all() for name in unchecked
+    )
+    if len(arrays) < 2:
+        assert block is None
+        return
+    assert (block is False) == declined, (block, single)
+    if block is not False:
+        taken, matrix = block
+        assert taken == [name for name in features if name in arrays]
+        assert matrix.shape == (len(columns[0]), len(taken)) and matrix.flags.f_contiguous
+        for j, name in enumerate(taken):
+            np.testing.assert_array_equal(matrix[:, j], single[name])
+
+
 @settings(max_examples=500, **SETTINGS)
 @given(
     values=st.lists(
