@@ -53,6 +53,7 @@ PREDICTION_COLUMNS = schema.COLUMN_NAMES
 OBJECT_COLUMNS = schema.OBJECT_FIELDS
 BATCH_FIELDS = schema.BATCH_FIELDS["Prediction"]
 LABEL_COLUMNS = {"id": "ids", "label": "labels"}
+_PREDICTION_NAMES, _LABEL_NAMES = frozenset(PREDICTION_COLUMNS.values()), frozenset(LABEL_COLUMNS.values())
 # Arrow messages a stream may hold beyond its rows: an attacker's many tiny batches cost time, not memory.
 MAX_ARROW_MESSAGES = 10_000
 
@@ -632,7 +633,10 @@ def arrow_table(raw: bytes, kind: str, limit: int) -> Table:
             raise Refused(413, "", "batch_too_large", f"{exc}; at most {limit} rows per request") from None
         raise Refused(400, "", "malformed_arrow", str(exc)) from None
     try:
-        table = pa.ipc.open_stream(pa.py_buffer(raw)).read_all()
+        reader = pa.ipc.open_stream(pa.py_buffer(raw))
+        batches = list(reader)
+        # (one record batch, the usual stream, is read as it is: its columns are arrays, no chunks to combine)
+        table = batches[0] if len(batches) == 1 else pa.Table.from_batches(batches, schema=reader.schema)
         # The reader checks the framing and the buffers' sizes only: offsets past a column's data or text that
         # is not UTF-8 would be read out of bounds (a crash) by the first function that walks the values.
         table.validate(full=True)
@@ -656,11 +660,12 @@ def arrow_table(raw: bytes, kind: str, limit: int) -> Table:
                 400, "registry", "invalid_value", "the schema metadata's registry must be a JSON object"
             ) from None
     plain = PREDICTION_COLUMNS if kind == "predictions" else LABEL_COLUMNS
+    known = _PREDICTION_NAMES if kind == "predictions" else _LABEL_NAMES
     objects = OBJECT_COLUMNS if kind == "predictions" else ()
     columns: dict[str, Any] = {}
-    for name, column in zip(table.column_names, table.columns):
+    for name, column in zip(table.schema.names, table.columns):
         head, dot, _ = name.partition(".")
-        if name not in plain.values() and not (head in objects and dot):
+        if name not in known and not (head in objects and dot):
             allowed = ", ".join([*plain.values(), *(f"{o}.<name>" for o in objects)])
             raise Refused(400, name[:100], "unknown_field", f"unknown column; allowed: {allowed}")
         if name in columns:
@@ -676,7 +681,9 @@ def _arrow_column(pa, name: str, column):
     """One column as a single array. Dictionary-encoded columns are decoded, timestamps read as unix seconds;
     values of other types (lists, structs, bytes...) go to the general validation like a row's, which names
     each row whose value is not of its field's kind."""
-    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    array = column
+    if type(column) is pa.ChunkedArray:
+        array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     kind = _kind(pa, array.type)
     if kind in _PLAIN_KINDS:  # the common columns: nothing to do
         return array
