@@ -242,17 +242,15 @@ class JoinStore:
                 out.append(_WAITING)
         return out
 
-    def _all_new(self, ids) -> bool:
-        """Whether every id is new: unseen in the store and not repeated in ``ids``."""
-        new = set(ids)
-        # keys().isdisjoint(set) walks the (small) set and looks each id up in the store: set.isdisjoint(dict)
-        # would walk the whole store.
+    def _none_known(self, ids) -> bool:
+        """Whether no id of ``ids`` is in the store; repeats within ``ids`` are for the caller to find (by the
+        size its dict grows by). Each id is looked up once per non-empty part, in C; the ordered store is
+        skipped while it holds blocks' marks only."""
         return (
-            len(new) == len(ids)
-            and self._joined.keys().isdisjoint(new)
-            and self._coded.keys().isdisjoint(new)
-            and self._waiting.keys().isdisjoint(new)
-            and self._early.keys().isdisjoint(new)
+            self._coded.keys().isdisjoint(ids)
+            and (len(self._waiting) == len(self._blocks) or self._waiting.keys().isdisjoint(ids))
+            and (not self._joined or self._joined.keys().isdisjoint(ids))
+            and (not self._early or self._early.keys().isdisjoint(ids))
         )
 
     def wait_all(self, ids: tuple[str, ...], pendings: tuple[tuple, ...]) -> list[tuple] | None:
@@ -260,9 +258,13 @@ class JoinStore:
         decided at once as ``join_predictions`` would decide each: every one waits, the oldest waiting ones
         evicted over the cap. None (and nothing done) when an id is not new. ``pendings``: Pendings or plain
         tuples of their fields."""
-        if not self._all_new(ids):
+        if not self._none_known(ids):
             return None
-        self._waiting.update(zip(ids, map(tuple, pendings)))  # a Pending as the plain tuple kept
+        waiting, before = self._waiting, len(self._waiting)
+        waiting.update(zip(ids, map(tuple, pendings)))  # a Pending as the plain tuple kept
+        if len(waiting) != before + len(ids):  # an id repeated in the batch: taken back (each was new)
+            deque(map(waiting.pop, ids, repeat(None)), maxlen=0)
+            return None
         self._evict()
         return [_WAITING] * len(ids)
 
@@ -281,9 +283,14 @@ class JoinStore:
         n = len(ids)
         if not n:  # (nothing to keep: no block, whose mark would stay until eviction or the TTL reached it)
             return []
-        if not self._all_new(ids):
+        if not self._none_known(ids):
             return None
-        number = self._next_block
+        number, coded = self._next_block, self._coded
+        base, before = number << ROW_BITS, len(coded)
+        coded.update(zip(ids, range(base, base + n)))
+        if len(coded) != before + n:  # an id repeated in the batch: taken back (each was new)
+            deque(map(coded.pop, ids, repeat(None)), maxlen=0)
+            return None
         self._next_block += 1
         mark = _Mark(number)
         self._blocks[number] = _Block(
@@ -298,8 +305,6 @@ class JoinStore:
             mark,
         )
         self._waiting[mark] = None
-        base = number << ROW_BITS
-        self._coded.update(zip(ids, range(base, base + n)))
         self._evict()
         return [_WAITING] * n
 

@@ -26,7 +26,10 @@ class Ops:
     def ids(self, n: int) -> list[str]:
         if self.rng.random() < 0.6:  # new ids (the block's common case): never seen before
             self.fresh += n
-            return [f"new{self.fresh - i}" for i in range(n)]
+            fresh = [f"new{self.fresh - i}" for i in range(n)]
+            if n > 1 and self.rng.random() < 0.1:  # ... but one of them twice in the batch
+                fresh[self.rng.randrange(1, n)] = fresh[0]
+            return fresh
         return [self.rng.choice(self.pool) for _ in range(n)]
 
     def next(self) -> tuple:
@@ -170,8 +173,10 @@ def test_blocks_decide_and_keep_exactly_what_rows_do(seed, monkeypatch):
 
     monkeypatch.setattr(JoinStore, "_join_coded", counted_labels)
     monkeypatch.setattr(JoinStore, "_release", counted)
-    for step in range(3000):
+    repeats = 0
+    for step in range(4000):
         op = ops.next()
+        repeats += op[0] == "columns" and len(set(op[1])) < len(op[1]) and op[1][0].startswith("new")
         if op[0] == "snapshot":  # a checkpoint and a restart from it (the last one of a clean stop: portable)
             blocks = pickle.loads(pickle.dumps(blocks.copy(portable=op[1]), protocol=pickle.HIGHEST_PROTOCOL))
             continue
@@ -190,6 +195,7 @@ def test_blocks_decide_and_keep_exactly_what_rows_do(seed, monkeypatch):
     # What the sequences exercised: every decision, and blocks taken, compacted, emptied by joins, dropped.
     assert seen >= {DUP, DUP_JOIN, EARLY, WAITING, JOINED, (INLINE, False)}
     assert took > 300 and all(n > 20 for n in gone.values()) and at_once[0] > 100, (took, gone, at_once)
+    assert repeats > 20, repeats  # batches of new ids but one repeated: declined whole, then decided row by row
 
 
 def test_a_block_whose_rows_mostly_left_is_compacted_and_its_last_rows_still_join():
@@ -258,3 +264,30 @@ def test_an_empty_batch_leaves_nothing_behind():
     store.join_predictions([("r", (50.0, "v1", 50.0, 1, None, None), None)], 50.0)
     store.expire(102.0)  # (a clock that went back: r is older than the empty batch)
     assert store.counts() == (0, 0) and store.take_dropped()["prediction", "expired"] == 1
+
+
+@pytest.mark.parametrize("form", ["rows", "columns"])
+def test_a_batch_of_new_ids_but_one_repeated_is_decided_row_by_row(form):
+    """A batch of new ids whose one id comes twice is no common batch: taken whole, it is found out by the
+    size the store grew by and taken back, then decided row by row (the repeat is a duplicate). Rows of 64 and
+    more are tried whole (``wait_all``), columns always (``wait_columns``)."""
+    now = 100.0
+    whole, single = JoinStore(60.0, 1000), JoinStore(60.0, 1000)
+    earlier = [(f"old{i}", (now, "v1", now, i % 2, None, None), None) for i in range(10)]
+    for store in (whole, single):
+        store.join_predictions(earlier, now)
+        store.wait_columns([f"blk{i}" for i in range(70)], now, "v1", np.zeros(70), np.zeros(70), None, None)
+    ids = [f"n{i}" for i in range(80)]
+    ids[50] = ids[3]
+    op = ("columns", ids, now, "v1", np.full(80, now), np.arange(80) % 2, None, None)
+    before = entries(whole)
+    if form == "columns":
+        assert whole.wait_columns(*op[1:]) is None
+    else:
+        assert whole.wait_all(tuple(ids), tuple(pending for _, pending, _ in as_rows(op))) is None
+    assert entries(whole) == before and whole.counts() == single.counts()
+    check_blocks(whole)
+    got = whole.join_predictions(as_rows(op), now)  # (80 rows: tried whole first, then row by row)
+    expected = [single.join_predictions([row], now)[0] for row in as_rows(op)]
+    assert got == expected and got[50][0] == DUP and got.count(expected[0]) == 79
+    assert entries(whole) == entries(single) and whole.counts() == single.counts()
