@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import orjson  # noqa: E402
 import requests  # noqa: E402
 
-from bench.common import ROOT, Served, config_text, events, free_port, median_of  # noqa: E402
+from bench.common import ROOT, Served, config_text, events, free_port, machine_probe, median_of  # noqa: E402
 
 # Ids of the format benchmark's bodies start with this placeholder; each request gets its own number in its
 # place (the same length, so a JSON body and an Arrow stream stay valid): every prediction is new, as in
@@ -404,14 +404,17 @@ def formats(seconds: float = 5.0) -> dict:
     default SQLite storage, 30 features, batches of 1000 predictions with ids; and Arrow with numpy's default
     BLAS thread pool."""
     bodies = format_bodies()
+    probes = [machine_probe()]  # the machine's speed beside each part (bench/common.py)
     with tempfile.TemporaryDirectory() as ref:
         text = config_text(models=1, features=30, reference_dir=ref)
-        return {
-            "in_process": formats_in_process(text, bodies),
-            **formats_served(text, bodies, (1, 2, 4), seconds),
-            "blas_pool": blas_pool(text, bodies, seconds),
-            "http_floor": http_floor(bodies, seconds),
-        }
+        out = {"in_process": formats_in_process(text, bodies)}
+        probes.append(machine_probe())
+        out |= formats_served(text, bodies, (1, 2, 4), seconds)
+        probes.append(machine_probe())
+        out["blas_pool"] = blas_pool(text, bodies, seconds)
+        out["http_floor"] = http_floor(bodies, seconds)
+        probes.append(machine_probe())
+        return out | {"machine_probe_ms": probes}
 
 
 def run(seconds: float = 5.0) -> dict:

@@ -20,6 +20,24 @@ import requests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def machine_probe() -> float:
+    """Milliseconds a fixed piece of pure-Python work takes (a loop, then inserting and popping 200,000 string
+    keys in a dict: the kind of work a request does between C calls), the best of three. The machines these
+    benchmarks run on change speed by tens of percent within a minute; timed beside a benchmark's phases, the
+    probe tells a slow moment from a slow change."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        sum(i * i for i in range(300_000))
+        d = {}
+        for i in range(100_000):
+            d[str(i)] = i
+        for i in range(100_000):
+            d.pop(str(i))
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
 def scratch_dir(prefix: str = "mlmon-bench-") -> str:
     """A fresh temporary directory, removed when the benchmark process exits (never inside the repo)."""
     path = tempfile.mkdtemp(prefix=prefix)

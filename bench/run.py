@@ -723,6 +723,16 @@ def formats_section(f: dict, runs: list[dict], secs: float) -> list[str]:
             + ". Every served batch pays this before mlmon's own work (the in-process request above).",
             "",
         ]
+    probes = [ms for r in runs or [f] for ms in r.get("machine_probe_ms", ())]
+    if probes:
+        lines += [
+            "The machine's speed during these runs: a fixed piece of pure-Python work (`bench/common.py` "
+            f"`machine_probe`), timed {len(probes)} times beside the phases above, took {min(probes):.0f} to "
+            f"{max(probes):.0f} ms (median {statistics.median(probes):.0f} ms). The machines these benchmarks run "
+            "on change speed by tens of percent from one minute to the next, and a phase run at a slower moment is "
+            "slower in about that ratio: compare changes within one run, or in alternating pairs.",
+            "",
+        ]
     lines += [
         "Targets:",
         "",
