@@ -370,16 +370,14 @@ class ColumnarDecoder:
         numeric_names = self.numeric[model.name]
         # Built feature by feature (rows of this array), read as events x features: each feature's values stay
         # contiguous, as the binning reads them (Binner._bin_whole).
+        if block is not None and len(block[1]) != n:
+            return None
         if block is not None and len(block[0]) == len(numeric_names):  # every numeric feature, in this order
-            if len(block[1]) != n:
-                return None
             by_feature = block[1].T
         else:
             by_feature = np.full((len(numeric_names), n), np.nan)
             if block is not None:
-                if len(block[1]) != n:
-                    return None
-                by_feature[[numeric_names[name[9:]] for name in block[0]]] = block[1].T
+                by_feature[[numeric_names[name.partition(".")[2]] for name in block[0]]] = block[1].T
         categorical: dict[str, list] = {}
         features = {f.name: f for f in model.features}
         attributes: dict[str, list] = {}
@@ -501,9 +499,9 @@ class ColumnarDecoder:
         cols = self._columns(model, table.batch.get("version", "default"), registry, columns, now, block)
         if cols is not None and unchecked:
             at = self.numeric[model.name]
-            block = cols.numeric[:, [at[name.partition(".")[2]] for name in unchecked]]
+            values = cols.numeric[:, [at[name.partition(".")[2]] for name in unchecked]]
             with np.errstate(invalid="ignore"):
-                if not (np.abs(block) <= MAX_MAGNITUDE).all():  # False for NaN too: no number JSON can send
+                if not (np.abs(values) <= MAX_MAGNITUDE).all():  # False for NaN too: no number JSON can send
                     return None
         return cols
 
@@ -770,11 +768,11 @@ def _float_block(arrays: dict, features: list[str]) -> tuple[list[str], np.ndarr
         return None
     chosen = [arrays[name] for name in names]
     block = np.asarray(pa.RecordBatch.from_arrays(chosen, names=names).to_tensor(null_to_nan=True, row_major=False))
-    nulls = sum(a.null_count for a in chosen)
-    if not nulls:  # (NaN fails both comparisons: a NaN sent as a value is refused with the rest)
+    nulls = [a.null_count for a in chosen]
+    if not any(nulls):  # (NaN fails both comparisons: a NaN sent as a value is refused with the rest)
         return (names, block) if block.max() <= MAX_MAGNITUDE and block.min() >= -MAX_MAGNITUDE else False
     gone = np.isnan(block)
-    if not np.array_equal(gone.sum(axis=0), [a.null_count for a in chosen]):
+    if not np.array_equal(gone.sum(axis=0), nulls):
         return False  # more NaN than nulls in a column: a NaN sent as a value
     with np.errstate(invalid="ignore"):
         if not ((np.abs(block) <= MAX_MAGNITUDE) | gone).all():
