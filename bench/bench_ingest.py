@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import orjson  # noqa: E402
 import requests  # noqa: E402
 
-from bench.common import ROOT, Served, config_text, events, free_port, machine_probe, median_of  # noqa: E402
+from bench.common import ROOT, Served, config_text, events, free_port, machine_probe, median_of, wait_ready  # noqa: E402
 
 # Ids of the format benchmark's bodies start with this placeholder; each request gets its own number in its
 # place (the same length, so a JSON body and an Arrow stream stay valid): every prediction is new, as in
@@ -375,16 +375,7 @@ def http_floor(bodies: dict[str, list[bytes]], seconds: float, clients: int = 2)
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench", "http_floor.py"), str(port)], cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(url + "/readyz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the HTTP floor server did not start")
-            time.sleep(0.1)
+        wait_ready(url, "the HTTP floor server")
         out: dict = {"clients": clients}
         for name in ("columns", "arrow"):
             cpu = server_cpu_seconds(proc.pid)

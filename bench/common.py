@@ -180,14 +180,8 @@ class Served:
             cwd=ROOT,
             env=self.env,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/readyz", timeout=1).ok:
-                    return self
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("exporter did not start")
+        wait_ready(self.url, "exporter")
+        return self
 
     def rss_bytes(self) -> int:
         with open(f"/proc/{self.proc.pid}/statm") as fh:
@@ -197,6 +191,19 @@ class Served:
         self.proc.terminate()
         self.proc.wait(20)
         self.dir.cleanup()
+
+
+def wait_ready(url: str, what: str, seconds: float = 30) -> None:
+    """Until ``url``/readyz answers OK (a server started in a subprocess); RuntimeError after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "/readyz", timeout=1).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start")
 
 
 def median_of(fn, runs: int = 5) -> float:
