@@ -193,10 +193,10 @@ class JoinStore:
         self.cap = cap
         # Entries as plain tuples: a Pending's fields (or None for a block's mark), an EarlyLabel's (arrival,
         # label).
-        self._waiting: OrderedDict[str | _Mark, tuple | None] = OrderedDict()
-        self._coded: dict[str, int] = {}  # id -> code of a block's row
-        self._early: OrderedDict[str, tuple] = OrderedDict()
-        self._joined: OrderedDict[str, float] = OrderedDict()  # id -> time of the join
+        self._waiting: OrderedDict[str | _Mark, tuple | None] = _id_dict(kind=OrderedDict)
+        self._coded: dict[str, int] = _id_dict()  # id -> code of a block's row
+        self._early: OrderedDict[str, tuple] = _id_dict(kind=OrderedDict)
+        self._joined: OrderedDict[str, float] = _id_dict(kind=OrderedDict)  # id -> time of the join
         self._blocks: dict[int, _Block] = {}
         self._next_block = 0
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
@@ -529,22 +529,23 @@ class JoinStore:
         return self._snapshot(self._parts(portable=False))
 
     def __setstate__(self, state: dict) -> None:
-        self._blocks, self._next_block, self._coded = {}, 0, {}
+        self._blocks, self._next_block, self._coded = {}, 0, _id_dict()
         if "form" not in state:  # release 0.1.0: the attributes themselves, an object per entry
             self.__dict__.update(state)
-            self._waiting = OrderedDict((k, _fields(v)) for k, v in self._waiting.items())
-            self._early = OrderedDict((k, _fields(v)) for k, v in self._early.items())
+            self._waiting = _id_dict(((k, _fields(v)) for k, v in self._waiting.items()), OrderedDict)
+            self._early = _id_dict(((k, _fields(v)) for k, v in self._early.items()), OrderedDict)
+            self._joined = _id_dict(self._joined.items(), OrderedDict)
             return
         self.ttl, self.cap, self.dropped = state["ttl"], state["cap"], state["dropped"]
         if state["form"] == 2:
-            self._waiting = OrderedDict(zip(*state["waiting"]))
-            self._early = OrderedDict(zip(*state["early"]))
-            self._joined = OrderedDict(zip(*state["joined"]))
+            self._waiting = _id_dict(zip(*state["waiting"]), OrderedDict)
+            self._early = _id_dict(zip(*state["early"]), OrderedDict)
+            self._joined = _id_dict(zip(*state["joined"]), OrderedDict)
             return
-        self._early = OrderedDict(zip(_unpack(state["early_labels"][0]), state["early_labels"][1]))
-        self._joined = OrderedDict(zip(_unpack(state["joined_ids"][0]), _list(state["joined_ids"][1])))
+        self._early = _id_dict(zip(_unpack(state["early_labels"][0]), state["early_labels"][1]), OrderedDict)
+        self._joined = _id_dict(zip(_unpack(state["joined_ids"][0]), _list(state["joined_ids"][1])), OrderedDict)
         coded_ids, codes = _unpack(state["coded"][0]), _list(state["coded"][1])
-        self._coded = dict(zip(coded_ids, codes))
+        self._coded = _id_dict(zip(coded_ids, codes))
         blocks = self._blocks
         for number, fields in state["blocks"].items():
             blocks[number] = _Block(*fields, [None] * len(fields[2]), 0, _Mark(number))
@@ -555,7 +556,7 @@ class JoinStore:
             block.ids[code & _ROW_MASK] = pid
             block.alive += 1
         ids, values = _unpack(state["pending"][0]), state["pending"][1]
-        waiting = self._waiting = OrderedDict()
+        waiting = self._waiting = _id_dict(kind=OrderedDict)
         at = 0
         for place, number in state["marks"]:
             waiting.update(zip(ids[at:place], values[at:place]))
@@ -575,10 +576,9 @@ class JoinStore:
 
     def clear(self) -> None:
         """Forget every entry (a model reset); nothing is counted as dropped."""
-        self._waiting.clear()
-        self._coded.clear()
-        self._early.clear()
-        self._joined.clear()
+        # (new dicts: clear() would make them keyed by text only again, see _id_dict)
+        self._waiting, self._coded = _id_dict(kind=OrderedDict), _id_dict()
+        self._early, self._joined = _id_dict(kind=OrderedDict), _id_dict(kind=OrderedDict)
         self._blocks.clear()
 
     def counts(self) -> tuple[int, int]:
@@ -634,6 +634,20 @@ class JoinStore:
                 del store[pid]
                 if kind is not None:
                     self.dropped[kind, "expired"] += 1
+
+
+def _id_dict(items=(), kind=dict):
+    """A dict (or OrderedDict) for ids that keeps each key's hash in its entry. A dict whose keys are all str does
+    not (CPython 3.11 and later): each probe of a look-up then reads the hash from the key's own string, one more
+    cache miss per probe. The store's dicts hold up to ``limits.max_pending_per_model`` ids, far more than the
+    cache holds, and a batch of 1000 new ids probes one for each, inserts them and evicts as many old ones. A key
+    of another type, put in and taken out at once, makes a dict keep hashes for good (through its resizes too),
+    at 8 more bytes per entry (docs/performance.md)."""
+    made = kind()
+    made[0] = None
+    del made[0]
+    made.update(items)
+    return made
 
 
 def _pack(ids: list) -> tuple[str, np.ndarray] | list:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from exporter.config import parse_config
@@ -165,3 +167,58 @@ def test_a_stores_copy_pickles_as_the_store_did_when_copied_and_loads_as_a_store
     back = pickle.loads(expected)
     assert back.counts() == (4, 1) and back.dropped["prediction", "evicted"] == 2
     assert back.join_labels([("p5", "yes")], 10.0)[0][1].timestamp == 5.0
+
+
+def _keeps_hashes(d: dict) -> bool:
+    """Whether a dict's (or OrderedDict's) entries hold their keys' hashes: CPython's dk_kind is not
+    DICT_KEYS_UNICODE (the byte at offset 10 of the keys object, CPython 3.11 to 3.13; PyODictObject begins
+    with a PyDictObject)."""
+    import ctypes
+
+    keys = ctypes.c_void_p.from_address(id(d) + 32).value  # ma_keys: after ob_refcnt, ob_type, ma_used, version
+    return ctypes.c_uint8.from_address(keys + 10).value != 1  # 1: DICT_KEYS_UNICODE
+
+
+@pytest.mark.skipif(
+    sys.implementation.name != "cpython" or not (3, 11) <= sys.version_info[:2] <= (3, 13),
+    reason="reads CPython 3.11-3.13's dict layout",
+)
+def test_every_dict_of_ids_keeps_its_keys_hashes_when_made_cleared_and_loaded():
+    """A dict of str keys only keeps no hash in its entries, so each probe of a look-up also reads the key's
+    string: one more cache miss per probe in dicts of 100,000 ids (joins._id_dict). Made, filled with text
+    ids, cleared by a reset and loaded from every snapshot form, the store's dicts still keep them; a dict
+    made the plain way does not (this test's own check)."""
+    import pickle
+
+    import numpy as np
+
+    from exporter.engine.joins import JoinStore
+
+    plain: dict = {}
+    plain.update((f"p{i}", i) for i in range(100))
+    assert not _keeps_hashes(plain)
+
+    def parts(store):
+        return {"waiting": store._waiting, "coded": store._coded, "early": store._early, "joined": store._joined}
+
+    def filled() -> JoinStore:
+        store = JoinStore(3600, 1000)
+        for i in range(50):
+            store.put_waiting(f"p{i}", (float(i), "v1", float(i), 1, None, None))
+            store.put_early(f"e{i}", "yes", float(i))
+            store.mark_joined(f"j{i}", float(i))
+        ids = [f"b{i}" for i in range(100)]
+        store.wait_columns(ids, 1.0, "v1", np.zeros(100), np.zeros(100), None, None)
+        return store
+
+    store = filled()
+    made = {name: _keeps_hashes(d) for name, d in parts(store).items()}
+    for form in ("snapshot", "portable"):
+        back = pickle.loads(pickle.dumps(store.copy(portable=form == "portable")))
+        assert back.counts() == store.counts()
+        made.update({f"{name} ({form})": _keeps_hashes(d) for name, d in parts(back).items()})
+    store.clear()
+    made.update({f"{name} (cleared)": _keeps_hashes(d) for name, d in parts(store).items()})
+    fresh = JoinStore(3600, 1000)
+    made.update({f"{name} (new)": _keeps_hashes(d) for name, d in parts(fresh).items()})
+    assert made == dict.fromkeys(made, True)
