@@ -676,8 +676,8 @@ def arrow_table(raw: bytes, kind: str, limit: int) -> Table:
 
 
 def _arrow_column(pa, name: str, column):
-    """One column as a single array. Dictionary-encoded columns are decoded, timestamps read as unix seconds;
-    values of other types (lists, structs, bytes...) go to the general validation like a row's, which names
+    """One column as a single array. Dictionary-encoded columns are decoded, timestamps read as unix seconds,
+    decimals as floats; values of other types (lists, structs, bytes...) go to the general validation like a row's, which names
     each row whose value is not of its field's kind."""
     array = column
     if type(column) is pa.ChunkedArray:
@@ -695,7 +695,7 @@ def _arrow_column(pa, name: str, column):
             if longest > MAX_STRING_LENGTH:
                 message = f"holds a dictionary entry of {longest} characters; values are at most {MAX_STRING_LENGTH}"
                 raise Refused(400, name[:100], "invalid_value", message)
-        elif v not in ("integer", "floating", "boolean"):
+        elif v not in ("integer", "floating", "boolean") and not pa.types.is_decimal(t.value_type):
             raise Refused(400, name[:100], "invalid_value", f"a dictionary column holds strings or numbers, not {v}")
         array = array.dictionary_decode()
         t = array.type
@@ -706,6 +706,10 @@ def _arrow_column(pa, name: str, column):
         # (unsafe: a safe cast refuses integers past 2**53, which any time of this century in nanoseconds is;
         # rounded to the nearest float, a time keeps about a quarter of a microsecond)
         return pa.compute.divide(array.cast(pa.int64()).cast(pa.float64(), safe=False), unit)
+    if pa.types.is_decimal(t):
+        # A number, as a database's NUMERIC or DECIMAL column comes (DuckDB, ADBC drivers, pandas' Decimal
+        # objects): read as the nearest float, as a JSON number is; the range checks follow as for any float.
+        return array.cast(pa.float64())
     if pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return array.cast(pa.string())
     return array

@@ -232,6 +232,86 @@ def test_arrow_timestamps_of_every_unit_are_read_as_the_seconds_they_stand_for(u
     assert 400 <= c.status_code < 500, c.get_json()
 
 
+@pytest.mark.parametrize("decimal_type", ["decimal128(12, 4)", "decimal256(40, 2)", "dictionary"])
+def test_arrow_decimals_are_read_as_the_numbers_they_hold(decimal_type):
+    """A database's NUMERIC or DECIMAL column comes to Arrow as decimals (DuckDB, ADBC drivers, pandas' Decimal
+    objects): every numeric column, predictions and labels of a regression model too, is read as the floats
+    JSON would send, to the same state; a decimal past the allowed range is refused (4xx) as its row is."""
+    t = pa.decimal256(40, 2) if decimal_type.startswith("decimal256") else pa.decimal128(20, 4)
+
+    def column(values):
+        decimals = pa.array(values, pa.float64()).cast(t)  # (each value here is exact in both)
+        return decimals.dictionary_encode() if decimal_type == "dictionary" else decimals
+
+    clock = Clock(T0)
+    json_app, arrow_app = make_app(CONFIGS["multi"], clock)[0], make_app(CONFIGS["multi"], clock)[0]
+    tenure, score, latency = [1.25, None, 30.5], [0.75, 0.25, 0.5], [0.25, 0.5, None]
+    bmi, price = [22.5, 31.25, None], [150.25, 99.5, 310.0]
+    ids = [["c0", "c1", "c2"], ["p0", "p1", "p2"]]
+    bodies = [
+        {"model": "churn", "ids": ids[0], "predictions": ["churn", "stay", "churn"], "scores": {"churn": score},
+         "features": {"tenure": tenure}, "latency_seconds": latency, "timestamps": [T0 - 30.5, T0 - 20.25, T0 - 1]},
+        {"model": "price", "ids": ids[1], "predictions": price, "features": {"bmi": bmi}},
+    ]  # fmt: skip
+    tables = [
+        pa.table(
+            {"ids": ids[0], "predictions": bodies[0]["predictions"], "scores.churn": column(score),
+             "features.tenure": column(tenure), "latency_seconds": column(latency),
+             "timestamps": column(bodies[0]["timestamps"])}
+        ).replace_schema_metadata({"model": "churn"}),
+        pa.table({"ids": ids[1], "predictions": column(price), "features.bmi": column(bmi)})
+        .replace_schema_metadata({"model": "price"}),
+    ]  # fmt: skip
+    labels = {"model": "price", "ids": ids[1], "labels": [151.5, 98.25, 300.0]}
+    label_table = pa.table({"ids": ids[1], "labels": column(labels["labels"])}).replace_schema_metadata(
+        {"model": "price"}
+    )
+    for body, table in zip(bodies, tables):
+        a = json_app.test_client().post("/api/v1/predictions", data=orjson.dumps(body), content_type=COLUMNS)
+        b = arrow_app.test_client().post("/api/v1/predictions", data=stream_of(table), content_type=ARROW)
+        assert a.status_code == b.status_code == 202, (a.get_json(), b.get_json())
+    a = json_app.test_client().post("/api/v1/labels", data=orjson.dumps(labels), content_type=COLUMNS)
+    b = arrow_app.test_client().post("/api/v1/labels", data=stream_of(label_table), content_type=ARROW)
+    assert a.status_code == b.status_code == 202, (a.get_json(), b.get_json())
+    assert series(json_app) == series(arrow_app)
+    huge = pa.array([1e101]).cast(pa.decimal256(76, -30))  # past +-1e100
+    far = pa.table({"predictions": ["churn"], "features.tenure": huge}).replace_schema_metadata({"model": "churn"})
+    c = arrow_app.test_client().post("/api/v1/predictions", data=stream_of(far), content_type=ARROW)
+    assert 400 <= c.status_code < 500 and c.get_json()["error"]["details"][0]["field"] == "features.tenure"
+
+
+@pytest.mark.parametrize("text_type", ["large_string", "string_view"])
+def test_arrow_text_of_every_string_type_is_read_as_strings(text_type):
+    """Polars and DuckDB hand text over as ``string_view`` or ``large_string``: ids, classes, categories and
+    attributes of those types give the state their ``string`` columns give."""
+    t = getattr(pa, text_type)()
+    clock = Clock(T0)
+    plain, other = make_app(CONFIGS["single"], clock)[0], make_app(CONFIGS["single"], clock)[0]
+    text = {
+        "ids": ["a", "bb", "a somewhat longer id than twelve bytes"],
+        "predictions": ["churn", "stay", "churn"],
+        "features.plan": ["gold", None, "a plan named at some length"],
+        "attributes.sex": ["f", "m", None],
+    }
+    for app, kind in ((plain, pa.string()), (other, t)):
+        table = pa.table({**{k: pa.array(v, kind) for k, v in text.items()}, "features.tenure": [1.0, 2.0, 3.0]})
+        r = app.test_client().post(
+            "/api/v1/predictions", data=stream_of(table.replace_schema_metadata({"model": "churn"})), content_type=ARROW
+        )
+        assert r.status_code == 202, r.get_json()
+    labels = pa.table({"ids": pa.array(text["ids"][:2], t), "labels": pa.array(["churn", "churn"], t)})
+    r = other.test_client().post(
+        "/api/v1/labels", data=stream_of(labels.replace_schema_metadata({"model": "churn"})), content_type=ARROW
+    )
+    assert r.status_code == 202 and r.get_json()["accepted"] == 2, r.get_json()
+    plain.test_client().post(
+        "/api/v1/labels",
+        data=orjson.dumps({"model": "churn", "ids": text["ids"][:2], "labels": ["churn", "churn"]}),
+        content_type=COLUMNS,
+    )
+    assert series(plain) == series(other)
+
+
 FLOAT = st.one_of(
     st.none(),
     st.floats(-10, 10),

@@ -954,15 +954,17 @@ def _utf8(text: str) -> bool:
 @st.composite
 def arrow_bodies(draw) -> tuple[bytes, int]:
     """(Arrow stream, rows): typed columns of right and wrong types (floats with NaN and infinities, huge
-    integers, long text, dictionaries, timestamps, lists, structs, bytes, nulls), metadata right or wrong; then
-    now and then compressed, cut short, a byte flipped, or junk appended."""
+    integers, long text, dictionaries, timestamps, decimals, lists, structs, bytes, nulls), metadata right or
+    wrong; then now and then compressed, cut short, a byte flipped, or junk appended."""
     pa = pytest.importorskip("pyarrow")
     model = draw(st.sampled_from(MODELS))
     n = draw(st.integers(1, MAX_BATCH + 1))
     floats = st.floats() | st.sampled_from([math.nan, math.inf, 1e101, -0.0])
 
+    decimals = st.decimals(-(10**30), 10**30, allow_nan=False, allow_infinity=False, places=2)
+
     def typed_column():
-        kind = draw(st.integers(0, 10))
+        kind = draw(st.integers(0, 11))
         values = {
             0: (floats | st.none(), pa.float64()),
             1: (st.floats(width=32) | st.none(), pa.float32()),
@@ -975,6 +977,7 @@ def arrow_bodies(draw) -> tuple[bytes, int]:
             8: (st.lists(st.integers(0, 5), max_size=3) | st.none(), pa.list_(pa.int64())),
             9: (st.binary(max_size=4) | st.none(), pa.binary()),
             10: (st.integers(0, 2**64 - 1) | st.none(), pa.uint64()),
+            11: (decimals | st.none(), pa.decimal128(38, 2)),
         }[kind]
         data = [draw(values[0]) for _ in range(n)]
         if kind == 6:
@@ -1021,7 +1024,7 @@ def test_arrow_streams_never_break_the_contract():
     h = Harness(ARROW_CONFIG)
 
     @given(body=arrow_bodies(), key=idempotency_keys)
-    @settings(max_examples=500, **FUZZ)
+    @settings(max_examples=700, **FUZZ)
     def run(body, key):
         raw, n = body
         h.send("POST", "/api/v1/predictions", raw, headers_of(key, ARROW), n)
