@@ -22,7 +22,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import orjson  # noqa: E402
 import requests  # noqa: E402
 
-from bench.common import ROOT, Served, config_text, events, free_port, machine_probe, median_of, wait_ready  # noqa: E402
+from bench.common import (  # noqa: E402
+    ROOT,
+    Served,
+    config_text,
+    cpu_ticks,
+    events,
+    free_port,
+    machine_probe,
+    median_of,
+    steal_share,
+    wait_ready,
+)
 
 # Ids of the format benchmark's bodies start with this placeholder; each request gets its own number in its
 # place (the same length, so a JSON body and an Arrow stream stay valid): every prediction is new, as in
@@ -400,7 +411,9 @@ def formats(seconds: float = 5.0) -> dict:
         text = config_text(models=1, features=30, reference_dir=ref)
         out = {"in_process": formats_in_process(text, bodies)}
         probes.append(machine_probe())
+        ticks = cpu_ticks()
         out |= formats_served(text, bodies, (1, 2, 4), seconds)
+        out["served_steal_share"] = steal_share(ticks, cpu_ticks())
         probes.append(machine_probe())
         out["blas_pool"] = blas_pool(text, bodies, seconds)
         out["http_floor"] = http_floor(bodies, seconds)

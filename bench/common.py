@@ -38,6 +38,24 @@ def machine_probe() -> float:
     return best * 1000
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) clock ticks of the machine's CPUs so far (/proc/stat; (0, 0) where there is none). Steal is
+    time the hypervisor gave this virtual machine's CPUs to others: between two readings, the share of it is
+    how much of the machine a benchmark did not have, which a slow phase can then be told by."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of CPU time stolen between two :func:`cpu_ticks` readings (0 when none passed)."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 def scratch_dir(prefix: str = "mlmon-bench-") -> str:
     """A fresh temporary directory, removed when the benchmark process exits (never inside the repo)."""
     path = tempfile.mkdtemp(prefix=prefix)

@@ -733,6 +733,13 @@ def formats_section(f: dict, runs: list[dict], secs: float) -> list[str]:
             "slower in about that ratio: compare changes within one run, or in alternating pairs.",
             "",
         ]
+    steals = [r["served_steal_share"] for r in runs or [f] if "served_steal_share" in r]
+    if steals:
+        lines += [
+            "Steal time (`/proc/stat`: the hypervisor running others on this machine's CPUs) during each run's HTTP "
+            "phases: " + ", ".join(f"{100 * v:.1f}%" for v in steals) + " of the CPU time.",
+            "",
+        ]
     lines += [
         "Targets:",
         "",
