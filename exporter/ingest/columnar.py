@@ -677,8 +677,8 @@ def arrow_table(raw: bytes, kind: str, limit: int) -> Table:
 
 def _arrow_column(pa, name: str, column):
     """One column as a single array. Dictionary-encoded columns are decoded, timestamps read as unix seconds,
-    decimals as floats; values of other types (lists, structs, bytes...) go to the general validation like a row's, which names
-    each row whose value is not of its field's kind."""
+    decimals as floats; values of other types (lists, structs, bytes...) go to the general validation like a
+    row's, which names each row whose value is not of its field's kind."""
     array = column
     if type(column) is pa.ChunkedArray:
         array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
@@ -701,6 +701,10 @@ def _arrow_column(pa, name: str, column):
         t = array.type
     if _holds_dictionary(pa, t):
         raise Refused(400, name[:100], "invalid_value", f"a nested column may not hold dictionaries ({t})")
+    if name == "timestamps" and (pa.types.is_date(t) or pa.types.is_time(t)):
+        # (a date has no time of day, a time no date: neither is a moment; taking a date as its midnight would
+        # put every prediction of a day at one instant of some time zone)
+        raise Refused(400, name, "invalid_value", f"an Arrow {t} is not a moment; send a timestamp or unix seconds")
     if pa.types.is_timestamp(t):
         unit = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[t.unit]
         # (unsafe: a safe cast refuses integers past 2**53, which any time of this century in nanoseconds is;

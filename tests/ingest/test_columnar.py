@@ -232,6 +232,32 @@ def test_arrow_timestamps_of_every_unit_are_read_as_the_seconds_they_stand_for(u
     assert 400 <= c.status_code < 500, c.get_json()
 
 
+@pytest.mark.parametrize("kind", ["date32", "date64", "time64"])
+def test_arrow_dates_and_times_of_day_as_timestamps_are_refused_in_arrow_terms(kind):
+    """A date (no time of day) or a time of day (no date) is no moment: the timestamps column refuses it with a
+    message in Arrow's terms, not JSON's "unix seconds or an RFC 3339 string"; nothing is kept."""
+    import datetime
+
+    values = {
+        "date32": pa.array([datetime.date(2027, 1, 15)] * 2, pa.date32()),
+        "date64": pa.array([datetime.date(2027, 1, 15)] * 2, pa.date64()),
+        "time64": pa.array([datetime.time(12, 30)] * 2, pa.time64("us")),
+    }[kind]
+    app = make_app(CONFIGS["single"], Clock(T0))[0]
+    before = series(app)
+    table = pa.table({"timestamps": values, "predictions": ["churn", "stay"]}).replace_schema_metadata(
+        {"model": "churn"}
+    )
+    r = app.test_client().post("/api/v1/predictions", data=stream_of(table), content_type=ARROW)
+    detail = r.get_json()["error"]["details"][0]
+    assert r.status_code == 400 and detail["field"] == "timestamps", r.get_json()
+    assert "not a moment" in detail["message"] and kind[:4] in detail["message"], detail
+    after = series(app)
+    assert {k: v for k, v in after.items() if "rejected" not in k[0] and "error" not in k[0]} == {
+        k: v for k, v in before.items() if "rejected" not in k[0] and "error" not in k[0]
+    }
+
+
 @pytest.mark.parametrize("decimal_type", ["decimal128(12, 4)", "decimal256(40, 2)", "dictionary"])
 def test_arrow_decimals_are_read_as_the_numbers_they_hold(decimal_type):
     """A database's NUMERIC or DECIMAL column comes to Arrow as decimals (DuckDB, ADBC drivers, pandas' Decimal
