@@ -695,7 +695,7 @@ def _arrow_column(pa, name: str, column):
             if longest > MAX_STRING_LENGTH:
                 message = f"holds a dictionary entry of {longest} characters; values are at most {MAX_STRING_LENGTH}"
                 raise Refused(400, name[:100], "invalid_value", message)
-        elif v not in ("integer", "floating", "boolean") and not pa.types.is_decimal(t.value_type):
+        elif v not in ("integer", "floating", "boolean", "decimal"):
             raise Refused(400, name[:100], "invalid_value", f"a dictionary column holds strings or numbers, not {v}")
         array = array.dictionary_decode()
         t = array.type
@@ -745,6 +745,8 @@ def _kind(pa, t) -> str:
             kind = "string"
         elif pa.types.is_dictionary(t):
             kind = "dictionary"
+        elif pa.types.is_decimal(t):
+            kind = "decimal"
         else:
             kind = "other"
         if len(_KINDS) < 256:

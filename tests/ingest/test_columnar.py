@@ -258,7 +258,7 @@ def test_arrow_dates_and_times_of_day_as_timestamps_are_refused_in_arrow_terms(k
     }
 
 
-@pytest.mark.parametrize("decimal_type", ["decimal128(12, 4)", "decimal256(40, 2)", "dictionary"])
+@pytest.mark.parametrize("decimal_type", ["decimal128(20, 4)", "decimal256(40, 2)", "dictionary"])
 def test_arrow_decimals_are_read_as_the_numbers_they_hold(decimal_type):
     """A database's NUMERIC or DECIMAL column comes to Arrow as decimals (DuckDB, ADBC drivers, pandas' Decimal
     objects): every numeric column, predictions and labels of a regression model too, is read as the floats
